@@ -1,0 +1,361 @@
+"""The Fluentd Forward protocol v1 wire codec, shared by the client's sender and the collector.
+
+Everything that knows how bytes look on the wire lives here: event times (integer seconds or the
+``EventTime`` extension), the four event modes, the option map, acks and the shared-key handshake
+messages. Nothing here opens a socket, so both sides (and the tests) use the very same code.
+
+Decoding is lenient where Fluentd is lenient and strict where a wrong guess would corrupt data:
+
+* ``PackedForward`` entries may arrive as msgpack ``bin`` or as ``str`` whose bytes are not valid UTF-8
+  (Fluentd's out_forward sends ``str32``); strings are decoded with ``surrogateescape`` so the raw bytes
+  can always be recovered.
+* ``compressed`` other than ``"gzip"`` means plain (out_forward sends ``"text"``); a gzip payload may
+  hold several members.
+* times may be ``int``, ``EventTime`` (fixext8 or ext8), or, outside the spec, ``float``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import os
+import struct
+import zlib
+from typing import Any, Iterator, List, NamedTuple, Optional, Tuple, Union
+
+import msgpack
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_MAX_FRAME_BYTES",
+    "EVENT_TIME_EXT_CODE",
+    "EventTime",
+    "ForwardProtocolError",
+    "Event",
+    "EventBatch",
+    "encode_event_time",
+    "pack_entry",
+    "pack_packed_forward",
+    "new_chunk_id",
+    "pack_ack",
+    "FrameDecoder",
+    "parse_event_batch",
+    "iter_entries",
+    "pack_helo",
+    "pack_ping",
+    "pack_pong",
+    "shared_key_digest",
+    "password_digest",
+]
+
+DEFAULT_PORT = 24224
+#: Cap for one msgpack frame and for what one connection may buffer (fluent-bit caps near 6 MB).
+DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
+EVENT_TIME_EXT_CODE = 0
+
+_EVENT_TIME = struct.Struct(">II")
+
+
+class ForwardProtocolError(ValueError):
+    """Bytes or objects that do not form a valid Forward protocol message."""
+
+
+class EventTime(NamedTuple):
+    """Fluentd's nanosecond time: msgpack ext type 0, big-endian uint32 seconds and nanoseconds."""
+
+    seconds: int
+    nanoseconds: int = 0
+
+    def to_float(self) -> float:
+        return self.seconds + self.nanoseconds / 1e9
+
+
+class Event(NamedTuple):
+    """One decoded event: the time as integer seconds and nanoseconds, and its record."""
+
+    seconds: int
+    nanoseconds: int
+    record: Any
+
+
+class EventBatch(NamedTuple):
+    """One decoded event message, whichever of the four modes carried it."""
+
+    tag: str
+    events: List[Event]
+    option: dict
+    mode: str  # "message", "forward", "packed_forward" or "compressed_packed_forward"
+
+    @property
+    def chunk(self) -> Any:
+        """The ack id the sender asked for, or None when it wants no ack."""
+        return self.option.get("chunk")
+
+
+# --- encoding -------------------------------------------------------------------------------------
+
+
+def encode_event_time(seconds: int, nanoseconds: int = 0) -> msgpack.ExtType:
+    """The msgpack ``EventTime`` extension for a time, ready to pass to ``msgpack.packb``."""
+    return msgpack.ExtType(EVENT_TIME_EXT_CODE, _EVENT_TIME.pack(seconds, nanoseconds))
+
+
+def pack_entry(time: Union[int, EventTime], record: Any) -> bytes:
+    """One ``[time, record]`` entry as PackedForward concatenates them."""
+    if isinstance(time, float):
+        raise ForwardProtocolError("event times are integers or EventTime, never floats")
+    if isinstance(time, EventTime):  # a NamedTuple would otherwise pack as a plain array
+        time = encode_event_time(time.seconds, time.nanoseconds)
+    return msgpack.packb([time, record], use_bin_type=True)
+
+
+def new_chunk_id() -> str:
+    """A unique chunk id for the option map, in the form out_forward uses (Base64 of 16 random bytes)."""
+    return base64.b64encode(os.urandom(16)).decode("ascii")
+
+
+def pack_packed_forward(
+    tag: str,
+    entries: bytes,
+    size: int,
+    chunk: Optional[str] = None,
+    compress: bool = False,
+) -> bytes:
+    """A PackedForward (or CompressedPackedForward) message around already packed entries.
+
+    ``entries`` is the concatenation of :func:`pack_entry` results and ``size`` their count. With
+    ``chunk`` set the receiver answers ``{"ack": chunk}`` once it has accepted the events.
+    """
+    option: dict = {"size": size}
+    if chunk is not None:
+        option["chunk"] = chunk
+    if compress:
+        entries = gzip.compress(entries)
+        option["compressed"] = "gzip"
+    return msgpack.packb([tag, entries, option], use_bin_type=True)
+
+
+def pack_ack(chunk: Any) -> bytes:
+    """The ack answer for a chunk id, echoing it byte for byte."""
+    return msgpack.packb({"ack": chunk}, use_bin_type=True)
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EVENT_TIME_EXT_CODE and len(data) == 8:
+        return EventTime(*_EVENT_TIME.unpack(data))
+    return msgpack.ExtType(code, data)
+
+
+def new_unpacker(max_buffer_size: int = DEFAULT_MAX_FRAME_BYTES) -> msgpack.Unpacker:
+    """A streaming unpacker configured the way every Forward reader here needs it."""
+    return msgpack.Unpacker(
+        raw=False,
+        unicode_errors="surrogateescape",
+        ext_hook=_ext_hook,
+        strict_map_key=False,
+        max_buffer_size=max_buffer_size,
+    )
+
+
+class FrameDecoder:
+    """Turns a byte stream, cut anywhere, into whole msgpack objects.
+
+    ``feed`` raises :class:`ForwardProtocolError` when the bytes are not msgpack or when one frame
+    would need more than ``max_frame_bytes`` of buffer; the connection should then be closed.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._unpacker = new_unpacker(max_frame_bytes)
+
+    def feed(self, data: bytes) -> List[Any]:
+        objects: List[Any] = []
+        view = memoryview(data)
+        # Feed in slices that always fit, so that a large read of several small frames is not
+        # refused only because it arrived in one piece.
+        step = max(1, self.max_frame_bytes // 2)
+        for start in range(0, len(view), step):
+            try:
+                self._unpacker.feed(view[start : start + step])
+            except msgpack.BufferFull:
+                raise ForwardProtocolError(
+                    f"frame larger than the {self.max_frame_bytes} byte limit"
+                ) from None
+            try:
+                objects.extend(self._unpacker)
+            except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+                raise ForwardProtocolError(f"invalid msgpack: {exc}") from None
+        return objects
+
+
+
+def _decode_time(value: Any) -> Tuple[int, int]:
+    if isinstance(value, EventTime):
+        return value.seconds, value.nanoseconds
+    if isinstance(value, bool):
+        raise ForwardProtocolError("event time is a boolean")
+    if isinstance(value, int):
+        return value, 0
+    if isinstance(value, float):
+        seconds = int(value)
+        return seconds, int(round((value - seconds) * 1e9))
+    if isinstance(value, msgpack.ExtType):
+        raise ForwardProtocolError(f"unknown time extension type {value.code}")
+    raise ForwardProtocolError(f"event time of type {type(value).__name__}")
+
+
+def _raw_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    if isinstance(value, str):
+        # Strings were decoded with surrogateescape: this gives back the exact wire bytes.
+        return value.encode("utf-8", "surrogateescape")
+    raise ForwardProtocolError(f"entries of type {type(value).__name__}")
+
+
+def _gunzip_all(data: bytes, max_bytes: int) -> bytes:
+    """Decompress every gzip member, refusing output beyond ``max_bytes`` (a zip bomb guard)."""
+    out: List[bytes] = []
+    total = 0
+    while data:
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            chunk = decompressor.decompress(data, max_bytes - total + 1)
+        except zlib.error as exc:
+            raise ForwardProtocolError(f"invalid gzip payload: {exc}") from None
+        total += len(chunk)
+        if total > max_bytes or decompressor.unconsumed_tail:
+            raise ForwardProtocolError(f"gzip payload inflates beyond {max_bytes} bytes")
+        if not decompressor.eof:
+            raise ForwardProtocolError("truncated gzip payload")
+        out.append(chunk)
+        data = decompressor.unused_data
+    return b"".join(out)
+
+
+def iter_entries(entries: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Iterator[Event]:
+    """The ``[time, record]`` pairs of a PackedForward entries blob."""
+    unpacker = new_unpacker(max(max_bytes, len(entries)))
+    unpacker.feed(entries)
+    try:
+        for item in unpacker:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ForwardProtocolError("an entry is not a [time, record] pair")
+            seconds, nanoseconds = _decode_time(item[0])
+            yield Event(seconds, nanoseconds, item[1])
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+        if isinstance(exc, ForwardProtocolError):
+            raise
+        raise ForwardProtocolError(f"invalid entries: {exc}") from None
+    if unpacker.tell() != len(entries):
+        raise ForwardProtocolError("entries end inside an entry")
+
+
+def parse_event_batch(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> EventBatch:
+    """Interpret one decoded top-level object as an event message of any of the four modes.
+
+    Raises :class:`ForwardProtocolError` for anything that is not an event message; a bare ``nil``
+    keepalive is the caller's to skip before calling this.
+    """
+    if not isinstance(obj, (list, tuple)) or len(obj) < 2:
+        raise ForwardProtocolError("an event message is an array of 2 to 4 items")
+    tag = obj[0]
+    if not isinstance(tag, str):
+        raise ForwardProtocolError("the tag is not a string")
+    second = obj[1]
+    if isinstance(second, (list, tuple)):  # Forward: [tag, [[time, record], ...], option?]
+        if len(obj) > 3:
+            raise ForwardProtocolError("Forward mode takes at most 3 items")
+        option = _option(obj[2] if len(obj) > 2 else None)
+        events = []
+        for item in second:
+            if not isinstance(item, (list, tuple)) or len(item) != 2:
+                raise ForwardProtocolError("a Forward entry is not a [time, record] pair")
+            seconds, nanoseconds = _decode_time(item[0])
+            events.append(Event(seconds, nanoseconds, item[1]))
+        return EventBatch(tag, events, option, "forward")
+    if isinstance(second, (bytes, bytearray, str)):  # (Compressed)PackedForward
+        if len(obj) > 3:
+            raise ForwardProtocolError("PackedForward mode takes at most 3 items")
+        option = _option(obj[2] if len(obj) > 2 else None)
+        entries = _raw_bytes(second)
+        mode = "packed_forward"
+        if option.get("compressed") == "gzip":
+            entries = _gunzip_all(entries, max_bytes)
+            mode = "compressed_packed_forward"
+        return EventBatch(tag, list(iter_entries(entries, max_bytes)), option, mode)
+    # Message: [tag, time, record, option?]
+    if len(obj) < 3 or len(obj) > 4:
+        raise ForwardProtocolError("Message mode takes 3 or 4 items")
+    seconds, nanoseconds = _decode_time(second)
+    option = _option(obj[3] if len(obj) > 3 else None)
+    return EventBatch(tag, [Event(seconds, nanoseconds, obj[2])], option, "message")
+
+
+def _option(value: Any) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ForwardProtocolError("the option is not a map")
+    return value
+
+
+# --- shared-key handshake -------------------------------------------------------------------------
+
+
+def _as_bytes(value: Union[str, bytes]) -> bytes:
+    return value.encode("utf-8", "surrogateescape") if isinstance(value, str) else bytes(value)
+
+
+def shared_key_digest(
+    salt: Union[str, bytes], hostname: Union[str, bytes], nonce: bytes, shared_key: Union[str, bytes]
+) -> str:
+    """hex(sha512(salt + hostname + nonce + shared_key)), as both PING and PONG carry it."""
+    digest = hashlib.sha512()
+    for part in (salt, hostname, nonce, shared_key):
+        digest.update(_as_bytes(part))
+    return digest.hexdigest()
+
+
+def password_digest(auth_salt: Union[str, bytes], username: str, password: str) -> str:
+    """hex(sha512(auth + username + password)) for user authentication in PING."""
+    digest = hashlib.sha512()
+    for part in (auth_salt, username, password):
+        digest.update(_as_bytes(part))
+    return digest.hexdigest()
+
+
+def pack_helo(nonce: bytes, auth_salt: bytes = b"", keepalive: bool = True) -> bytes:
+    return msgpack.packb(
+        ["HELO", {"nonce": nonce, "auth": auth_salt, "keepalive": keepalive}], use_bin_type=True
+    )
+
+
+def pack_ping(
+    hostname: str,
+    shared_key: str,
+    nonce: bytes,
+    auth_salt: bytes = b"",
+    username: str = "",
+    password: str = "",
+) -> Tuple[bytes, str]:
+    """The PING message, and the salt the server's PONG digest must be checked against."""
+    salt = base64.b16encode(os.urandom(16)).decode("ascii").lower()
+    user_digest = password_digest(auth_salt, username, password) if auth_salt else ""
+    message = [
+        "PING",
+        hostname,
+        salt,
+        shared_key_digest(salt, hostname, nonce, shared_key),
+        username,
+        user_digest,
+    ]
+    return msgpack.packb(message, use_bin_type=True), salt
+
+
+def pack_pong(ok: bool, reason: str, hostname: str, digest: str) -> bytes:
+    return msgpack.packb(["PONG", ok, reason, hostname, digest], use_bin_type=True)
