@@ -1,0 +1,103 @@
+"""Where the current ARC lives: a stack of (full context id, arc class) frames in one ContextVar.
+
+A ``ContextVar`` gives exactly the locality users expect: every OS thread, every greenlet and every
+asyncio task sees its own value; a new thread or greenlet starts with none; an asyncio task starts from
+its creator's. The stack is an immutable tuple, so a copied context (a task, a carried thread) can
+never see a later push or pop of another one.
+
+This module only manages ids and frames. Exporting ``MONA_ARC_CLASS`` and ``MONA_GLOBALS`` when a
+context opens is the runtime's job (see :mod:`mona_client.runtime`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from contextvars import ContextVar, Token
+from typing import Optional, Tuple
+
+from .record import CONTEXT_SEPARATOR
+
+__all__ = [
+    "Frame",
+    "Stack",
+    "current_stack",
+    "get_full_context_id",
+    "new_context_id",
+    "root_stack",
+    "sub_stack",
+    "push",
+    "pop",
+]
+
+#: (full context id, arc class or None)
+Frame = Tuple[str, Optional[str]]
+Stack = Tuple[Frame, ...]
+
+_EMPTY: Stack = ()
+_stack: ContextVar[Stack] = ContextVar("mona_arc_stack", default=_EMPTY)
+
+current_stack = _stack.get
+
+
+def get_full_context_id() -> str:
+    """The dotted id of the innermost open context, or "" outside any context."""
+    stack = _stack.get()
+    return stack[-1][0] if stack else ""
+
+
+# Context ids are a random per-process prefix and a counter: unique across processes and machines for
+# all practical purposes, and several times cheaper than uuid4 (and uuid1 leaks the MAC address).
+_id_prefix = ""
+_id_counter = itertools.count()
+
+
+def _new_prefix() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex() + "-"
+    _id_counter = itertools.count(1)
+
+
+_new_prefix()
+# A forked child must not mint the ids its parent goes on minting.
+os.register_at_fork(after_in_child=_new_prefix)
+
+
+def new_context_id() -> str:
+    """A fresh root context id, e.g. ``"3f2a9c0d1e4b5a67-1a"``."""
+    return f"{_id_prefix}{next(_id_counter):x}"
+
+
+def root_stack(context_id: str, arc_class: Optional[str]) -> Stack:
+    """The stack of a root ARC. ``context_id`` may be a dotted full id ("root.sub") to continue one."""
+    return ((context_id, arc_class),)
+
+
+def sub_stack(stack: Stack, sub_context_id: str, arc_class: Optional[str]) -> Stack:
+    """``stack`` with a sub-context pushed; ids join with "."."""
+    parent = stack[-1][0]
+    return stack + ((f"{parent}{CONTEXT_SEPARATOR}{sub_context_id}", arc_class),)
+
+
+def push(stack: Stack) -> Tuple[Token, Stack]:
+    """Make ``stack`` current; returns what :func:`pop` needs to restore the previous one."""
+    previous = _stack.get()
+    return _stack.set(stack), previous
+
+
+def pop(token: Token, previous: Stack) -> None:
+    """Restore the stack that was current before the matching :func:`push`.
+
+    A token only fits the context it was made in. When a block is left in another context (a
+    generator resumed elsewhere, a context copied mid-block), restore the saved value instead of
+    raising: the user's program must not fail because of its instrumentation.
+    """
+    try:
+        _stack.reset(token)
+    except (ValueError, RuntimeError):
+        _stack.set(previous)
+
+
+def set_stack(stack: Stack) -> None:
+    """Replace the current stack outright (used by the non-``with`` API)."""
+    _stack.set(stack)

@@ -1,0 +1,64 @@
+"""The ``mona-logger`` logger, and a rate limit for log lines on hot paths.
+
+A monitoring library reports its own trouble in log lines rather than exceptions (unless the user
+asks for exceptions), so the program it monitors keeps running. On a hot path the same trouble can
+repeat a million times a second; :class:`RateLimitedLog` says it once per interval with a count.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from typing import Dict, Tuple
+
+LOGGER_NAME = "mona-logger"
+logger = logging.getLogger(LOGGER_NAME)
+
+_print_handler: "logging.Handler | None" = None
+
+
+def configure_logging(level: str = "INFO", print_logs: bool = True) -> None:
+    """Set the level of ``mona-logger`` and whether it prints to stderr by itself.
+
+    With ``print_logs`` off the lines still reach whatever handlers the application configured.
+    """
+    global _print_handler
+    numeric = logging.getLevelName(str(level).upper())
+    if not isinstance(numeric, int):
+        logger.error("MONA_LOGGING_LEVEL %r is not a logging level; using INFO", level)
+        numeric = logging.INFO
+    logger.setLevel(numeric)
+    if print_logs and _print_handler is None:
+        _print_handler = logging.StreamHandler(sys.stderr)
+        _print_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(_print_handler)
+    elif not print_logs and _print_handler is not None:
+        logger.removeHandler(_print_handler)
+        _print_handler = None
+
+
+class RateLimitedLog:
+    """Logs a given (level, key) at most once per ``interval`` seconds, counting what it held back."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._last: Dict[Tuple[int, str], Tuple[float, int]] = {}
+
+    def log(self, level: int, key: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._last.get((level, key), (float("-inf"), 0))
+            if now - last < self.interval:
+                self._last[(level, key)] = (last, held + 1)
+                return
+            self._last[(level, key)] = (now, 0)
+        if held:
+            message += " (%d similar lines held back)"
+            args = args + (held,)
+        logger.log(level, message, *args)
+
+
+rate_limited = RateLimitedLog()
