@@ -1,0 +1,299 @@
+"""The public API of mona-client: open ARCs, export KAPIs and dimensions, configure, flush.
+
+Example::
+
+    from mona_client import client
+
+    with client.new_mona_context(arc_class="MY_COOL_ALGORITHM_NAME"):
+        client.export({"foo": "bar"})
+        with client.new_mona_sub_context(arc_class="MY_COOL_SUB_COMPONENT_NAME"):
+            client.export({"score": 0.93, "segment": "eu"})
+
+Every function here is safe to call from any thread, greenlet or asyncio task. None of them raises
+into your program unless you ask for it (``MONA_SHOULD_RAISE_EXCEPTIONS=true``): trouble becomes a
+log line on ``mona-logger`` and a ``False``/``""`` return value. With ``disable_all`` on, each is a
+cheap no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
+
+from . import context as _ctx
+from .context import get_full_context_id
+from .export import MonaExportException
+from .runtime import runtime as _runtime
+
+__all__ = [
+    "MonaExportException",
+    "init_client",
+    "new_mona_context",
+    "new_mona_sub_context",
+    "get_full_context_id",
+    "init",
+    "init_sub_context",
+    "close_sub_context",
+    "reset",
+    "export",
+    "export_batch",
+    "set_global_init_message",
+    "flush",
+    "close",
+    "stats",
+    "is_active",
+]
+
+
+def init_client(
+    host: Optional[str] = None,
+    port: Optional[int] = None,
+    user_id: Optional[str] = None,
+    config_file: Optional[str] = None,
+    should_raise_exceptions: Optional[bool] = None,
+    blocking: Optional[bool] = None,
+    logging_level: Optional[str] = None,
+    print_logs: Optional[bool] = None,
+    flush_timeout: Optional[float] = None,
+) -> None:
+    """Configure and start the client. Optional: the first API call starts it from the environment.
+
+    Each argument left as ``None`` takes its environment variable (``MONA_HOST``, ``MONA_PORT``,
+    ``MONA_USER_ID``, ``MONA_CLIENT_CONFIG_FILE``, ...; see docs/configuration.md). Calling it again
+    flushes what was queued for the old settings and starts over with the new ones.
+    """
+    _runtime.start(
+        {
+            "host": host,
+            "port": port,
+            "user_id": user_id,
+            "config_file": config_file,
+            "should_raise_exceptions": should_raise_exceptions,
+            "blocking": blocking,
+            "logging_level": logging_level,
+            "print_logs": print_logs,
+            "flush_timeout": flush_timeout,
+        }
+    )
+
+
+def _resolve_arc_class(arc_class: Optional[str], legacy: Optional[str]) -> Optional[str]:
+    if legacy is not None and arc_class is None:
+        return legacy
+    return arc_class
+
+
+class _Block:
+    """A ``with`` block that pushes a stack on enter and restores the previous one on exit.
+
+    A class rather than ``@contextmanager``: a generator costs about a microsecond per block, and a
+    class keeps the pairing of enter and exit exact however blocks nest or fail.
+    """
+
+    __slots__ = ("_tokens",)
+
+    def __init__(self) -> None:
+        self._tokens: List[Tuple[Any, _ctx.Stack]] = []
+
+    def _open(self) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+        raise NotImplementedError
+
+    def __enter__(self) -> str:
+        opened = self._open()
+        if opened is None:
+            self._tokens.append((None, ()))
+            return ""
+        stack, full_id, arc_class, root = opened
+        self._tokens.append(_ctx.push(stack))
+        _runtime.open_context_exports(full_id, arc_class, root, self._timestamp())
+        return full_id
+
+    def __exit__(self, *exc_info: Any) -> None:
+        token, previous = self._tokens.pop()
+        if token is not None:
+            _ctx.pop(token, previous)
+
+    def _timestamp(self) -> Any:
+        return None
+
+
+class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
+    """Open a root ARC for the ``with`` block; yields its full context id (``""`` when disabled).
+
+    ``context_id`` continues an existing ARC (even a dotted full id such as ``"root.sub"``), e.g. to
+    add ground truth that arrives hours later; otherwise a fresh unique id is made. Opened inside
+    another context, it starts an independent ARC for the block and restores the outer one on exit.
+    ``export_timestamp`` (seconds) dates the exports the context itself makes (its arc class and the
+    global init message). ``ARC_class`` is accepted as an alias of ``arc_class``.
+    """
+
+    __slots__ = ("arc_class", "context_id", "export_timestamp")
+
+    def __init__(
+        self,
+        arc_class: Optional[str] = None,
+        context_id: str = "",
+        export_timestamp: Optional[float] = None,
+        *,
+        ARC_class: Optional[str] = None,  # noqa: N803 - older user code spells it so
+    ) -> None:
+        super().__init__()
+        self.arc_class = _resolve_arc_class(arc_class, ARC_class)
+        self.context_id = context_id
+        self.export_timestamp = export_timestamp
+
+    def _open(self) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+        if not _runtime.active and not _runtime.ensure_started():
+            return None
+        context_id = str(self.context_id) if self.context_id else _ctx.new_context_id()
+        return _ctx.root_stack(context_id, self.arc_class), context_id, self.arc_class, True
+
+    def _timestamp(self) -> Any:
+        return self.export_timestamp
+
+
+class new_mona_sub_context(_Block):  # noqa: N801
+    """Open a sub-ARC of the current context for the ``with`` block; yields its full id.
+
+    The full id is the parent's id and ``sub_context_id`` (a fresh one when empty) joined with ".".
+    Outside any context there is nothing to nest in: that is an error (a log line, and ``""``).
+    """
+
+    __slots__ = ("arc_class", "sub_context_id")
+
+    def __init__(
+        self,
+        arc_class: Optional[str] = None,
+        sub_context_id: str = "",
+        *,
+        ARC_class: Optional[str] = None,  # noqa: N803
+    ) -> None:
+        super().__init__()
+        self.arc_class = _resolve_arc_class(arc_class, ARC_class)
+        self.sub_context_id = sub_context_id
+
+    def _open(self) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+        return _open_sub(self.arc_class, self.sub_context_id)
+
+
+def _open_sub(
+    arc_class: Optional[str], sub_context_id: str
+) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+    if not _runtime.active and not _runtime.ensure_started():
+        return None
+    stack = _ctx.current_stack()
+    if not stack:
+        _runtime.fail(
+            "sub-outside-context",
+            "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
+        )
+        return None
+    stack = _ctx.sub_stack(stack, str(sub_context_id) or _ctx.new_context_id(), arc_class)
+    return stack, stack[-1][0], arc_class, False
+
+
+# --- the non-``with`` API ---------------------------------------------------------------------------
+
+
+def init(
+    arc_class: Optional[str] = None,
+    context_id: str = "",
+    export_timestamp: Optional[float] = None,
+    *,
+    ARC_class: Optional[str] = None,  # noqa: N803
+) -> str:
+    """Make a new root ARC the current context, with no block to end it; returns its id.
+
+    It replaces whatever context was current here (nothing is restored later): use it where a ``with``
+    block does not fit, such as a request handler's start and end hooks, and end with :func:`reset`.
+    """
+    block = new_mona_context(arc_class, context_id, export_timestamp, ARC_class=ARC_class)
+    opened = block._open()
+    if opened is None:
+        return ""
+    stack, full_id, resolved_class, _ = opened
+    _ctx.set_stack(stack)
+    _runtime.open_context_exports(full_id, resolved_class, True, export_timestamp)
+    return full_id
+
+
+def init_sub_context(
+    arc_class: Optional[str] = None,
+    sub_context_id: str = "",
+    *,
+    ARC_class: Optional[str] = None,  # noqa: N803
+) -> str:
+    """Push a sub-ARC onto the current context; returns its full id. Pair with :func:`close_sub_context`."""
+    opened = _open_sub(_resolve_arc_class(arc_class, ARC_class), sub_context_id)
+    if opened is None:
+        return ""
+    stack, full_id, resolved_class, _ = opened
+    _ctx.set_stack(stack)
+    _runtime.open_context_exports(full_id, resolved_class, False, None)
+    return full_id
+
+
+def close_sub_context() -> str:
+    """Pop the innermost sub-ARC; returns the id now current. At the root (or outside) it does nothing."""
+    stack = _ctx.current_stack()
+    if len(stack) <= 1:
+        _runtime.fail("close-root", "close_sub_context() called with no sub-context open")
+        return get_full_context_id()
+    _ctx.set_stack(stack[:-1])
+    return stack[-2][0]
+
+
+def reset() -> None:
+    """Leave every context of the current thread, greenlet or task: afterwards no context is open."""
+    _ctx.set_stack(())
+
+
+# --- exports --------------------------------------------------------------------------------------
+
+
+def export(message: Mapping[str, Any], export_timestamp: Optional[float] = None) -> bool:
+    """Export KAPIs and dimensions into the current context. Returns True when accepted.
+
+    ``message`` is a mapping of JSON-able values (numpy values, datetimes, Decimal, UUID and Enum are
+    converted; see :mod:`mona_client.export`). Keys starting with ``MONA_`` are reserved and dropped
+    with a warning. ``export_timestamp`` is in seconds since the epoch; an invalid one is replaced by
+    now and kept in ``MONA_INVALID_EXPORT_TIMESTAMP``. The message is encoded at once (mutating it
+    afterwards changes nothing) and sent in the background.
+    """
+    return _runtime.export(message, export_timestamp)
+
+
+def export_batch(events: Iterable[Mapping[str, Any]]) -> bool:
+    """Export several messages at once; True when all were accepted.
+
+    Each event is ``{"message": {...}, "arc_class"?: str, "context_id"?: str, "export_timestamp"?: s}``.
+    Without ``context_id`` an event goes into the current context.
+    """
+    return _runtime.export_batch(events)
+
+
+def set_global_init_message(message: Optional[Mapping[str, Any]]) -> bool:
+    """Export ``message`` as ``MONA_GLOBALS`` with every new root ARC from now on (None stops it).
+
+    Threads that carry an existing ARC do not export it again.
+    """
+    return _runtime.set_global_init_message(message)
+
+
+def flush(timeout: Optional[float] = None) -> bool:
+    """Wait until everything exported so far was delivered (acked); True when it was within ``timeout``."""
+    return _runtime.flush(timeout)
+
+
+def close(timeout: Optional[float] = None) -> bool:
+    """Flush within ``timeout`` and stop the sender and the config watcher. Done at exit by itself."""
+    return _runtime.close(timeout)
+
+
+def stats() -> Dict[str, Any]:
+    """Counters of the transport: queued, inflight, sent, acked, dropped, resent chunks, connections."""
+    return _runtime.stats()
+
+
+def is_active() -> bool:
+    """True when the client is started and not disabled by ``disable_all``."""
+    return _runtime.active or _runtime.ensure_started()

@@ -1,0 +1,179 @@
+"""Turning one ``export()`` call into the bytes of one Forward entry, on the caller's thread.
+
+The message is encoded right away, for two reasons: the user may mutate the dict after the call (the
+bytes are a snapshot), and a value that cannot be encoded is reported to the caller who made it, not
+in a background thread minutes later. Encoding is one msgpack pack of the whole entry, the cheapest
+snapshot there is; the sender then only concatenates bytes.
+
+Values must be JSON-able. These are converted on the way:
+
+====================================  =================================================
+value                                 exported as
+====================================  =================================================
+numpy scalar / array (anything with   ``.tolist()`` (a number, or nested lists)
+``tolist()``), ``array.array``
+``datetime.datetime`` / ``date`` /    ISO 8601 string (``isoformat()``)
+``time``
+``decimal.Decimal``                   float (``"NaN"``-like decimals as float too)
+``uuid.UUID``                         canonical string
+``enum.Enum``                         its ``value`` (converted again if needed)
+``set`` / ``frozenset``               list
+tuple                                 list
+====================================  =================================================
+
+Anything else (bytes, arbitrary objects, non-string keys at the top level) is refused with a
+:class:`MonaExportException` that says which value is wrong.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import math
+import uuid
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import msgpack
+
+from .record import (
+    CONTEXT,
+    EXPORT_TIMESTAMP,
+    MESSAGE,
+    RECORD_ID,
+    RESERVED_PREFIX,
+    USER_ID,
+)
+
+__all__ = ["MonaExportException", "encode_entry", "check_message", "check_export_timestamp"]
+
+
+class MonaExportException(Exception):
+    """An export that cannot be accepted: outside a context, or a message that is not JSON-able."""
+
+
+def _convert(value: Any) -> Any:
+    """msgpack's hook for values it does not know: the conversions listed in the module doc."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (tuple, list, set, frozenset)):
+        return list(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError("bytes are not JSON-able; decode them to str first")
+    tolist = getattr(value, "tolist", None)
+    if tolist is not None and callable(tolist):
+        return tolist()
+    raise TypeError(f"a value of type {type(value).__name__} is not JSON-able")
+
+
+def _new_packer() -> msgpack.Packer:
+    # strict_types sends tuples, subclasses (numpy.float64, IntEnum, OrderedDict...) and bytes through
+    # _convert, so the rules above hold for every value and bytes never reach the wire.
+    return msgpack.Packer(default=_convert, use_bin_type=True, strict_types=True, autoreset=True)
+
+
+# A Packer is not safe to share while it runs Python code (the default hook), so each pack takes one
+# from this pool and gives it back. list.pop/append are atomic under the GIL and never switch greenlets.
+_packers: List[msgpack.Packer] = []
+
+
+def encode_entry(
+    time: int, user_id: str, context: str, message: Mapping[str, Any], timestamp: int, record_id: str
+) -> bytes:
+    """The msgpack bytes of one ``[time, record]`` PackedForward entry.
+
+    Raises :class:`MonaExportException` when a value cannot be encoded.
+    """
+    try:
+        packer = _packers.pop()
+    except IndexError:
+        packer = _new_packer()
+    try:
+        return packer.pack(
+            [
+                time,
+                {
+                    USER_ID: user_id,
+                    CONTEXT: context,
+                    MESSAGE: message,
+                    EXPORT_TIMESTAMP: timestamp,
+                    RECORD_ID: record_id,
+                },
+            ]
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MonaExportException(f"message is not JSON-able: {exc}") from None
+    finally:
+        _packers.append(packer)
+
+
+def check_message(message: Any) -> Tuple[Dict[str, Any], List[str]]:
+    """A plain dict of the message, and the reserved ``MONA_*`` keys that were dropped from it.
+
+    Raises :class:`MonaExportException` for a message that is not a mapping with string keys.
+    """
+    if type(message) is not dict:
+        if not isinstance(message, Mapping):
+            raise MonaExportException(
+                f"message must be a mapping (a dict) of JSON-able values, not {type(message).__name__}"
+            )
+        message = dict(message)
+    dropped: List[str] = []
+    for key in message:
+        if type(key) is not str:
+            if not isinstance(key, str):
+                raise MonaExportException(f"message keys must be strings, not {key!r}")
+        elif key.startswith(RESERVED_PREFIX):
+            dropped.append(key)
+    if dropped:
+        message = {k: v for k, v in message.items() if k not in dropped}
+    return message, dropped
+
+
+# Plausible export times: after 2000-01-01 and before 2200-01-01, in seconds.
+_MIN_TIMESTAMP = 946_684_800
+_MAX_TIMESTAMP = 7_258_118_400
+
+
+def check_export_timestamp(value: Any, now: int) -> Tuple[int, Optional[Any]]:
+    """The integer export time in seconds, and the rejected value when ``value`` was invalid.
+
+    A valid value is an int or float (or numpy number) of seconds since the epoch in a plausible range;
+    an invalid one is replaced by ``now`` and returned so it can be kept in
+    ``MONA_INVALID_EXPORT_TIMESTAMP``.
+    """
+    if value is None:
+        return now, None
+    if isinstance(value, bool):
+        return now, value
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return now, _jsonable(value)
+    if not math.isfinite(seconds) or not _MIN_TIMESTAMP <= seconds < _MAX_TIMESTAMP:
+        return now, _jsonable(value)
+    return int(seconds), None
+
+
+def _jsonable(value: Any) -> Any:
+    """The rejected timestamp as something that can travel: itself if packable, else its repr."""
+    try:
+        msgpack.packb(value, default=_convert, strict_types=False)
+        return value
+    except Exception:  # noqa: BLE001 - anything unpackable is kept as text
+        return repr(value)
+

@@ -1,0 +1,272 @@
+"""The implementation behind the :mod:`mona_client.client` facade: one process-wide :class:`Runtime`.
+
+It ties the parts together: settings from the environment, the hot-reloaded config file (the
+``disable_all`` kill switch), the context stack, the encoder and the sender. It starts lazily on first
+use, flushes at interpreter exit within a bound, and gives a forked child its own sender.
+
+Error policy: a monitoring library must not break the program it monitors. Every public operation
+catches its own failures, logs a clear line on ``mona-logger`` and returns a falsy value, unless
+``MONA_SHOULD_RAISE_EXCEPTIONS`` (or ``init_client(should_raise_exceptions=True)``) asks for a
+:class:`~mona_client.export.MonaExportException` instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import itertools
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+from . import context as ctx
+from .config import ConfigWatcher, Settings, settings_from_env
+from .export import MonaExportException, check_export_timestamp, check_message, encode_entry
+from .logs import configure_logging, logger, rate_limited
+from .record import ARC_CLASS_KEY, GLOBALS_KEY, INVALID_EXPORT_TIMESTAMP_KEY, RESERVED_PREFIX
+from .transport import Sender
+
+__all__ = ["Runtime", "runtime"]
+
+_time = time.time
+
+
+class Runtime:
+    """Process-wide client state. Use the functions of :mod:`mona_client.client`, not this class."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.started = False
+        # True while started and not disabled: the one attribute the hot paths read.
+        self.active = False
+        self.settings: Optional[Settings] = None
+        self.user_id = ""
+        self.should_raise = False
+        self.env_disabled = False
+        self.file_disabled = False
+        self.global_init_message: Optional[Dict[str, Any]] = None
+        self.sender: Optional[Sender] = None
+        self.watcher: Optional[ConfigWatcher] = None
+        self._atexit_registered = False
+        self._new_record_source()
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    def start(self, overrides: Optional[Mapping[str, Any]] = None) -> None:
+        """(Re)configure from the environment plus ``overrides`` and start the sender and watcher."""
+        with self._lock:
+            if self.started:
+                self._stop_parts(flush_timeout=self.settings.flush_timeout if self.settings else 1.0)
+            settings = settings_from_env()
+            if overrides:
+                settings = dataclasses.replace(
+                    settings, **{k: v for k, v in overrides.items() if v is not None}
+                )
+            self.settings = settings
+            configure_logging(settings.logging_level, settings.print_logs)
+            self.user_id = settings.user_id
+            self.should_raise = settings.should_raise_exceptions
+            self.env_disabled = settings.disable_all
+            self.sender = self._new_sender(settings)
+            self.watcher = ConfigWatcher(settings.config_file, self._on_config)
+            self.started = True
+            self._update_active()
+            self.watcher.start()
+            if not self._atexit_registered:
+                atexit.register(self._at_exit)
+                os.register_at_fork(after_in_child=self._after_fork_in_child)
+                self._atexit_registered = True
+
+    def ensure_started(self) -> bool:
+        if not self.started:
+            try:
+                self.start()
+            except Exception:  # noqa: BLE001 - instrumentation must not break the program
+                logger.exception("mona-client could not start; exports are dropped")
+                return False
+        return self.active
+
+    @staticmethod
+    def _new_sender(settings: Settings) -> Sender:
+        return Sender(settings.host, settings.port, blocking=settings.blocking)
+
+    def _on_config(self, config: Mapping[str, Any]) -> None:
+        disabled = bool(config.get("disable_all", False))
+        if disabled != self.file_disabled:
+            logger.info("mona-client %s by the config file", "disabled" if disabled else "enabled")
+        self.file_disabled = disabled
+        self._update_active()
+
+    def _update_active(self) -> None:
+        self.active = self.started and not (self.env_disabled or self.file_disabled)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        sender = self.sender
+        return sender.flush(timeout) if sender is not None else True
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Flush within ``timeout`` and stop; a later API call starts the client again."""
+        with self._lock:
+            if not self.started:
+                return True
+            delivered = self._stop_parts(timeout)
+            self.started = False
+            self._update_active()
+            return delivered
+
+    def _stop_parts(self, flush_timeout: Optional[float]) -> bool:
+        delivered = True
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
+        if self.sender is not None:
+            delivered = self.sender.close(flush_timeout)
+            if not delivered:
+                logger.warning(
+                    "mona-client closed with %d records undelivered", self.sender.pending()
+                )
+            self.sender = None
+        return delivered
+
+    def _at_exit(self) -> None:
+        if self.started:
+            timeout = self.settings.flush_timeout if self.settings else 5.0
+            self.close(timeout)
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps delivering what it queued; the child starts empty, with new locks, its
+        # own record ids and its own sender thread (threads do not survive fork).
+        self._lock = threading.RLock()
+        self._new_record_source()
+        if self.started and self.settings is not None:
+            self.sender = self._new_sender(self.settings)
+            self.watcher = ConfigWatcher(self.settings.config_file, self._on_config)
+            self.watcher.start()
+
+    def _new_record_source(self) -> None:
+        self._record_source = os.urandom(8).hex() + ":"
+        self._record_counter = itertools.count(1)
+
+    def stats(self) -> Dict[str, Any]:
+        sender_stats = self.sender.stats() if self.sender is not None else {}
+        return {"active": self.active, "started": self.started, **sender_stats}
+
+    # --- errors ---------------------------------------------------------------------------------
+
+    def fail(self, key: str, message: str) -> bool:
+        """Report a refused call: raise when asked to, otherwise one rate-limited error line."""
+        if self.should_raise:
+            raise MonaExportException(message)
+        rate_limited.log(logging.ERROR, key, "mona-client: %s", message)
+        return False
+
+    # --- exports --------------------------------------------------------------------------------
+
+    def export(self, message: Any, export_timestamp: Any = None) -> bool:
+        if not self.active and not self.ensure_started():
+            return False
+        stack = ctx.current_stack()
+        if not stack:
+            return self.fail(
+                "outside-context",
+                "export() called outside any mona context; open one with new_mona_context()",
+            )
+        return self.export_to(stack[-1][0], message, export_timestamp)
+
+    def export_to(self, context_id: str, message: Any, export_timestamp: Any = None) -> bool:
+        """Export ``message`` into the context with the given full id (the caller checked ``active``)."""
+        try:
+            # Fast path: a plain dict whose keys hold no reserved prefix (joining the keys is far
+            # cheaper than testing each one; a non-str key makes join raise and takes the slow path).
+            if type(message) is not dict or RESERVED_PREFIX in "\n".join(message):
+                message, dropped = check_message(message)
+                if dropped:
+                    rate_limited.log(
+                        logging.WARNING,
+                        "reserved-keys",
+                        "mona-client: dropped reserved keys %s from an export (MONA_ is reserved)",
+                        dropped,
+                    )
+            now = int(_time())
+            if export_timestamp is None:
+                timestamp = now
+            else:
+                timestamp, invalid = check_export_timestamp(export_timestamp, now)
+                if invalid is not None:
+                    message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
+            return self._send(context_id, message, timestamp)
+        except MonaExportException as exc:
+            return self.fail("bad-message", str(exc))
+        except TypeError as exc:
+            return self.fail("bad-message", f"message is not a mapping of JSON-able values: {exc}")
+
+    def _send(self, context_id: str, message: Mapping[str, Any], timestamp: int) -> bool:
+        entry = encode_entry(
+            timestamp,
+            self.user_id,
+            context_id,
+            message,
+            timestamp,
+            f"{self._record_source}{next(self._record_counter)}",
+        )
+        sender = self.sender
+        return sender.put(entry) if sender is not None else False
+
+    def export_reserved(self, context_id: str, message: Mapping[str, Any], export_timestamp: Any) -> None:
+        """Export the client's own ``MONA_*`` keys (arc class, globals) without the reserved-key check."""
+        timestamp, invalid = check_export_timestamp(export_timestamp, int(_time()))
+        if invalid is not None:
+            message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
+        try:
+            self._send(context_id, message, timestamp)
+        except MonaExportException as exc:
+            self.fail("bad-globals", f"cannot export {list(message)}: {exc}")
+
+    def export_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
+        """Export several messages; each may name its own ``context_id`` and ``arc_class``."""
+        if not self.active and not self.ensure_started():
+            return False
+        ok = True
+        try:
+            iterator = iter(events)
+        except TypeError:
+            return self.fail("bad-batch", "export_batch() takes an iterable of event mappings")
+        for event in iterator:
+            if not isinstance(event, Mapping) or "message" not in event:
+                ok = self.fail("bad-batch", f"a batch event must be a mapping with 'message': {event!r:.200}")
+                continue
+            context_id = event.get("context_id") or ctx.get_full_context_id()
+            if not context_id:
+                ok = self.fail("outside-context", "a batch event has no context_id and no context is open")
+                continue
+            arc_class = event.get("arc_class")
+            if arc_class is not None:
+                self.export_reserved(context_id, {ARC_CLASS_KEY: arc_class}, event.get("export_timestamp"))
+            ok = self.export_to(context_id, event["message"], event.get("export_timestamp")) and ok
+        return ok
+
+    def set_global_init_message(self, message: Optional[Mapping[str, Any]]) -> bool:
+        if message is None:
+            self.global_init_message = None
+            return True
+        try:
+            checked, _ = check_message(message)
+        except MonaExportException as exc:
+            return self.fail("bad-globals", str(exc))
+        self.global_init_message = checked
+        return True
+
+    def open_context_exports(self, context_id: str, arc_class: Optional[str], root: bool, ts: Any) -> None:
+        """What a newly opened (sub-)context exports about itself."""
+        message: Dict[str, Any] = {}
+        if arc_class is not None:
+            message[ARC_CLASS_KEY] = arc_class
+        if root and self.global_init_message is not None:
+            message[GLOBALS_KEY] = self.global_init_message
+        if message:
+            self.export_reserved(context_id, message, ts)
+
+
+runtime = Runtime()
