@@ -41,6 +41,7 @@ __all__ = [
     "pack_ack",
     "FrameDecoder",
     "parse_event_batch",
+    "decode_event_message",
     "iter_entries",
     "pack_helo",
     "pack_ping",
@@ -171,6 +172,12 @@ class FrameDecoder:
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._unpacker = new_unpacker(max_frame_bytes)
+        self._fed = 0
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes received but not yet part of a whole frame (non-zero means: stopped mid-frame)."""
+        return self._fed - self._unpacker.tell()
 
     def feed(self, data: bytes) -> List[Any]:
         objects: List[Any] = []
@@ -180,7 +187,9 @@ class FrameDecoder:
         step = max(1, self.max_frame_bytes // 2)
         for start in range(0, len(view), step):
             try:
-                self._unpacker.feed(view[start : start + step])
+                piece = view[start : start + step]
+                self._unpacker.feed(piece)
+                self._fed += len(piece)
             except msgpack.BufferFull:
                 raise ForwardProtocolError(
                     f"frame larger than the {self.max_frame_bytes} byte limit"
@@ -190,7 +199,6 @@ class FrameDecoder:
             except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
                 raise ForwardProtocolError(f"invalid msgpack: {exc}") from None
         return objects
-
 
 
 def _decode_time(value: Any) -> Tuple[int, int]:
@@ -239,20 +247,35 @@ def _gunzip_all(data: bytes, max_bytes: int) -> bytes:
 
 def iter_entries(entries: bytes, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Iterator[Event]:
     """The ``[time, record]`` pairs of a PackedForward entries blob."""
+    return iter(_decode_entries(entries, max_bytes))
+
+
+def _decode_entries(entries: bytes, max_bytes: int) -> List[Event]:
+    # The whole blob is decoded by msgpack's C loop first; the per-entry Python work is kept to a
+    # type check and a tuple, because this is the collector's hottest path.
     unpacker = new_unpacker(max(max_bytes, len(entries)))
     unpacker.feed(entries)
     try:
-        for item in unpacker:
-            if not isinstance(item, (list, tuple)) or len(item) != 2:
-                raise ForwardProtocolError("an entry is not a [time, record] pair")
-            seconds, nanoseconds = _decode_time(item[0])
-            yield Event(seconds, nanoseconds, item[1])
+        items = list(unpacker)
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
-        if isinstance(exc, ForwardProtocolError):
-            raise
         raise ForwardProtocolError(f"invalid entries: {exc}") from None
     if unpacker.tell() != len(entries):
         raise ForwardProtocolError("entries end inside an entry")
+    events: List[Event] = []
+    append = events.append
+    for item in items:
+        if type(item) is not list or len(item) != 2:
+            raise ForwardProtocolError("an entry is not a [time, record] pair")
+        time, record = item
+        kind = type(time)
+        if kind is EventTime:
+            append(Event(time[0], time[1], record))
+        elif kind is int:
+            append(Event(time, 0, record))
+        else:
+            seconds, nanoseconds = _decode_time(time)
+            append(Event(seconds, nanoseconds, record))
+    return events
 
 
 def parse_event_batch(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> EventBatch:
@@ -260,6 +283,17 @@ def parse_event_batch(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Eve
 
     Raises :class:`ForwardProtocolError` for anything that is not an event message; a bare ``nil``
     keepalive is the caller's to skip before calling this.
+    """
+    return decode_event_message(obj, max_bytes)[0]
+
+
+def decode_event_message(
+    obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
+) -> Tuple[EventBatch, Optional[bytes]]:
+    """Like :func:`parse_event_batch`, and also the plain (decompressed) entries blob of the
+    (Compressed)PackedForward modes, or None for Message and Forward.
+
+    A receiver that keeps raw events can store that blob as it came instead of packing the events again.
     """
     if not isinstance(obj, (list, tuple)) or len(obj) < 2:
         raise ForwardProtocolError("an event message is an array of 2 to 4 items")
@@ -277,7 +311,7 @@ def parse_event_batch(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Eve
                 raise ForwardProtocolError("a Forward entry is not a [time, record] pair")
             seconds, nanoseconds = _decode_time(item[0])
             events.append(Event(seconds, nanoseconds, item[1]))
-        return EventBatch(tag, events, option, "forward")
+        return EventBatch(tag, events, option, "forward"), None
     if isinstance(second, (bytes, bytearray, str)):  # (Compressed)PackedForward
         if len(obj) > 3:
             raise ForwardProtocolError("PackedForward mode takes at most 3 items")
@@ -287,13 +321,13 @@ def parse_event_batch(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Eve
         if option.get("compressed") == "gzip":
             entries = _gunzip_all(entries, max_bytes)
             mode = "compressed_packed_forward"
-        return EventBatch(tag, list(iter_entries(entries, max_bytes)), option, mode)
+        return EventBatch(tag, _decode_entries(entries, max_bytes), option, mode), entries
     # Message: [tag, time, record, option?]
     if len(obj) < 3 or len(obj) > 4:
         raise ForwardProtocolError("Message mode takes 3 or 4 items")
     seconds, nanoseconds = _decode_time(second)
     option = _option(obj[3] if len(obj) > 3 else None)
-    return EventBatch(tag, [Event(seconds, nanoseconds, obj[2])], option, "message")
+    return EventBatch(tag, [Event(seconds, nanoseconds, obj[2])], option, "message"), None
 
 
 def _option(value: Any) -> dict:

@@ -1,0 +1,161 @@
+"""Which record ids were already stored, so that a resent chunk adds nothing twice.
+
+The client's ``record_id`` is ``"<source>:<sequence>"`` (a per-process source and a counter). Ids of
+that form are remembered per ``(user_id, source)`` as a set of integer ranges: a steady stream from one
+source is a single range, so checking and remembering an id is a few comparisons, and the state to
+persist is tiny. Any other id (from other clients) is remembered one by one by the store.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from ..forward import Event
+from ..record import RECORD_ID, USER_ID
+
+
+class RangeSet:
+    """A set of non-negative integers kept as sorted, disjoint, non-adjacent inclusive ranges."""
+
+    __slots__ = ("starts", "ends")
+
+    def __init__(self, ranges: Optional[List[Tuple[int, int]]] = None) -> None:
+        # Ranges come from to_list() of an earlier set: already sorted, disjoint and non-adjacent.
+        pairs = sorted(ranges or ())
+        self.starts: List[int] = [start for start, _ in pairs]
+        self.ends: List[int] = [end for _, end in pairs]
+
+    def add(self, number: int) -> bool:
+        """Remember ``number``; False when it was already there."""
+        starts, ends = self.starts, self.ends
+        if ends and number == ends[-1] + 1:  # the common case: the next id of a stream
+            ends[-1] = number
+            return True
+        index = bisect_right(starts, number) - 1
+        if index >= 0 and number <= ends[index]:
+            return False
+        join_left = index >= 0 and ends[index] + 1 == number
+        join_right = index + 1 < len(starts) and starts[index + 1] - 1 == number
+        if join_left and join_right:
+            ends[index] = ends[index + 1]
+            del starts[index + 1]
+            del ends[index + 1]
+        elif join_left:
+            ends[index] = number
+        elif join_right:
+            starts[index + 1] = number
+        else:
+            starts.insert(index + 1, number)
+            ends.insert(index + 1, number)
+        return True
+
+    def __contains__(self, number: object) -> bool:
+        if not isinstance(number, int):
+            return False
+        index = bisect_right(self.starts, number) - 1
+        return index >= 0 and number <= self.ends[index]
+
+    def to_list(self) -> List[Tuple[int, int]]:
+        return list(zip(self.starts, self.ends))
+
+
+def split_record_id(record_id: str) -> Optional[Tuple[str, int]]:
+    """``(source, sequence)`` for an id of the form ``"<source>:<decimal>"``, else None.
+
+    Leading zeros are refused so that two different ids never map to the same number.
+    """
+    source, separator, sequence = record_id.rpartition(":")
+    if (
+        not separator
+        or not sequence.isdigit()
+        or not sequence.isascii()
+        or (len(sequence) > 1 and sequence[0] == "0")
+        or len(sequence) > 18
+    ):
+        return None
+    return source, int(sequence)
+
+
+Loader = Callable[[Sequence[Tuple[str, str]]], Dict[Tuple[str, str], List[Tuple[int, int]]]]
+KnownIds = Callable[[Sequence[Tuple[str, str]]], Set[Tuple[str, str]]]
+
+
+class RecordIdFilter:
+    """Drops events whose ``(user_id, record_id)`` was stored before or seen earlier in the same
+    transaction, and collects what the store must remember about the ones it lets through.
+
+    ``load_ranges`` and ``known_ids`` are the store's lookups. Range sets of recently used sources are
+    cached (LRU, ``cache_size`` of them); changed ones stay in memory until :meth:`take_changes`.
+    """
+
+    def __init__(self, load_ranges: Loader, known_ids: KnownIds, cache_size: int = 100000) -> None:
+        self._load_ranges = load_ranges
+        self._known_ids = known_ids
+        self._cache_size = cache_size
+        self._ranges: "OrderedDict[Tuple[str, str], RangeSet]" = OrderedDict()
+        self._dirty: Dict[Tuple[str, str], RangeSet] = {}
+        self._pending_ids: Set[Tuple[str, str]] = set()
+
+    def _range_set(self, key: Tuple[str, str]) -> RangeSet:
+        ranges = self._ranges.get(key) or self._dirty.get(key)
+        if ranges is None:
+            ranges = RangeSet(self._load_ranges([key]).get(key))
+        self._ranges[key] = ranges
+        self._ranges.move_to_end(key)
+        while len(self._ranges) > self._cache_size:
+            self._ranges.popitem(last=False)
+        return ranges
+
+    def filter(self, events: List[Event]) -> Tuple[List[Event], int]:
+        """The events to store, in their order, and how many were dropped as duplicates."""
+        kept: List[Optional[Event]] = []
+        others: List[Tuple[int, Tuple[str, str]]] = []  # ids of another form: looked up in bulk
+        current_key: Optional[Tuple[str, str]] = None
+        current: Optional[RangeSet] = None
+        for event in events:
+            record = event.record
+            record_id = record.get(RECORD_ID) if type(record) is dict else None
+            if not isinstance(record_id, str):
+                kept.append(event)
+                continue
+            user = record.get(USER_ID)
+            user = user if isinstance(user, str) else ("" if user is None else str(user))
+            split = split_record_id(record_id)
+            if split is None:
+                others.append((len(kept), (user, record_id)))
+                kept.append(event)
+                continue
+            key = (user, split[0])
+            if key != current_key:
+                current_key, current = key, self._range_set(key)
+            assert current is not None
+            if current.add(split[1]):
+                self._dirty[key] = current
+                kept.append(event)
+        if others:
+            known = self._known_ids([key for _, key in others])
+            for index, key in others:
+                if key in known or key in self._pending_ids:
+                    kept[index] = None
+                else:
+                    self._pending_ids.add(key)
+            result = [event for event in kept if event is not None]
+        else:
+            result = kept  # type: ignore[assignment]
+        return result, len(events) - len(result)  # type: ignore[return-value]
+
+    def take_changes(self) -> Tuple[List[Tuple[str, str, List[Tuple[int, int]]]], List[Tuple[str, str]]]:
+        """The range sets and the other ids to write in this transaction."""
+        ranges = [(user, source, ranges.to_list()) for (user, source), ranges in self._dirty.items()]
+        ids = list(self._pending_ids)
+        self._dirty.clear()
+        self._pending_ids.clear()
+        return ranges, ids
+
+    def forget(self) -> None:
+        """Drop all cached state (after a failed write, so that the store is the truth again)."""
+        self._ranges.clear()
+        self._dirty.clear()
+        self._pending_ids.clear()

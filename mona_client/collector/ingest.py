@@ -1,0 +1,178 @@
+"""The writer thread: drops duplicates, merges ARCs and stores, with group commit.
+
+Connections hand over decoded messages with :meth:`Ingestor.submit` and get a callback once the
+transaction holding them is committed (that is when an ack may be sent) or has failed. Whatever has
+queued up while the previous transaction was being written goes into the next one, so many chunks
+share a commit under load and a lone chunk is written at once.
+
+All store access happens on this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Callable, Deque, List, NamedTuple, Optional
+
+from ..forward import Event, EventBatch, EventTime, pack_entry
+from ..record import TAG
+from .dedup import RecordIdFilter
+from .merge import ArcMerger, RejectedRecord
+from .store import ArcStore, RawChunk, TagCounts, WriteSet
+
+log = logging.getLogger("mona_client.collector")
+
+_TIME_OF = itemgetter(0, 1)  # (seconds, nanoseconds) of an Event
+
+
+@dataclass
+class IngestResult:
+    """What became of one submitted message."""
+
+    ok: bool
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    reject_reason: Optional[str] = None
+    error: Optional[str] = None
+
+
+class Submission(NamedTuple):
+    batch: EventBatch
+    entries: Optional[bytes]  # the PackedForward entries as received, when there are some
+    done: Callable[[IngestResult], None]
+
+
+def _pack_events(events: List[Event]) -> bytes:
+    return b"".join(
+        pack_entry(EventTime(event.seconds, event.nanoseconds) if event.nanoseconds else event.seconds, event.record)
+        for event in events
+    )
+
+
+class Ingestor:
+    """Owns the store on a thread of its own and writes submitted messages in grouped transactions."""
+
+    def __init__(self, store: ArcStore, max_group_events: int = 50000, arc_cache_size: int = 20000) -> None:
+        self.store = store
+        self.max_group_events = max_group_events
+        self._merger = ArcMerger(store.load_arcs, arc_cache_size)
+        self._dedup = RecordIdFilter(store.load_id_ranges, store.known_record_ids)
+        self._queue: Deque[Submission] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._busy = False
+        self._thread: Optional[threading.Thread] = None
+        #: Events that went through a committed transaction (stored or dropped as duplicates).
+        self.processed_events = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mona-collector-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, submission: Submission) -> None:
+        """Queue a message for the next transaction (thread-safe, never blocks on the database)."""
+        with self._cond:
+            self._queue.append(submission)
+            self._cond.notify_all()
+
+    def wait_for_events(self, count: int, timeout: Optional[float] = None) -> bool:
+        """Block until ``processed_events >= count``; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.processed_events >= count, timeout)
+
+    def drain(self, timeout: Optional[float] = None) -> bool:
+        """Block until everything submitted so far is committed; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Write what is queued, then end the thread (the store stays open: its owner closes it)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _take_group(self) -> List[Submission]:
+        with self._cond:
+            self._cond.wait_for(lambda: self._queue or self._stopping)
+            group: List[Submission] = []
+            events = 0
+            while self._queue and (not group or events < self.max_group_events):
+                submission = self._queue.popleft()
+                group.append(submission)
+                events += len(submission.batch.events)
+            self._busy = bool(group)
+            return group
+
+    def _run(self) -> None:
+        while True:
+            group = self._take_group()
+            if not group:
+                return  # stopping and nothing left
+            results = self._write_group(group)
+            # Callbacks first, so that whoever waits in drain() finds every ack already scheduled.
+            for submission, result in zip(group, results):
+                try:
+                    submission.done(result)
+                except Exception:  # a callback must never stop the writer
+                    log.exception("collector: ack callback failed")
+            with self._cond:
+                self._busy = False
+                if all(result.ok for result in results):
+                    self.processed_events += sum(result.stored + result.duplicates for result in results)
+                self._cond.notify_all()
+
+    def _write_group(self, group: List[Submission]) -> List[IngestResult]:
+        try:
+            changes = WriteSet()
+            results = [self._merge(submission, changes) for submission in group]
+            changes.arcs = self._merger.take_dirty()
+            changes.id_ranges, changes.record_ids = self._dedup.take_changes()
+            self.store.write(changes)
+            return results
+        except Exception as exc:  # the database failed: nothing of this group is stored or acked
+            log.error("collector: could not store %d messages: %s", len(group), exc)
+            self._merger.forget()
+            self._dedup.forget()
+            return [IngestResult(ok=False, error=str(exc)) for _ in group]
+
+    def _merge(self, submission: Submission, changes: WriteSet) -> IngestResult:
+        batch = submission.batch
+        result = IngestResult(ok=True)
+        events = batch.events
+        if batch.tag == TAG:
+            events, result.duplicates = self._dedup.filter(events)
+            merge = self._merger.merge
+            for event in events:
+                try:
+                    merge(event.record, event.seconds)
+                except RejectedRecord as exc:
+                    result.rejected += 1
+                    if result.reject_reason is None:
+                        result.reject_reason = str(exc)
+        result.stored = len(events)
+        counts = changes.tags.get(batch.tag)
+        if counts is None:
+            counts = changes.tags[batch.tag] = TagCounts()
+        counts.events += result.stored
+        counts.rejected += result.rejected
+        counts.duplicates += result.duplicates
+        if events:
+            times = list(map(_TIME_OF, events))
+            first_seconds, first_nanoseconds = min(times)
+            last_seconds, last_nanoseconds = max(times)
+            first = first_seconds + first_nanoseconds / 1e9
+            last = last_seconds + last_nanoseconds / 1e9
+            counts.add_times(first, last)
+            if result.duplicates == 0 and submission.entries is not None:
+                entries = submission.entries
+            else:
+                entries = _pack_events(events)
+            changes.raw_chunks.append(RawChunk(batch.tag, time.time(), len(events), first, last, entries))
+        return result

@@ -1,0 +1,394 @@
+"""Where the collector keeps raw events, ARC documents and what it needs to drop duplicates.
+
+:class:`ArcStore` is the interface the ingest side and the query CLI use; :class:`SQLiteStore` is the
+embedded implementation (one file, WAL). A server database can implement the same interface later.
+
+Writes arrive as one :class:`WriteSet` per transaction (the ingest side groups several chunks into
+one): raw events as PackedForward entry blobs (one row per received chunk, so storing them costs
+one row per thousand events and they can be decoded again to rebuild every ARC), each touched ARC
+document once, the duplicate-detection state that changed, and per-tag counters. ``write`` returns
+only once all of it is committed: acks are sent after that.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+
+from ..forward import Event, iter_entries
+from .merge import ArcKey, Document, public_document
+
+__all__ = [
+    "ArcStore",
+    "RawChunk",
+    "SQLiteStore",
+    "StoreError",
+    "TagCounts",
+    "WriteSet",
+    "default_db_path",
+]
+
+ENV_DB = "MONA_COLLECTOR_DB"
+_SCHEMA_VERSION = 1
+_KEYS_PER_QUERY = 400  # two parameters per key, well under SQLite's parameter limit
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or is not a collector database."""
+
+
+def default_db_path() -> Path:
+    """``$MONA_COLLECTOR_DB``, else ``$XDG_DATA_HOME/mona/collector.db``, else
+    ``~/.local/share/mona/collector.db``."""
+    explicit = os.environ.get(ENV_DB)
+    if explicit:
+        return Path(explicit).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "mona" / "collector.db"
+
+
+@dataclass
+class RawChunk:
+    """The events of one received message, as a PackedForward entries blob."""
+
+    tag: str
+    received: float
+    events: int
+    first_time: Optional[float]
+    last_time: Optional[float]
+    entries: bytes
+
+
+@dataclass
+class TagCounts:
+    """Counters for one tag, added up over a transaction."""
+
+    events: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    first_time: Optional[float] = None
+    last_time: Optional[float] = None
+
+    def add_times(self, first: Optional[float], last: Optional[float]) -> None:
+        if first is not None and (self.first_time is None or first < self.first_time):
+            self.first_time = first
+        if last is not None and (self.last_time is None or last > self.last_time):
+            self.last_time = last
+
+
+@dataclass
+class WriteSet:
+    """Everything one transaction writes."""
+
+    raw_chunks: List[RawChunk] = field(default_factory=list)
+    arcs: List[Tuple[ArcKey, Document]] = field(default_factory=list)
+    id_ranges: List[Tuple[str, str, List[Tuple[int, int]]]] = field(default_factory=list)
+    record_ids: List[Tuple[str, str]] = field(default_factory=list)
+    tags: Dict[str, TagCounts] = field(default_factory=dict)
+
+
+class ArcStore(abc.ABC):
+    """The storage interface of the collector: a write side for ingest, a read side for queries."""
+
+    # --- ingest side ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def load_arcs(self, keys: Sequence[ArcKey]) -> Dict[ArcKey, Document]:
+        """The stored (internal) documents of those keys that exist."""
+
+    @abc.abstractmethod
+    def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
+        """The stored sequence ranges of those ``(user_id, source)`` pairs that have some."""
+
+    @abc.abstractmethod
+    def known_record_ids(self, keys: Sequence[Tuple[str, str]]) -> Set[Tuple[str, str]]:
+        """Which of these ``(user_id, record_id)`` pairs (of the non-sequence form) are stored."""
+
+    @abc.abstractmethod
+    def write(self, changes: WriteSet) -> None:
+        """Store everything in ``changes`` atomically and durably, or raise and store nothing."""
+
+    # --- query side ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def list_arcs(
+        self, arc_class: Optional[str] = None, since: Optional[float] = None, limit: Optional[int] = None
+    ) -> List[Document]:
+        """ARC documents, most recently exported first."""
+
+    @abc.abstractmethod
+    def find_arcs(self, context_id: str) -> List[Document]:
+        """The ARC documents (one per user) of the root of ``context_id`` (``root.sub`` -> ``root``)."""
+
+    @abc.abstractmethod
+    def iter_arcs(self, arc_class: Optional[str] = None) -> Iterator[Document]:
+        """Every ARC document, oldest first."""
+
+    @abc.abstractmethod
+    def iter_raw_events(self, tag: Optional[str] = None) -> Iterator[Tuple[str, Event]]:
+        """Every stored raw event as ``(tag, event)``, in arrival order."""
+
+    @abc.abstractmethod
+    def stats(self) -> Dict[str, Any]:
+        """Counts: events, ARCs per class, events per tag, rejected, duplicates, first/last time."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the database."""
+
+
+def _json_default(value: Any) -> Any:
+    """How values msgpack can carry but JSON cannot are kept in ARC documents."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return repr(value)
+
+
+def dump_json(value: Any) -> str:
+    """JSON text for a document; never fails on msgpack-only values or invalid UTF-8."""
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raw_chunks (
+    id INTEGER PRIMARY KEY,
+    received REAL NOT NULL,
+    tag TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    first_time REAL,
+    last_time REAL,
+    entries BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS arcs (
+    user_id TEXT NOT NULL,
+    context_id TEXT NOT NULL,
+    arc_class TEXT,
+    first_export REAL NOT NULL,
+    last_export REAL NOT NULL,
+    export_count INTEGER NOT NULL,
+    document TEXT NOT NULL,
+    PRIMARY KEY (user_id, context_id)
+);
+CREATE INDEX IF NOT EXISTS arcs_by_context ON arcs (context_id);
+CREATE INDEX IF NOT EXISTS arcs_by_last_export ON arcs (last_export);
+CREATE TABLE IF NOT EXISTS tag_stats (
+    tag TEXT PRIMARY KEY,
+    events INTEGER NOT NULL,
+    rejected INTEGER NOT NULL,
+    duplicates INTEGER NOT NULL,
+    first_time REAL,
+    last_time REAL
+);
+CREATE TABLE IF NOT EXISTS seen_ranges (
+    user_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    ranges TEXT NOT NULL,
+    PRIMARY KEY (user_id, source)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen_ids (
+    user_id TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, record_id)
+) WITHOUT ROWID;
+"""
+
+_UPSERT_ARC = """
+INSERT INTO arcs (user_id, context_id, arc_class, first_export, last_export, export_count, document)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (user_id, context_id) DO UPDATE SET
+    arc_class = excluded.arc_class, first_export = excluded.first_export,
+    last_export = excluded.last_export, export_count = excluded.export_count,
+    document = excluded.document
+"""
+
+_UPSERT_TAG = """
+INSERT INTO tag_stats (tag, events, rejected, duplicates, first_time, last_time)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (tag) DO UPDATE SET
+    events = events + excluded.events, rejected = rejected + excluded.rejected,
+    duplicates = duplicates + excluded.duplicates,
+    first_time = min(coalesce(first_time, excluded.first_time), coalesce(excluded.first_time, first_time)),
+    last_time = max(coalesce(last_time, excluded.last_time), coalesce(excluded.last_time, last_time))
+"""
+
+
+class SQLiteStore(ArcStore):
+    """The collector's embedded store: one SQLite file in WAL mode.
+
+    ``synchronous`` is SQLite's setting: ``"FULL"`` (the default) makes every commit survive a power
+    loss, ``"NORMAL"`` only a crash of the process. With ``readonly`` the file must exist and is
+    opened for queries only. One instance is used by one thread at a time.
+    """
+
+    def __init__(self, path: os.PathLike | str, readonly: bool = False, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StoreError(f"no collector database at {self.path}")
+                self._db = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
+                )
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+                    raise StoreError(f"unknown synchronous setting {synchronous!r}")
+                self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                self._db.executescript(_SCHEMA)
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
+                )
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute("SELECT count(*) FROM arcs").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
+
+    # --- ingest side ---------------------------------------------------------------------------
+
+    def _select_by_pairs(self, sql: str, keys: Sequence[Tuple[str, str]]) -> Iterator[Tuple[Any, ...]]:
+        for part in _chunks(list(keys), _KEYS_PER_QUERY):
+            values = ",".join("(?,?)" for _ in part)
+            params = [item for key in part for item in key]
+            yield from self._db.execute(sql.format(values=values), params)
+
+    def load_arcs(self, keys: Sequence[ArcKey]) -> Dict[ArcKey, Document]:
+        sql = "SELECT user_id, context_id, document FROM arcs WHERE (user_id, context_id) IN (VALUES {values})"
+        return {(user, context): json.loads(text) for user, context, text in self._select_by_pairs(sql, keys)}
+
+    def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
+        sql = "SELECT user_id, source, ranges FROM seen_ranges WHERE (user_id, source) IN (VALUES {values})"
+        return {
+            (user, source): [tuple(pair) for pair in json.loads(text)]  # type: ignore[misc]
+            for user, source, text in self._select_by_pairs(sql, keys)
+        }
+
+    def known_record_ids(self, keys: Sequence[Tuple[str, str]]) -> Set[Tuple[str, str]]:
+        sql = "SELECT user_id, record_id FROM seen_ids WHERE (user_id, record_id) IN (VALUES {values})"
+        return {(user, record_id) for user, record_id in self._select_by_pairs(sql, keys)}
+
+    def write(self, changes: WriteSet) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO raw_chunks (received, tag, events, first_time, last_time, entries) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (chunk.received, chunk.tag, chunk.events, chunk.first_time, chunk.last_time, chunk.entries)
+                    for chunk in changes.raw_chunks
+                ],
+            )
+            db.executemany(
+                _UPSERT_ARC,
+                [
+                    (
+                        user,
+                        context,
+                        document["arc_class"],
+                        document["first_export"],
+                        document["last_export"],
+                        document["export_count"],
+                        dump_json(document),
+                    )
+                    for (user, context), document in changes.arcs
+                ],
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)",
+                [(user, source, json.dumps(ranges)) for user, source, ranges in changes.id_ranges],
+            )
+            db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", changes.record_ids)
+            db.executemany(
+                _UPSERT_TAG,
+                [
+                    (tag, c.events, c.rejected, c.duplicates, c.first_time, c.last_time)
+                    for tag, c in changes.tags.items()
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    # --- query side ----------------------------------------------------------------------------
+
+    def _documents(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Document]:
+        for (text,) in self._db.execute(sql, params):
+            yield public_document(json.loads(text))
+
+    def list_arcs(
+        self, arc_class: Optional[str] = None, since: Optional[float] = None, limit: Optional[int] = None
+    ) -> List[Document]:
+        clauses: List[str] = []
+        params: List[Any] = []
+        if arc_class is not None:
+            clauses.append("arc_class = ?")
+            params.append(arc_class)
+        if since is not None:
+            clauses.append("last_export >= ?")
+            params.append(since)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        params.append(-1 if limit is None else limit)
+        sql = f"SELECT document FROM arcs {where} ORDER BY last_export DESC, rowid DESC LIMIT ?"
+        return list(self._documents(sql, params))
+
+    def find_arcs(self, context_id: str) -> List[Document]:
+        root = context_id.split(".", 1)[0]
+        return list(self._documents("SELECT document FROM arcs WHERE context_id = ? ORDER BY user_id", (root,)))
+
+    def iter_arcs(self, arc_class: Optional[str] = None) -> Iterator[Document]:
+        if arc_class is None:
+            return self._documents("SELECT document FROM arcs ORDER BY first_export, rowid")
+        return self._documents("SELECT document FROM arcs WHERE arc_class = ? ORDER BY first_export, rowid", (arc_class,))
+
+    def iter_raw_events(self, tag: Optional[str] = None) -> Iterator[Tuple[str, Event]]:
+        sql = "SELECT tag, entries FROM raw_chunks" + (" WHERE tag = ?" if tag is not None else "") + " ORDER BY id"
+        for chunk_tag, entries in self._db.execute(sql, () if tag is None else (tag,)):
+            for event in iter_entries(entries, max(len(entries), 1)):
+                yield chunk_tag, event
+
+    def stats(self) -> Dict[str, Any]:
+        db = self._db
+        tags = {
+            tag: {"events": events, "rejected": rejected, "duplicates": duplicates}
+            for tag, events, rejected, duplicates in db.execute(
+                "SELECT tag, events, rejected, duplicates FROM tag_stats ORDER BY tag"
+            )
+        }
+        first, last = db.execute("SELECT min(first_time), max(last_time) FROM tag_stats").fetchone()
+        classes = {
+            ("" if arc_class is None else arc_class): count
+            for arc_class, count in db.execute(
+                "SELECT arc_class, count(*) FROM arcs GROUP BY arc_class ORDER BY arc_class"
+            )
+        }
+        return {
+            "events": sum(t["events"] for t in tags.values()),
+            "rejected": sum(t["rejected"] for t in tags.values()),
+            "duplicates": sum(t["duplicates"] for t in tags.values()),
+            "arcs": sum(classes.values()),
+            "arcs_by_class": classes,
+            "tags": tags,
+            "first_event_time": first,
+            "last_event_time": last,
+        }
+
+    def close(self) -> None:
+        self._db.close()
+
