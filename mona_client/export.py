@@ -17,11 +17,14 @@ numpy scalar / array (anything with   ``.tolist()`` (a number, or nested lists)
 ``decimal.Decimal``                   float (``"NaN"``-like decimals as float too)
 ``uuid.UUID``                         canonical string
 ``enum.Enum``                         its ``value`` (converted again if needed)
-``set`` / ``frozenset``               list
-tuple                                 list
+``set``, ``frozenset``, ``tuple``     list
+subclasses of str, int, float, dict,  their base type
+list
+``bytes``, ``bytearray``              a string (meant for UTF-8 text: the collector
+                                      replaces invalid bytes)
 ====================================  =================================================
 
-Anything else (bytes, arbitrary objects, non-string keys at the top level) is refused with a
+Anything else (arbitrary objects, non-string keys at the top level) is refused with a
 :class:`MonaExportException` that says which value is wrong.
 """
 
@@ -73,7 +76,7 @@ def _convert(value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
-        raise TypeError("bytes are not JSON-able; decode them to str first")
+        return bytes(value)
     tolist = getattr(value, "tolist", None)
     if tolist is not None and callable(tolist):
         return tolist()
@@ -81,9 +84,10 @@ def _convert(value: Any) -> Any:
 
 
 def _new_packer() -> msgpack.Packer:
-    # strict_types sends tuples, subclasses (numpy.float64, IntEnum, OrderedDict...) and bytes through
-    # _convert, so the rules above hold for every value and bytes never reach the wire.
-    return msgpack.Packer(default=_convert, use_bin_type=True, strict_types=True, autoreset=True)
+    # strict_types sends tuples and subclasses (numpy.float64, IntEnum, OrderedDict...) through
+    # _convert, so the rules above hold for every value. use_bin_type=False sends bytes as msgpack
+    # strings, which JSON-minded peers (Fluentd, the collector) read as text.
+    return msgpack.Packer(default=_convert, use_bin_type=False, strict_types=True, autoreset=True)
 
 
 # A Packer is not safe to share while it runs Python code (the default hook), so each pack takes one

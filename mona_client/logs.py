@@ -47,9 +47,15 @@ class RateLimitedLog:
         self._lock = threading.Lock()
         self._last: Dict[Tuple[int, str], Tuple[float, int]] = {}
 
+    def reset(self) -> None:
+        with self._lock:
+            self._last.clear()
+
     def log(self, level: int, key: str, message: str, *args: object) -> None:
         now = time.monotonic()
         with self._lock:
+            if len(self._last) > 1000:  # many distinct keys: forget them rather than grow
+                self._last.clear()
             last, held = self._last.get((level, key), (float("-inf"), 0))
             if now - last < self.interval:
                 self._last[(level, key)] = (last, held + 1)

@@ -65,6 +65,7 @@ class Runtime:
                     settings, **{k: v for k, v in overrides.items() if v is not None}
                 )
             self.settings = settings
+            rate_limited.reset()
             configure_logging(settings.logging_level, settings.print_logs)
             self.user_id = settings.user_id
             self.should_raise = settings.should_raise_exceptions
@@ -159,7 +160,8 @@ class Runtime:
         """Report a refused call: raise when asked to, otherwise one rate-limited error line."""
         if self.should_raise:
             raise MonaExportException(message)
-        rate_limited.log(logging.ERROR, key, "mona-client: %s", message)
+        # Keyed by the text too: distinct problems each get their line, a repeated one is held back.
+        rate_limited.log(logging.ERROR, f"{key}:{message}", "mona-client: %s", message)
         return False
 
     # --- exports --------------------------------------------------------------------------------
