@@ -30,7 +30,7 @@ from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
 from . import forward
-from .logs import logger, rate_limited
+from .logs import RateLimitedLog, logger
 from .record import TAG
 
 __all__ = ["Sender", "SenderStats"]
@@ -102,6 +102,7 @@ class Sender:
         self._backoff = 0.0
         self._next_attempt = 0.0
 
+        self._log = RateLimitedLog()
         self.sent_records = 0
         self.acked_records = 0
         self.dropped_records = 0
@@ -115,7 +116,7 @@ class Sender:
         queue = self._queue
         if len(queue) >= self.max_queue:
             self.dropped_records += 1
-            rate_limited.log(
+            self._log.log(
                 logging.WARNING,
                 "queue-full",
                 "mona-client queue is full (%d records): dropping exports until the forwarder at "
@@ -308,7 +309,7 @@ class Sender:
         self._disconnect()
         self._backoff = min(self.max_backoff, max(0.1, self._backoff * 2))
         self._next_attempt = time.monotonic() + self._backoff
-        rate_limited.log(
+        self._log.log(
             logging.WARNING,
             "send-failed",
             "mona-client cannot deliver to %s:%d (%s); %d records wait, next try in %.1fs",
