@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Set
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
 
 from mona_client.logs import logger
 
@@ -300,6 +300,51 @@ class _Handler:
             logger.exception("mona-client config watcher failed while handling %r", event)
 
 
+class _Poller:
+    """Looks at the config file every ``interval`` seconds and says when its identity, size or times change.
+
+    Used under gevent, where a watchdog observer cannot work: its inotify thread blocks the hub in
+    ``os.read``, and its queue breaks on gevent's patched ``queue.Queue``. ``threading`` is looked up
+    when the poller starts, so in a patched process it runs as a greenlet sleeping cooperatively.
+    """
+
+    def __init__(self, paths: List[str], changed: Callable[[], None], interval: float) -> None:
+        self._paths = paths
+        self._changed = changed
+        self._interval = interval
+        self._stopped = threading.Event()
+        self._last: Tuple[Optional[Tuple[int, ...]], ...] = ()
+        self.thread = threading.Thread(target=self._run, name="mona-config-poller", daemon=True)
+
+    def start(self) -> None:
+        self._last = self._signature()  # taken now: a change right after start() must not be missed
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        self.thread.join(timeout)
+
+    def _signature(self) -> Tuple[Optional[Tuple[int, ...]], ...]:
+        signature = []
+        for path in self._paths:
+            for stat in (os.stat, os.lstat):
+                try:
+                    st = stat(path)
+                    signature.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+                except OSError:
+                    signature.append(None)
+        return tuple(signature)
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._interval):
+            current = self._signature()
+            if current != self._last:
+                self._last = current
+                self._changed()
+
+
 class ConfigWatcher:
     """Keeps a JSON config file's content current and reports every real change to ``on_change``.
 
@@ -352,11 +397,11 @@ class ConfigWatcher:
         """Stop watching and wait up to ``timeout`` seconds for the observer threads to end."""
         with self._lock:
             observer, self._observer = self._observer, None
-        if observer is None or observer is False:
+        if observer is None:
             return
         try:
             observer.stop()
-            if observer is not threading.current_thread():
+            if threading.current_thread() not in (observer, getattr(observer, "thread", None)):
                 observer.join(timeout)
         except Exception:
             logger.exception("error while stopping the watcher of %s", self.path)
@@ -369,51 +414,37 @@ class ConfigWatcher:
     # -- internals ----------------------------------------------------------------------------
 
     def _start_observer(self) -> Any:
-        directory = os.path.dirname(self.path)
         # Watch where the name lives and, for a symlink, where its content lives.
         targets = frozenset({self.path, os.path.realpath(self.path)})
-        directories = {os.path.dirname(t) for t in targets}
-        missing = [d for d in directories if not os.path.isdir(d)]
-        if missing:
-            logger.warning("directory %s does not exist; changes to %s will not be seen", missing[0], self.path)
-            return False
-        polling = gevent_monkey_patched() if self._polling is None else self._polling
-        if polling:
-            from watchdog.utils import BaseThread
-
-            if not issubclass(BaseThread, threading.Thread):
-                # watchdog was imported before patch_all(): its threads are real threads using
-                # gevent primitives, which cannot work. Better no watching than a hung program.
-                logger.warning(
-                    "watchdog was imported before gevent.monkey.patch_all(); changes to %s will not be "
-                    "seen (call patch_all() first)",
-                    self.path,
-                )
-                return False
-            observer = self._polling_observer(targets)
-        else:
-            from watchdog.observers import Observer
-
-            observer = Observer()
-        handler = _Handler(targets, lambda: self._load(retry_delay=self.RETRY_DELAY))
-        for d in sorted(directories):
-            observer.schedule(handler, d, recursive=False)
-        observer.start()
-        logger.debug("watching %s with %s", directory, type(observer).__name__)
-        return observer
+        changed = lambda: self._load(retry_delay=self.RETRY_DELAY)  # noqa: E731
+        if not (gevent_monkey_patched() if self._polling is None else self._polling):
+            try:
+                return self._native_observer(targets, changed)
+            except Exception as e:  # no directory yet, inotify limits reached...
+                logger.warning("cannot watch %s natively (%s); polling it every %ss", self.path, e, POLL_INTERVAL)
+        poller = _Poller(sorted(targets), changed, POLL_INTERVAL)
+        poller.start()
+        return poller
 
     @staticmethod
-    def _polling_observer(targets: FrozenSet[str]) -> Any:
-        """A watchdog polling observer that only stats the config file, not the whole directory."""
-        from watchdog.observers.polling import PollingObserverVFS
+    def _native_observer(targets: FrozenSet[str], changed: Callable[[], None]) -> Any:
+        """A started watchdog observer (inotify on Linux) on the directories of ``targets``."""
+        from watchdog.observers import Observer
 
-        names = {os.path.basename(t) for t in targets}
-
-        def listdir(directory: Optional[str]) -> Any:
-            with os.scandir(directory) as entries:
-                return [e for e in entries if e.name in names]
-
-        return PollingObserverVFS(os.stat, listdir, polling_interval=POLL_INTERVAL)
+        directories = sorted({os.path.dirname(t) for t in targets})
+        for d in directories:
+            if not os.path.isdir(d):
+                raise ConfigError(f"directory {d} does not exist")
+        observer = Observer()
+        try:
+            handler = _Handler(targets, changed)
+            for d in directories:
+                observer.schedule(handler, d, recursive=False)
+            observer.start()
+        except BaseException:
+            observer.stop()  # an inotify observer runs a reader thread from its creation on
+            raise
+        return observer
 
     def _load(self, retry_delay: float) -> None:
         try:
