@@ -77,31 +77,10 @@ def _key(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def record_key(record: Any) -> ArcKey:
-    """The ARC a mona record belongs to; raises :class:`RejectedRecord` when it has none."""
-    if not isinstance(record, dict):
-        raise RejectedRecord("the record is not a map")
-    context = record.get(CONTEXT)
-    if not isinstance(context, str) or not context:
-        raise RejectedRecord("the record has no context id")
-    if not isinstance(record.get(MESSAGE), dict):
-        raise RejectedRecord("the record's message is not a map")
-    user_id = record.get(USER_ID)
-    return ("" if user_id is None else _key(user_id)), context.split(CONTEXT_SEPARATOR, 1)[0]
-
-
-def export_time(record: Dict[str, Any], fallback: float) -> float:
-    """The record's export_timestamp when it is a number, else the event time."""
-    value = record.get(EXPORT_TIMESTAMP)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    return fallback
-
-
 class ArcMerger:
     """Merges records into ARC documents held in an LRU cache backed by ``loader``."""
 
-    def __init__(self, loader: Loader, cache_size: int = 20000) -> None:
+    def __init__(self, loader: Loader, cache_size: int = 5000) -> None:
         self._loader = loader
         self._cache_size = cache_size
         self._cache: "OrderedDict[ArcKey, Document]" = OrderedDict()
@@ -125,25 +104,38 @@ class ArcMerger:
     def _document(self, key: ArcKey, when: float) -> Document:
         document = self._cache.get(key)
         if document is None:
-            document = self._dirty.get(key)
-        if document is None:
             document = self._loader([key]).get(key) or new_document(key[0], key[1], when)
         self._remember(key, document)
         return document
 
     def merge(self, record: Any, event_time: float) -> ArcKey:
         """Merge one record of the mona tag; raises :class:`RejectedRecord` for a malformed one."""
-        key = record_key(record)
-        when = export_time(record, event_time)
-        document = self._document(key, when)
-        self._dirty[key] = document
+        # This runs once per record: the checks of record_key() and export_time() are inlined.
+        if type(record) is not dict:
+            raise RejectedRecord("the record is not a map")
+        context = record.get(CONTEXT)
+        message = record.get(MESSAGE)
+        if type(context) is not str or not context:
+            raise RejectedRecord("the record has no context id")
+        if type(message) is not dict:
+            raise RejectedRecord("the record's message is not a map")
+        user_id = record.get(USER_ID)
+        if type(user_id) is not str:
+            user_id = "" if user_id is None else str(user_id)
+        when = record.get(EXPORT_TIMESTAMP)
+        if type(when) is not int and type(when) is not float:
+            when = event_time
+        root, _, path = context.partition(CONTEXT_SEPARATOR)
+        key = (user_id, root)
+        document = self._dirty.get(key)
+        if document is None:
+            document = self._dirty[key] = self._document(key, when)
         if when < document["first_export"]:
             document["first_export"] = when
         if when > document["last_export"]:
             document["last_export"] = when
         document["export_count"] += 1
         node = document
-        _, _, path = record[CONTEXT].partition(CONTEXT_SEPARATOR)
         if path:
             for name in path.split(CONTEXT_SEPARATOR):
                 children = node["sub_arcs"]
@@ -151,7 +143,7 @@ class ArcMerger:
                 if child is None:
                     child = children[name] = _new_node()
                 node = child
-        self._apply(document, node, record[MESSAGE], when)
+        self._apply(document, node, message, when)
         return key
 
     @staticmethod
