@@ -264,8 +264,8 @@ def load_config_file(path: str) -> Dict[str, Any]:
 def gevent_monkey_patched() -> bool:
     """Whether gevent has monkey-patched this process, found without importing gevent.
 
-    In a patched process threads are greenlets, and watchdog's inotify observer blocks in a plain
-    ``os.read`` that starves the gevent hub; the watcher polls instead.
+    In a patched process threads are greenlets: watchdog's inotify observer would block the hub in a
+    plain ``os.read``, so the watcher uses its own cooperative poller instead.
     """
     monkey = sys.modules.get("gevent.monkey")
     if monkey is None:
@@ -354,8 +354,10 @@ class ConfigWatcher:
 
     The file's directory is watched rather than the file, so replacing the file atomically
     (editors, ``os.replace``) or deleting and recreating it is seen. In a process monkey-patched by
-    gevent, or with ``polling=True`` (a network file system that inotify cannot see), the file is
-    polled every :data:`POLL_INTERVAL` seconds instead. Errors are logged, never raised.
+    gevent, with ``polling=True`` (a network file system that inotify cannot see), or when native
+    watching cannot be set up (no directory yet, inotify limits), the file is polled every
+    :data:`POLL_INTERVAL` seconds instead. Errors are logged, never raised. ``on_change`` runs on
+    the watcher's thread, one call at a time: it should return quickly.
     """
 
     RETRY_DELAY = 0.05
