@@ -30,15 +30,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 class MonaThread(threading.Thread):
     """A ``threading.Thread`` that runs in the context of the code that created it.
 
-    Exports from the thread land in the creator's ARC, under the same full context id.
+    Exports from the thread land in the creator's ARC, under the same full context id. A subclass
+    may override ``run()`` as with any ``Thread``: the whole life of the started thread runs in the
+    copied context, not only the base ``run()``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._mona_context = contextvars.copy_context()
 
-    def run(self) -> None:
-        self._mona_context.run(super().run)
+    # ``start()`` runs ``_bootstrap_inner()`` on the new thread, which calls ``self.run()``. Entering the
+    # context there rather than in ``run()`` keeps it when a subclass overrides ``run()`` (the usual
+    # way to write a thread), which would otherwise run in the new thread's empty context.
+    def _bootstrap_inner(self) -> None:
+        self._mona_context.run(super()._bootstrap_inner)  # type: ignore[misc]
 
 
 def carry_context(fn: Callable[..., Any]) -> Callable[..., Any]:
