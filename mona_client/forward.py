@@ -173,11 +173,12 @@ class FrameDecoder:
         self.max_frame_bytes = max_frame_bytes
         self._unpacker = new_unpacker(max_frame_bytes)
         self._fed = 0
+        self._consumed = 0  # stream offset after the last whole frame
 
     @property
     def pending_bytes(self) -> int:
         """Bytes received but not yet part of a whole frame (non-zero means: stopped mid-frame)."""
-        return self._fed - self._unpacker.tell()
+        return self._fed - self._consumed
 
     def feed(self, data: bytes) -> List[Any]:
         objects: List[Any] = []
@@ -195,7 +196,9 @@ class FrameDecoder:
                     f"frame larger than the {self.max_frame_bytes} byte limit"
                 ) from None
             try:
-                objects.extend(self._unpacker)
+                for obj in self._unpacker:
+                    objects.append(obj)
+                    self._consumed = self._unpacker.tell()
             except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
                 raise ForwardProtocolError(f"invalid msgpack: {exc}") from None
         return objects
@@ -255,11 +258,15 @@ def _decode_entries(entries: bytes, max_bytes: int) -> List[Event]:
     # type check and a tuple, because this is the collector's hottest path.
     unpacker = new_unpacker(max(max_bytes, len(entries)))
     unpacker.feed(entries)
+    items: List[Any] = []
+    end = 0  # after the last whole entry: tell() also counts the bytes of a truncated one
     try:
-        items = list(unpacker)
+        for item in unpacker:
+            items.append(item)
+            end = unpacker.tell()
     except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
         raise ForwardProtocolError(f"invalid entries: {exc}") from None
-    if unpacker.tell() != len(entries):
+    if end != len(entries):
         raise ForwardProtocolError("entries end inside an entry")
     events: List[Event] = []
     append = events.append
@@ -301,7 +308,8 @@ def decode_event_message(
     if not isinstance(tag, str):
         raise ForwardProtocolError("the tag is not a string")
     second = obj[1]
-    if isinstance(second, (list, tuple)):  # Forward: [tag, [[time, record], ...], option?]
+    # EventTime is a tuple too: a Message-mode time must not be taken for a Forward array.
+    if isinstance(second, (list, tuple)) and not isinstance(second, EventTime):  # Forward mode
         if len(obj) > 3:
             raise ForwardProtocolError("Forward mode takes at most 3 items")
         option = _option(obj[2] if len(obj) > 2 else None)
