@@ -54,6 +54,10 @@ def init_client(
     logging_level: Optional[str] = None,
     print_logs: Optional[bool] = None,
     flush_timeout: Optional[float] = None,
+    spool_dir: Optional[str] = None,
+    shared_key: Optional[str] = None,
+    tls: Optional[bool] = None,
+    tls_ca_file: Optional[str] = None,
 ) -> None:
     """Configure and start the client. Optional: the first API call starts it from the environment.
 
@@ -72,6 +76,10 @@ def init_client(
             "logging_level": logging_level,
             "print_logs": print_logs,
             "flush_timeout": flush_timeout,
+            "spool_dir": spool_dir,
+            "shared_key": shared_key,
+            "tls": tls,
+            "tls_ca_file": tls_ca_file,
         }
     )
 

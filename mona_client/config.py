@@ -179,6 +179,10 @@ class Settings:
     shared_key: Optional[str] = field(default=None, repr=False)  # a secret: kept out of repr and logs
     tls: bool = False
     tls_ca_file: Optional[str] = None
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    tls_verify: bool = True
+    handle_sigterm: bool = True
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -203,6 +207,10 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         shared_key=get("MONA_SHARED_KEY") or None,
         tls=parse_bool("MONA_TLS", get("MONA_TLS"), d.tls),
         tls_ca_file=_path(get("MONA_TLS_CA_FILE")),
+        tls_cert_file=_path(get("MONA_TLS_CERT_FILE")),
+        tls_key_file=_path(get("MONA_TLS_KEY_FILE")),
+        tls_verify=parse_bool("MONA_TLS_VERIFY", get("MONA_TLS_VERIFY"), d.tls_verify),
+        handle_sigterm=parse_bool("MONA_HANDLE_SIGTERM", get("MONA_HANDLE_SIGTERM"), d.handle_sigterm),
     )
 
 

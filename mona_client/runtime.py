@@ -17,6 +17,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import signal
 import threading
 import time
 from typing import Any, Dict, Iterable, Mapping, Optional
@@ -26,7 +27,8 @@ from .config import ConfigWatcher, Settings, settings_from_env
 from .export import MonaExportException, check_export_timestamp, check_message, encode_entry
 from .logs import configure_logging, logger, rate_limited
 from .record import ARC_CLASS_KEY, GLOBALS_KEY, INVALID_EXPORT_TIMESTAMP_KEY, RESERVED_PREFIX
-from .transport import Sender
+from .spool import Spool
+from .transport import Sender, client_ssl_context
 
 __all__ = ["Runtime", "runtime"]
 
@@ -71,10 +73,13 @@ class Runtime:
             self.should_raise = settings.should_raise_exceptions
             self.env_disabled = settings.disable_all
             self.sender = self._new_sender(settings)
+            self.sender.replay_spool()
             self.watcher = ConfigWatcher(settings.config_file, self._on_config)
             self.started = True
             self._update_active()
             self.watcher.start()
+            if settings.handle_sigterm:
+                self._install_sigterm_handler()
             if not self._atexit_registered:
                 atexit.register(self._at_exit)
                 os.register_at_fork(after_in_child=self._after_fork_in_child)
@@ -91,7 +96,47 @@ class Runtime:
 
     @staticmethod
     def _new_sender(settings: Settings) -> Sender:
-        return Sender(settings.host, settings.port, blocking=settings.blocking)
+        # One spool folder per destination: records spooled for one forwarder are never replayed
+        # to another by a process of a different service.
+        spool_dir = os.path.join(settings.spool_dir, f"{settings.host}-{settings.port}")
+        ssl_context = None
+        if settings.tls:
+            ssl_context = client_ssl_context(
+                settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file, settings.tls_verify
+            )
+        return Sender(
+            settings.host,
+            settings.port,
+            blocking=settings.blocking,
+            spool=Spool(spool_dir, settings.spool_max_bytes),
+            ssl_context=ssl_context,
+            shared_key=settings.shared_key,
+        )
+
+    def _install_sigterm_handler(self) -> None:
+        """On SIGTERM, put what is still in memory into the spool before the process dies.
+
+        Installed only where SIGTERM would otherwise kill the process outright (the default handler)
+        and only from the main thread; the process still ends by SIGTERM afterwards, as it would have.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError):  # not the main interpreter, or no signals here
+            return
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        sender = self.sender
+        if sender is not None:
+            try:
+                sender.spill(everything=True)
+            except Exception:  # noqa: BLE001 - dying anyway: save what can be saved
+                logger.exception("mona-client could not spool on SIGTERM")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def _on_config(self, config: Mapping[str, Any]) -> None:
         disabled = bool(config.get("disable_all", False))
@@ -104,6 +149,7 @@ class Runtime:
         self.active = self.started and not (self.env_disabled or self.file_disabled)
 
     def flush(self, timeout: Optional[float] = None) -> bool:
+        self.ensure_started()
         sender = self.sender
         return sender.flush(timeout) if sender is not None else True
 
@@ -125,8 +171,11 @@ class Runtime:
         if self.sender is not None:
             delivered = self.sender.close(flush_timeout)
             if not delivered:
+                spool = self.sender.spool
                 logger.warning(
-                    "mona-client closed with %d records undelivered", self.sender.pending()
+                    "mona-client closed with %d records not delivered yet%s",
+                    self.sender.pending(),
+                    f"; they wait in the spool {spool.directory}" if spool is not None else "",
                 )
             self.sender = None
         return delivered
@@ -143,6 +192,7 @@ class Runtime:
         self._new_record_source()
         if self.started and self.settings is not None:
             self.sender = self._new_sender(self.settings)
+            self.sender.replay_spool()
             self.watcher = ConfigWatcher(self.settings.config_file, self._on_config)
             self.watcher.start()
 

@@ -10,11 +10,15 @@ and :mod:`mona_client.forward` instead:
 * A background thread (a greenlet under gevent's monkey patching) drains the queue into PackedForward
   chunks of up to ``chunk_records`` entries, each with a unique ``chunk`` id, and keeps up to
   ``max_inflight`` chunks on the wire before it waits for their acks.
-* A chunk leaves memory only when the peer acked it. On a refused connection, a reset or an ack that
-  does not come, the connection is dropped, and the unacked chunks are sent again, in order, after a
-  backoff. The peer drops records it already has by their ``record_id``.
-* When the queue is full the record is dropped and counted (``stats()["dropped"]``) with a
-  rate-limited log line: the caller is never blocked.
+* A chunk leaves memory only when the peer acked it, or when it is safe in the disk spool.
+  On a refused connection, a reset or an ack that does not come, the connection is dropped and what
+  is not acked goes to the spool (without a spool: stays in memory to be sent again). Spooled chunks
+  are replayed, oldest first, before anything newer. The peer drops records it already has by their
+  ``record_id``, so a resend never duplicates anything.
+* Socket I/O happens in short slices: between two slices the thread moves a growing queue to the
+  spool, so a peer that accepts but never reads cannot make the queue overflow.
+* When the queue is full anyway (no spool, or a spool that cannot keep up) the record is dropped and
+  counted (``stats()["dropped"]``) with a rate-limited log line: the caller is never blocked.
 
 ``blocking=True`` runs the same drain on the caller's thread right after each ``put`` (for scripts and
 debugging, where you'd rather wait than keep anything in memory).
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -32,19 +37,29 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 from . import forward
 from .logs import RateLimitedLog, logger
 from .record import TAG
+from .spool import Spool, SpooledChunk
 
-__all__ = ["Sender", "SenderStats"]
+__all__ = ["Sender", "SenderStats", "HandshakeError", "client_ssl_context"]
 
 SenderStats = Dict[str, int]
 
+# How long one blocking socket call may last before the thread looks at its queue again.
+_IO_SLICE = 0.05
+
+
+class HandshakeError(ConnectionError):
+    """The shared-key handshake failed: wrong key, or a server that is not who it claims."""
+
 
 class _Chunk:
-    __slots__ = ("chunk_id", "data", "count", "attempts")
+    __slots__ = ("chunk_id", "data", "entries", "count", "attempts", "spooled")
 
-    def __init__(self, chunk_id: str, data: bytes, count: int) -> None:
-        self.chunk_id = chunk_id
-        self.data = data
+    def __init__(self, entries: bytes, count: int, spooled: Optional[SpooledChunk] = None) -> None:
+        self.entries = entries
         self.count = count
+        self.spooled = spooled
+        self.chunk_id = ""
+        self.data = b""
         self.attempts = 0
 
 
@@ -64,9 +79,17 @@ class Sender:
         flush_interval: float = 0.05,
         require_ack: bool = True,
         ack_timeout: float = 10.0,
+        send_timeout: float = 5.0,
         connect_timeout: float = 3.0,
         max_backoff: float = 5.0,
         blocking: bool = False,
+        spool: Optional[Spool] = None,
+        ssl_context: Optional[ssl.SSLContext] = None,
+        server_hostname: Optional[str] = None,
+        shared_key: Optional[str] = None,
+        username: str = "",
+        password: str = "",
+        client_hostname: Optional[str] = None,
         connect: Optional[Callable[[], socket.socket]] = None,
     ) -> None:
         self.host = host
@@ -79,19 +102,29 @@ class Sender:
         self.flush_interval = flush_interval
         self.require_ack = require_ack
         self.ack_timeout = ack_timeout
+        self.send_timeout = send_timeout
         self.connect_timeout = connect_timeout
         self.max_backoff = max_backoff
         self.blocking = blocking
+        self.spool = spool
+        self.ssl_context = ssl_context
+        self.server_hostname = server_hostname or host
+        self.shared_key = shared_key
+        self.username = username
+        self.password = password
+        self.client_hostname = client_hostname or socket.gethostname()
         self._connect_hook = connect
 
         self._queue: Deque[bytes] = deque()
         # Waking the thread per record would cost a lock per export: wake it once a chunk is full,
         # otherwise it looks every flush_interval.
         self._wake_at = chunk_records
+        # Beyond this many queued records while the peer lags, the queue head goes to the spool.
+        self._spill_at = max(chunk_records * max_inflight * 2, 1)
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
-        self._drain_lock = threading.Lock()
+        self._drain_lock = threading.RLock()
         self._thread: Optional[threading.Thread] = None
         self._closing = False
 
@@ -135,13 +168,23 @@ class Sender:
             self._wake.set()
         return True
 
+    def replay_spool(self) -> None:
+        """Start sending at once when the spool holds records (left by this or an earlier process)."""
+        if self._spool_has_files() and not self.blocking:
+            self._start()
+
     def flush(self, timeout: Optional[float] = None) -> bool:
-        """Wait until every queued record was acked (or sent, without acks). True when it got there."""
+        """Wait until every queued record was acked (or sent, without acks). True when it got there.
+
+        Records in the spool count as not delivered yet: they are replayed when the peer is back.
+        """
         if self.blocking:
             self.drain_now()
             return self.pending() == 0
+        if self._thread is None and not self._queue and not self._spool_has_files():
+            return True
         if self._thread is None:
-            return not self._queue
+            self._start()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             self._idle.clear()
@@ -153,31 +196,34 @@ class Sender:
                 return self.pending() == 0
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Flush within ``timeout``, then stop the thread and the connection. True when nothing is left."""
+        """Flush within ``timeout``, spool what is left, stop. True when everything was delivered."""
         delivered = self.flush(timeout)
         self._closing = True
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=1.0)
+            self._thread.join(timeout=self.send_timeout + 1)
         with self._drain_lock:
             self._disconnect()
+            self.spill(everything=True)
         return delivered
 
     def pending(self) -> int:
-        """Records not yet acked: queued, in flight or waiting to be resent."""
-        return (
-            len(self._queue)
-            + sum(c.count for c in self._inflight)
-            + sum(c.count for c in self._retry)
+        """Records not yet acked: queued, in flight, waiting to be resent, or in the spool."""
+        in_memory = (
+            len(self._queue) + sum(c.count for c in self._inflight) + sum(c.count for c in self._retry)
         )
+        return in_memory + (self.spool.pending_records() if self.spool is not None else 0)
 
     def stats(self) -> SenderStats:
+        spool = self.spool
         return {
             "queued": len(self._queue),
             "inflight": sum(c.count for c in self._inflight) + sum(c.count for c in self._retry),
             "sent": self.sent_records,
             "acked": self.acked_records,
-            "dropped": self.dropped_records,
+            "spooled": spool.spooled_records if spool else 0,
+            "replayed": spool.replayed_records if spool else 0,
+            "dropped": self.dropped_records + (spool.dropped_records if spool else 0),
             "resent_chunks": self.resent_chunks,
             "connections": self.connections,
         }
@@ -192,26 +238,26 @@ class Sender:
             self._thread.start()
 
     def _run(self) -> None:
-        while True:
+        while not self._closing:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
             try:
                 self.drain_now()
             except Exception:  # noqa: BLE001 - the sender must outlive any surprise
                 logger.exception("mona-client sender failed; it goes on")
-                self._disconnect()
+                with self._drain_lock:
+                    self._disconnect()
             if self.pending() == 0:
                 self._idle.set()
-            if self._closing:
-                return
 
     def drain_now(self) -> None:
         """Send what is queued and collect acks until the queue is empty or the peer is unusable."""
         with self._drain_lock:
-            while True:
+            while not self._closing or self.blocking:
                 if time.monotonic() < self._next_attempt:
+                    self.spill()  # the peer is away: keep memory small and records safe
                     return
-                if not self._retry and not self._queue and not self._inflight:
+                if not self._has_work():
                     return
                 if self._sock is None and not self._connect():
                     return
@@ -220,56 +266,99 @@ class Sender:
                 except (OSError, forward.ForwardProtocolError) as exc:
                     self._fail(f"{type(exc).__name__}: {exc}")
                     return
-                if not self._inflight and not self._retry and not self._queue:
+                if not self._has_work():
                     self._backoff = 0.0
                     return
+
+    def _has_work(self) -> bool:
+        return bool(self._retry or self._queue or self._inflight or self._spool_has_files())
+
+    def _spool_has_files(self) -> bool:
+        return self.spool is not None and self.spool.pending_records() > 0
 
     def _pump(self) -> None:
         """Fill the window with chunks, then wait for the oldest ack (raises on any failure)."""
         while len(self._inflight) < self.max_inflight:
-            chunk = self._retry.popleft() if self._retry else self._take_chunk()
+            chunk = self._next_chunk()
             if chunk is None:
                 break
             if chunk.attempts:
                 self.resent_chunks += 1
             chunk.attempts += 1
+            self._frame(chunk)
             self._inflight.append(chunk)
-            assert self._sock is not None
-            self._sock.sendall(chunk.data)
+            self._send(chunk.data)
             self.sent_records += chunk.count
             if not self.require_ack:
                 self._inflight.popleft()
-                self.acked_records += chunk.count
+                self._acked(chunk)
         if self._inflight:
             self._await_acks()
 
-    def _take_chunk(self) -> Optional[_Chunk]:
+    def _next_chunk(self) -> Optional[_Chunk]:
+        """Oldest first: chunks to resend, then the spool, then the queue."""
+        if self._retry:
+            return self._retry.popleft()
+        if self.spool is not None:
+            spooled = self.spool.claim_next()
+            if spooled is not None:
+                return _Chunk(spooled.entries, spooled.count, spooled)
+        return self._take_from_queue()
+
+    def _take_from_queue(self) -> Optional[_Chunk]:
         queue = self._queue
         if not queue:
             return None
         entries: List[bytes] = []
         size = 0
-        limit_records = self.chunk_records
-        limit_bytes = self.chunk_bytes
-        while queue and len(entries) < limit_records and size < limit_bytes:
+        while queue and len(entries) < self.chunk_records and size < self.chunk_bytes:
             entry = queue.popleft()
             entries.append(entry)
             size += len(entry)
-        chunk_id = forward.new_chunk_id() if self.require_ack else None
-        data = forward.pack_packed_forward(self.tag, b"".join(entries), len(entries), chunk_id)
-        return _Chunk(chunk_id or "", data, len(entries))
+        return _Chunk(b"".join(entries), len(entries))
+
+    def _frame(self, chunk: _Chunk) -> None:
+        # A fresh chunk id per attempt: an ack that arrives late for an earlier attempt is ignored.
+        chunk.chunk_id = forward.new_chunk_id() if self.require_ack else ""
+        chunk.data = forward.pack_packed_forward(
+            self.tag, chunk.entries, chunk.count, chunk.chunk_id or None
+        )
+
+    def _acked(self, chunk: _Chunk) -> None:
+        self.acked_records += chunk.count
+        if chunk.spooled is not None and self.spool is not None:
+            self.spool.done(chunk.spooled)
+
+    def _send(self, data: bytes) -> None:
+        """sendall in slices, spilling a growing queue between them; raises after send_timeout."""
+        assert self._sock is not None
+        view = memoryview(data)
+        deadline = time.monotonic() + self.send_timeout
+        self._sock.settimeout(_IO_SLICE)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except (socket.timeout, ssl.SSLWantWriteError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the peer took nothing for {self.send_timeout:g}s") from None
+                self._spill_if_lagging()
+                continue
+            view = view[sent:]
 
     def _await_acks(self) -> None:
         """Read until the oldest in-flight chunk is acked (acks of later ones are taken as they come)."""
         assert self._sock is not None and self._decoder is not None
         deadline = time.monotonic() + self.ack_timeout
         oldest = self._inflight[0]
+        self._sock.settimeout(_IO_SLICE)
         while self._inflight and self._inflight[0] is oldest:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no ack within {self.ack_timeout:g}s")
-            self._sock.settimeout(remaining)
-            data = self._sock.recv(65536)
+            try:
+                data = self._sock.recv(65536)
+            except (socket.timeout, ssl.SSLWantReadError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no ack within {self.ack_timeout:g}s") from None
+                self._spill_if_lagging()
+                continue
             if not data:
                 raise ConnectionResetError("the peer closed the connection")
             for obj in self._decoder.feed(data):
@@ -282,41 +371,120 @@ class Sender:
         for i, chunk in enumerate(self._inflight):
             if chunk.chunk_id == ack:
                 del self._inflight[i]
-                self.acked_records += chunk.count
+                self._acked(chunk)
                 return
         logger.debug("mona-client got an ack for an unknown chunk %r", ack)
 
+    # --- the spool ------------------------------------------------------------------------------
+
+    def _spill_if_lagging(self) -> None:
+        if self.spool is not None and len(self._queue) > self._spill_at:
+            self.spill(keep=self._spill_at // 2)
+
+    def spill(self, keep: int = 0, everything: bool = False) -> None:
+        """Move records from memory to the spool, oldest first, keeping ``keep`` queued.
+
+        With ``everything`` (at close) chunks waiting to be resent go too, and claimed spool files are
+        given back. Without a spool nothing moves.
+        """
+        spool = self.spool
+        if spool is None:
+            return
+        with self._drain_lock:
+            if everything:
+                self._disconnect()
+            while self._retry and (everything or self._sock is None):
+                chunk = self._retry.popleft()
+                if chunk.spooled is not None:
+                    spool.release(chunk.spooled)
+                else:
+                    spool.write(chunk.entries, chunk.count)
+            while len(self._queue) > keep:
+                chunk = self._take_from_queue()
+                if chunk is None:
+                    break
+                spool.write(chunk.entries, chunk.count)
+
+    # --- connections ----------------------------------------------------------------------------
+
     def _connect(self) -> bool:
         try:
-            if self._connect_hook is not None:
-                sock = self._connect_hook()
-            else:
-                sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
+            sock = self._open_socket()
+        except (OSError, forward.ForwardProtocolError) as exc:
             self._fail(f"cannot connect: {exc}")
             return False
-        sock.settimeout(self.ack_timeout)
         self._sock = sock
         self._decoder = forward.FrameDecoder(64 * 1024)
         self.connections += 1
         if self.connections > 1:
-            logger.info("mona-client reconnected to %s:%d", self.host, self.port)
+            logger.info("mona-client connected again to %s:%d", self.host, self.port)
         return True
 
+    def _open_socket(self) -> socket.socket:
+        if self._connect_hook is not None:
+            return self._connect_hook()
+        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
+            if self.shared_key is not None:
+                self._handshake(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _handshake(self, sock: socket.socket) -> None:
+        """The Forward protocol's HELO / PING / PONG exchange (shared-key authentication)."""
+        decoder = forward.FrameDecoder(64 * 1024)
+        sock.settimeout(self.connect_timeout)
+
+        def receive() -> Any:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    raise HandshakeError("the server closed the connection during the handshake")
+                objects = decoder.feed(data)
+                if objects:
+                    return objects[0]
+
+        helo = receive()
+        if not (isinstance(helo, list) and len(helo) == 2 and helo[0] == "HELO" and isinstance(helo[1], dict)):
+            raise HandshakeError(f"expected HELO, got {helo!r:.100}")
+        nonce = _as_bytes(helo[1].get("nonce", b""))
+        auth_salt = _as_bytes(helo[1].get("auth", b""))
+        assert self.shared_key is not None
+        ping, salt = forward.pack_ping(
+            self.client_hostname, self.shared_key, nonce, auth_salt, self.username, self.password
+        )
+        sock.sendall(ping)
+        pong = receive()
+        if not (isinstance(pong, list) and len(pong) == 5 and pong[0] == "PONG"):
+            raise HandshakeError(f"expected PONG, got {pong!r:.100}")
+        _, ok, reason, server_hostname, digest = pong
+        if not ok:
+            raise HandshakeError(f"the server refused the shared key: {reason}")
+        if server_hostname == self.client_hostname:
+            raise HandshakeError("the server claims this client's own hostname")
+        expected = forward.shared_key_digest(salt, server_hostname, nonce, self.shared_key)
+        if digest != expected:
+            raise HandshakeError("the server does not know the shared key")
+
     def _fail(self, reason: str) -> None:
-        """Drop the connection, put unacked chunks back in front, and back off before the next try."""
+        """Drop the connection, keep or spool unacked chunks, and back off before the next try."""
         self._disconnect()
+        self.spill()
         self._backoff = min(self.max_backoff, max(0.1, self._backoff * 2))
         self._next_attempt = time.monotonic() + self._backoff
         self._log.log(
             logging.WARNING,
             "send-failed",
-            "mona-client cannot deliver to %s:%d (%s); %d records wait, next try in %.1fs",
+            "mona-client cannot deliver to %s:%d (%s); records wait%s, next try in %.1fs",
             self.host,
             self.port,
             reason,
-            self.pending(),
+            f" in the spool {self.spool.directory}" if self.spool is not None else " in memory",
             self._backoff,
         )
 
@@ -331,4 +499,27 @@ class Sender:
                 pass
         self._sock = None
         self._decoder = None
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return bytes(value)
+
+
+def client_ssl_context(
+    ca_file: Optional[str] = None,
+    cert_file: Optional[str] = None,
+    key_file: Optional[str] = None,
+    verify: bool = True,
+) -> ssl.SSLContext:
+    """A TLS client context: the system store (or ``ca_file``), TLS 1.2 or 1.3, optional client cert."""
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        context.load_cert_chain(cert_file, key_file)
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 

@@ -15,6 +15,14 @@ from receiver import ForwardReceiver  # noqa: E402
 from mona_client import client  # noqa: E402
 
 
+def pytest_configure(config):
+    # Records that tests leave undelivered must not land in the user's own spool; subprocesses
+    # started by tests inherit this too.
+    import tempfile
+
+    os.environ["MONA_SPOOL_DIR"] = tempfile.mkdtemp(prefix="mona-test-spool-")
+
+
 @pytest.fixture
 def receiver() -> Iterator[ForwardReceiver]:
     with ForwardReceiver() as r:
