@@ -100,7 +100,9 @@ class _Block:
     __slots__ = ("_tokens",)
 
     def __init__(self) -> None:
-        self._tokens: List[Tuple[Any, _ctx.Stack]] = []
+        # (token, previous stack, pushed stack) per entry: one block object may be entered again,
+        # nested or from several threads at once.
+        self._tokens: List[Tuple[Any, _ctx.Stack, _ctx.Stack]] = []
 
     def _open(self) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
         raise NotImplementedError
@@ -108,15 +110,22 @@ class _Block:
     def __enter__(self) -> str:
         opened = self._open()
         if opened is None:
-            self._tokens.append((None, ()))
+            self._tokens.append((None, (), ()))
             return ""
         stack, full_id, arc_class, root = opened
-        self._tokens.append(_ctx.push(stack))
+        token, previous = _ctx.push(stack)
+        self._tokens.append((token, previous, stack))
         _runtime.open_context_exports(full_id, arc_class, root, self._timestamp())
         return full_id
 
     def __exit__(self, *exc_info: Any) -> None:
-        token, previous = self._tokens.pop()
+        tokens = self._tokens
+        # The entry whose pushed stack is current belongs to this thread/task: normally the last.
+        current = _ctx.current_stack()
+        index = len(tokens) - 1
+        while index > 0 and tokens[index][2] is not current:
+            index -= 1
+        token, previous, _ = tokens.pop(index)
         if token is not None:
             _ctx.pop(token, previous)
 

@@ -15,6 +15,9 @@ from typing import Dict, Tuple
 
 LOGGER_NAME = "mona-logger"
 logger = logging.getLogger(LOGGER_NAME)
+# A library's lines go where the application sends them, and nowhere when it configured nothing and
+# turned MONA_PRINT_LOGS off (without this, Python's last-resort handler would print warnings).
+logger.addHandler(logging.NullHandler())
 
 _print_handler: "logging.Handler | None" = None
 

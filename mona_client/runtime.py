@@ -61,6 +61,8 @@ class Runtime:
         with self._lock:
             if self.started:
                 self._stop_parts(flush_timeout=self.settings.flush_timeout if self.settings else 1.0)
+            # Lines about bad environment values must be seen even before MONA_PRINT_LOGS is read.
+            configure_logging(print_logs=True)
             settings = settings_from_env()
             if overrides:
                 settings = dataclasses.replace(

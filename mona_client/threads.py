@@ -9,9 +9,9 @@ the worker) is not seen by the other side.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
+import inspect
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Optional, TypeVar
@@ -82,12 +82,13 @@ def in_new_mona_context(
     """Decorator: each call of the function runs in a new root ARC of ``arc_class``.
 
     Works on plain and ``async def`` functions; for a coroutine function the ARC spans the whole
-    awaited call, and concurrent calls get separate ARCs.
+    awaited call, and concurrent calls get separate ARCs. (Not for generator functions: their body
+    runs after the call returned, outside the ARC.)
     """
     from .client import new_mona_context
 
     def decorate(fn: F) -> F:
-        if asyncio.iscoroutinefunction(fn):
+        if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:

@@ -177,3 +177,28 @@ def test_context_export_timestamp_dates_the_context_exports(mona):
     client.flush(10)
     (record,) = mona.wait_records(1)
     assert record["export_timestamp"] == 1_700_000_000
+
+
+def test_one_block_object_shared_by_threads_restores_each_threads_stack(mona):
+    import threading
+
+    shared = client.new_mona_sub_context(sub_context_id="shared")
+    inside = threading.Barrier(2)
+    results = {}
+
+    def work(name):
+        with client.new_mona_context(context_id=name):
+            with shared:
+                inside.wait()  # both threads are in the shared block at once
+                if name == "second":
+                    inside.wait()  # the first leaves first
+            results[name] = client.get_full_context_id()
+            if name == "first":
+                inside.wait()
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("first", "second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert results == {"first": "first", "second": "second"}
