@@ -85,9 +85,10 @@ def init_client(
 
 
 def _resolve_arc_class(arc_class: Optional[str], legacy: Optional[str]) -> Optional[str]:
-    if legacy is not None and arc_class is None:
-        return legacy
-    return arc_class
+    return legacy if arc_class is None else arc_class
+
+
+_Opened = Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]
 
 
 class _Block:
@@ -97,40 +98,50 @@ class _Block:
     class keeps the pairing of enter and exit exact however blocks nest or fail.
     """
 
-    __slots__ = ("_tokens",)
+    __slots__ = ("_entries",)
 
     def __init__(self) -> None:
-        # (token, previous stack, pushed stack) per entry: one block object may be entered again,
-        # nested or from several threads at once.
-        self._tokens: List[Tuple[Any, _ctx.Stack, _ctx.Stack]] = []
+        # (token, pushed stack) per entry: one block object may be entered again, nested or from
+        # several threads at once. None for an entry that pushed nothing (disabled, or an error).
+        self._entries: List[Optional[Tuple[Any, _ctx.Stack]]] = []
 
-    def _open(self) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+    def _open(self) -> _Opened:
         raise NotImplementedError
+
+    def _timestamp(self) -> Any:
+        return None
 
     def __enter__(self) -> str:
         opened = self._open()
         if opened is None:
-            self._tokens.append((None, (), ()))
+            self._entries.append(None)
             return ""
         stack, full_id, arc_class, root = opened
-        token, previous = _ctx.push(stack)
-        self._tokens.append((token, previous, stack))
-        _runtime.open_context_exports(full_id, arc_class, root, self._timestamp())
+        self._entries.append((_push(stack), stack))
+        if arc_class is not None or (root and _runtime.global_init_message is not None):
+            _runtime.open_context_exports(full_id, arc_class, root, self._timestamp())
         return full_id
 
     def __exit__(self, *exc_info: Any) -> None:
-        tokens = self._tokens
-        # The entry whose pushed stack is current belongs to this thread/task: normally the last.
-        current = _ctx.current_stack()
-        index = len(tokens) - 1
-        while index > 0 and tokens[index][2] is not current:
-            index -= 1
-        token, previous, _ = tokens.pop(index)
-        if token is not None:
-            _ctx.pop(token, previous)
+        entries = self._entries
+        entry = entries.pop()
+        if entry is None:
+            return
+        if entry[1] is not _current_stack() and len(entries) > 0:
+            # Not this thread's entry (a block object shared by threads): find the one it pushed.
+            entries.append(entry)
+            current = _current_stack()
+            index = len(entries) - 1
+            while index > 0 and (entries[index] is None or entries[index][1] is not current):
+                index -= 1
+            entry = entries.pop(index)
+            if entry is None:
+                return
+        _ctx.pop(entry[0])
 
-    def _timestamp(self) -> Any:
-        return None
+
+_push = _ctx.push
+_current_stack = _ctx.current_stack
 
 
 class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
@@ -153,16 +164,16 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         *,
         ARC_class: Optional[str] = None,  # noqa: N803 - older user code spells it so
     ) -> None:
-        super().__init__()
-        self.arc_class = _resolve_arc_class(arc_class, ARC_class)
+        self._entries = []
+        self.arc_class = ARC_class if arc_class is None else arc_class
         self.context_id = context_id
         self.export_timestamp = export_timestamp
 
-    def _open(self) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+    def _open(self) -> _Opened:
         if not _runtime.active and not _runtime.ensure_started():
             return None
         context_id = str(self.context_id) if self.context_id else _ctx.new_context_id()
-        return _ctx.root_stack(context_id, self.arc_class), context_id, self.arc_class, True
+        return ((context_id, self.arc_class),), context_id, self.arc_class, True
 
     def _timestamp(self) -> Any:
         return self.export_timestamp
@@ -184,17 +195,15 @@ class new_mona_sub_context(_Block):  # noqa: N801
         *,
         ARC_class: Optional[str] = None,  # noqa: N803
     ) -> None:
-        super().__init__()
-        self.arc_class = _resolve_arc_class(arc_class, ARC_class)
+        self._entries = []
+        self.arc_class = ARC_class if arc_class is None else arc_class
         self.sub_context_id = sub_context_id
 
-    def _open(self) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+    def _open(self) -> _Opened:
         return _open_sub(self.arc_class, self.sub_context_id)
 
 
-def _open_sub(
-    arc_class: Optional[str], sub_context_id: str
-) -> Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]:
+def _open_sub(arc_class: Optional[str], sub_context_id: str) -> _Opened:
     if not _runtime.active and not _runtime.ensure_started():
         return None
     stack = _ctx.current_stack()

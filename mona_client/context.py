@@ -24,7 +24,6 @@ __all__ = [
     "current_stack",
     "get_full_context_id",
     "new_context_id",
-    "root_stack",
     "sub_stack",
     "push",
     "pop",
@@ -68,24 +67,18 @@ def new_context_id() -> str:
     return f"{_id_prefix}{next(_id_counter):x}"
 
 
-def root_stack(context_id: str, arc_class: Optional[str]) -> Stack:
-    """The stack of a root ARC. ``context_id`` may be a dotted full id ("root.sub") to continue one."""
-    return ((context_id, arc_class),)
-
-
 def sub_stack(stack: Stack, sub_context_id: str, arc_class: Optional[str]) -> Stack:
     """``stack`` with a sub-context pushed; ids join with "."."""
     parent = stack[-1][0]
     return stack + ((f"{parent}{CONTEXT_SEPARATOR}{sub_context_id}", arc_class),)
 
 
-def push(stack: Stack) -> Tuple[Token, Stack]:
-    """Make ``stack`` current; returns what :func:`pop` needs to restore the previous one."""
-    previous = _stack.get()
-    return _stack.set(stack), previous
+def push(stack: Stack) -> Token:
+    """Make ``stack`` current; the token restores the previous one in :func:`pop`."""
+    return _stack.set(stack)
 
 
-def pop(token: Token, previous: Stack) -> None:
+def pop(token: Token) -> None:
     """Restore the stack that was current before the matching :func:`push`.
 
     A token only fits the context it was made in. When a block is left in another context (a
@@ -95,7 +88,8 @@ def pop(token: Token, previous: Stack) -> None:
     try:
         _stack.reset(token)
     except (ValueError, RuntimeError):
-        _stack.set(previous)
+        previous = token.old_value
+        _stack.set(_EMPTY if previous is Token.MISSING else previous)
 
 
 def set_stack(stack: Stack) -> None:

@@ -95,10 +95,11 @@ def _new_packer() -> msgpack.Packer:
 _packers: List[msgpack.Packer] = []
 
 
-def encode_entry(
-    time: int, user_id: str, context: str, message: Mapping[str, Any], timestamp: int, record_id: str
-) -> bytes:
+def encode_entry(timestamp: int, user_id: str, context: str, message: Mapping[str, Any], record_id: str) -> bytes:
     """The msgpack bytes of one ``[time, record]`` PackedForward entry.
+
+    The event time is the export time: integer seconds (Fluentd relaying with acks retries a chunk
+    with float times forever).
 
     Raises :class:`MonaExportException` when a value cannot be encoded.
     """
@@ -109,7 +110,7 @@ def encode_entry(
     try:
         return packer.pack(
             [
-                time,
+                timestamp,
                 {
                     USER_ID: user_id,
                     CONTEXT: context,

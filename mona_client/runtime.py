@@ -230,19 +230,15 @@ class Runtime:
         return self.export_to(stack[-1][0], message, export_timestamp)
 
     def export_to(self, context_id: str, message: Any, export_timestamp: Any = None) -> bool:
-        """Export ``message`` into the context with the given full id (the caller checked ``active``)."""
+        """Export ``message`` into the context with the given full id (the caller checked ``active``).
+
+        This is the hot path of every export: one pass, no helper calls for a plain dict.
+        """
         try:
-            # Fast path: a plain dict whose keys hold no reserved prefix (joining the keys is far
-            # cheaper than testing each one; a non-str key makes join raise and takes the slow path).
+            # A plain dict whose keys hold no reserved prefix needs no copy: joining the keys is far
+            # cheaper than testing each one, and a non-str key makes join raise (the slow path).
             if type(message) is not dict or RESERVED_PREFIX in "\n".join(message):
-                message, dropped = check_message(message)
-                if dropped:
-                    rate_limited.log(
-                        logging.WARNING,
-                        "reserved-keys",
-                        "mona-client: dropped reserved keys %s from an export (MONA_ is reserved)",
-                        dropped,
-                    )
+                message = self._checked_copy(message)
             now = int(_time())
             if export_timestamp is None:
                 timestamp = now
@@ -250,33 +246,46 @@ class Runtime:
                 timestamp, invalid = check_export_timestamp(export_timestamp, now)
                 if invalid is not None:
                     message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
-            return self._send(context_id, message, timestamp)
+            entry = encode_entry(
+                timestamp, self.user_id, context_id, message, f"{self._record_source}{next(self._record_counter)}"
+            )
         except MonaExportException as exc:
             return self.fail("bad-message", str(exc))
         except TypeError as exc:
             return self.fail("bad-message", f"message is not a mapping of JSON-able values: {exc}")
-
-    def _send(self, context_id: str, message: Mapping[str, Any], timestamp: int) -> bool:
-        entry = encode_entry(
-            timestamp,
-            self.user_id,
-            context_id,
-            message,
-            timestamp,
-            f"{self._record_source}{next(self._record_counter)}",
-        )
         sender = self.sender
         return sender.put(entry) if sender is not None else False
 
+    @staticmethod
+    def _checked_copy(message: Any) -> Dict[str, Any]:
+        checked, dropped = check_message(message)
+        if dropped:
+            rate_limited.log(
+                logging.WARNING,
+                "reserved-keys",
+                "mona-client: dropped reserved keys %s from an export (MONA_ is reserved)",
+                dropped,
+            )
+        return checked
+
     def export_reserved(self, context_id: str, message: Mapping[str, Any], export_timestamp: Any) -> None:
         """Export the client's own ``MONA_*`` keys (arc class, globals) without the reserved-key check."""
-        timestamp, invalid = check_export_timestamp(export_timestamp, int(_time()))
-        if invalid is not None:
-            message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
+        if export_timestamp is None:
+            timestamp = int(_time())
+        else:
+            timestamp, invalid = check_export_timestamp(export_timestamp, int(_time()))
+            if invalid is not None:
+                message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
         try:
-            self._send(context_id, message, timestamp)
+            entry = encode_entry(
+                timestamp, self.user_id, context_id, message, f"{self._record_source}{next(self._record_counter)}"
+            )
         except MonaExportException as exc:
             self.fail("bad-globals", f"cannot export {list(message)}: {exc}")
+            return
+        sender = self.sender
+        if sender is not None:
+            sender.put(entry)
 
     def export_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
         """Export several messages; each may name its own ``context_id`` and ``arc_class``."""

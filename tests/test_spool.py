@@ -52,7 +52,7 @@ def test_stuck_forwarder_spools_without_blocking_the_caller(tmp_path):
         sender = Sender(port=port, spool=spool, send_timeout=1, ack_timeout=1, max_backoff=0.2)
         payload = "x" * 1000
         for i in range(30_000):  # ~30 MB: far beyond what socket buffers take
-            assert sender.put(encode_entry(1, "u", "c", {"i": i, "pad": payload}, 1, f"s:{i}"))
+            assert sender.put(encode_entry(1, "u", "c", {"i": i, "pad": payload}, f"s:{i}"))
         assert sender.stats()["dropped"] == 0
         assert wait_until(lambda: sender.stats()["spooled"] > 0, timeout=20)
     sender.close(0)  # the stuck peer is gone: what is left goes to the spool
@@ -129,7 +129,7 @@ def test_a_full_spool_drops_and_counts(tmp_path, caplog):
     spool = Spool(str(tmp_path), max_bytes=200_000)  # room for one chunk of 1000, not two
     sender = Sender(port=free_port(), spool=spool, max_backoff=5)
     for i in range(2000):
-        sender.put(encode_entry(1, "u", "c", {"i": i, "pad": "y" * 100}, 1, f"s:{i}"))
+        sender.put(encode_entry(1, "u", "c", {"i": i, "pad": "y" * 100}, f"s:{i}"))
     sender.close(0.2)
     stats = sender.stats()
     assert stats["spooled"] > 0 and stats["dropped"] > 0
@@ -140,7 +140,7 @@ def test_a_full_spool_drops_and_counts(tmp_path, caplog):
 
 def test_claims_of_a_dead_process_are_taken_back(tmp_path):
     spool = Spool(str(tmp_path), 1 << 20)
-    assert spool.write(encode_entry(1, "u", "c", {"i": 0}, 1, "s:0"), 1)
+    assert spool.write(encode_entry(1, "u", "c", {"i": 0}, "s:0"), 1)
     (name,) = os.listdir(tmp_path)
     # As if a process that no longer exists had claimed it and died.
     os.rename(tmp_path / name, tmp_path / f"{name}.999999999-deadbeef.claimed")

@@ -19,7 +19,7 @@ from receiver import ForwardReceiver, free_port, wait_until
 
 def entries(count, start=0):
     return [
-        encode_entry(1_700_000_000, "u", "ctx", {"i": i}, 1_700_000_000, f"src:{i}")
+        encode_entry(1_700_000_000, "u", "ctx", {"i": i}, f"src:{i}")
         for i in range(start, start + count)
     ]
 
@@ -90,7 +90,7 @@ def test_a_restarted_forwarder_gets_everything(tmp_path):
 def test_a_stuck_forwarder_never_blocks_the_caller():
     with ForwardReceiver(read=False) as stuck:
         sender = Sender(port=stuck.port, max_queue=20_000, ack_timeout=30)
-        big = [encode_entry(1, "u", "c", {"pad": "x" * 2000, "i": i}, 1, f"s:{i}") for i in range(40_000)]
+        big = [encode_entry(1, "u", "c", {"pad": "x" * 2000, "i": i}, f"s:{i}") for i in range(40_000)]
         accepted = [sender.put(entry) for entry in big]  # would hang here if put() waited on the socket
         assert accepted.count(True) >= 20_000
         assert sender.stats()["dropped"] == accepted.count(False) > 0
