@@ -52,6 +52,7 @@ class Runtime:
         self.sender: Optional[Sender] = None
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
+        self._exited = False  # after the exit flush nothing starts again
         self._new_record_source()
 
     # --- life cycle -----------------------------------------------------------------------------
@@ -88,9 +89,11 @@ class Runtime:
                 self._atexit_registered = True
 
     def ensure_started(self) -> bool:
-        if not self.started:
+        if not self.started and not self._exited:
             try:
-                self.start()
+                with self._lock:  # two threads' first calls must not start it twice
+                    if not self.started:
+                        self.start()
             except Exception:  # noqa: BLE001 - instrumentation must not break the program
                 logger.exception("mona-client could not start; exports are dropped")
                 return False
@@ -183,6 +186,7 @@ class Runtime:
         return delivered
 
     def _at_exit(self) -> None:
+        self._exited = True
         if self.started:
             timeout = self.settings.flush_timeout if self.settings else 5.0
             self.close(timeout)
