@@ -19,10 +19,11 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
+import hmac
 import os
 import struct
 import zlib
-from typing import Any, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
 
 import msgpack
 
@@ -46,6 +47,8 @@ __all__ = [
     "pack_helo",
     "pack_ping",
     "pack_pong",
+    "PingCheck",
+    "check_ping",
     "shared_key_digest",
     "password_digest",
 ]
@@ -401,3 +404,55 @@ def pack_ping(
 
 def pack_pong(ok: bool, reason: str, hostname: str, digest: str) -> bytes:
     return msgpack.packb(["PONG", ok, reason, hostname, digest], use_bin_type=True)
+
+
+class PingCheck(NamedTuple):
+    """What a server concluded from a PING: ``ok``, the PONG ``reason`` when not, and the client's
+    hostname and salt (the salt goes into the server's PONG digest)."""
+
+    ok: bool
+    reason: str
+    hostname: str
+    salt: Union[str, bytes]
+
+
+def check_ping(
+    message: Any,
+    nonce: bytes,
+    shared_key: Union[str, bytes],
+    auth_salt: bytes = b"",
+    users: Optional[Dict[str, str]] = None,
+) -> PingCheck:
+    """The server's check of a decoded PING against the nonce (and auth salt) of its HELO.
+
+    Raises :class:`ForwardProtocolError` when ``message`` is not a PING at all (data sent before the
+    handshake, a wrong shape); returns ``ok=False`` with Fluentd's reason (``"shared_key mismatch"``,
+    ``"username/password mismatch"``) when the digests do not match. With ``users`` (user name ->
+    password) the user name and its password digest are checked too.
+    """
+    if not isinstance(message, (list, tuple)) or not message or message[0] != "PING":
+        if isinstance(message, (list, tuple)) and message and isinstance(message[0], str):
+            raise ForwardProtocolError(f"sent data (tag {message[0][:40]!r}) before the shared-key handshake")
+        raise ForwardProtocolError(f"sent {type(message).__name__} instead of PING")
+    if len(message) != 6:
+        raise ForwardProtocolError(f"PING of {len(message)} items instead of 6")
+    _, hostname, salt, digest, username, user_digest = message
+    if not (
+        isinstance(hostname, str)
+        and isinstance(salt, (str, bytes))
+        and isinstance(digest, (str, bytes))
+        and isinstance(username, str)
+        and isinstance(user_digest, (str, bytes))
+    ):
+        raise ForwardProtocolError("PING with a field of the wrong type")
+    expected = shared_key_digest(salt, hostname, nonce, shared_key)
+    if not hmac.compare_digest(_as_bytes(digest), expected.encode("ascii")):
+        return PingCheck(False, "shared_key mismatch", hostname, salt)
+    if users:
+        password = users.get(username)
+        user_ok = password is not None and hmac.compare_digest(
+            _as_bytes(user_digest), password_digest(auth_salt, username, password).encode("ascii")
+        )
+        if not user_ok:
+            return PingCheck(False, "username/password mismatch", hostname, salt)
+    return PingCheck(True, "", hostname, salt)

@@ -1,6 +1,7 @@
 """The ``mona`` command: run the collector and query what it stored.
 
     mona collect [--bind 127.0.0.1] [--port 24224] [--db PATH]
+                 [--shared-key-file PATH] [--tls-cert PATH --tls-key PATH [--tls-client-ca PATH]]
     mona arcs list [--arc-class C] [--since 2h] [--limit N] [--json]
     mona arcs show CONTEXT_ID
     mona arcs export --format jsonl|csv [--arc-class C] [--out FILE]
@@ -8,6 +9,7 @@
 
 Every command takes ``--db`` (default: ``$MONA_COLLECTOR_DB``, else the per-user data directory).
 The query commands only read the database, so they can run while the collector is writing.
+``mona collect`` takes the shared key from ``--shared-key-file`` or ``$MONA_COLLECTOR_SHARED_KEY``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import argparse
 import csv
 import json
 import logging
+import os
 import signal
+import ssl
 import sys
 import threading
 from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
@@ -43,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--stall-timeout", type=float, default=30.0, help="seconds a frame may stay incomplete")
     collect.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"], help="SQLite durability")
     collect.add_argument("--quiet", action="store_true", help="log warnings only")
+    collect.add_argument(
+        "--shared-key-file",
+        help="require the Forward shared-key handshake with the key in this file "
+        "(default: $MONA_COLLECTOR_SHARED_KEY, if set)",
+    )
+    collect.add_argument("--hostname", help="the collector's name in the handshake (default: mona-collector.HOST)")
+    collect.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM); needs --tls-key")
+    collect.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
+    collect.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
 
     arcs = commands.add_parser("arcs", help="query ARC documents").add_subparsers(dest="arcs_command", required=True)
     listing = arcs.add_parser("list", help="ARCs, most recently exported first")
@@ -89,19 +102,35 @@ def _collect(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
-    collector = Collector(
-        args.bind,
-        args.port,
-        args.db,
-        max_frame_bytes=args.max_frame_bytes,
-        stall_timeout=args.stall_timeout,
-        synchronous=args.synchronous,
-    )
+    try:
+        for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{option}: no file {path}")
+        shared_key = _shared_key(args.shared_key_file)
+        collector = Collector(
+            args.bind,
+            args.port,
+            args.db,
+            max_frame_bytes=args.max_frame_bytes,
+            stall_timeout=args.stall_timeout,
+            synchronous=args.synchronous,
+            shared_key=shared_key,
+            hostname=args.hostname,
+            tls_cert_file=args.tls_cert,
+            tls_key_file=args.tls_key,
+            tls_ca_file=args.tls_client_ca,
+        )
+    except (OSError, ValueError) as exc:
+        print(f"mona: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
         collector.start()
+    except ssl.SSLError as exc:
+        print(f"mona: cannot use the TLS certificate or key: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"mona: cannot listen on {args.bind}:{args.port}: {exc}", file=sys.stderr)
         return 1
@@ -109,6 +138,17 @@ def _collect(args: argparse.Namespace) -> int:
         pass
     collector.stop()
     return 0
+
+
+def _shared_key(path: Optional[str]) -> Optional[str]:
+    """The key from the file (without its trailing newline), else from the environment, else None."""
+    if path:
+        with open(path, encoding="utf-8") as f:
+            key = f.read().rstrip("\r\n")
+        if not key:
+            raise ValueError(f"the shared key file {path} is empty")
+        return key
+    return os.environ.get("MONA_COLLECTOR_SHARED_KEY") or None
 
 
 def _list(store: SQLiteStore, args: argparse.Namespace) -> int:

@@ -10,8 +10,17 @@ stops mid-frame for longer than the stall timeout is closed with one log line; t
 A connection whose messages wait to be written stops being read (TCP backpressure), which keeps
 memory bounded. Connection resets are normal (Fluentd closes with RST) and are not errors.
 
-The shared-key handshake and TLS are not implemented yet; they belong in :class:`ForwardConnection`
-(a HELO on ``connection_made``, frames checked before data) and in the ``ssl`` argument of ``start``.
+Security, both optional and usable together (the handshake then runs inside TLS):
+
+* With a shared key the collector speaks first: ``HELO`` (a random nonce, a random auth salt,
+  keepalive). The first frame from the client must be a ``PING`` whose digest proves it knows the key
+  (and, with users configured, a user name and password); the collector answers ``PONG`` with its own
+  digest and only then takes event messages. Anything else (a wrong key, an unknown user, data instead
+  of ``PING``, bytes that are not msgpack) is answered ``PONG`` false with the reason, logged in one
+  line naming the peer, and the connection is closed before anything is stored. Repeated refusals of
+  one address for one reason are logged once a minute with a count.
+* With a certificate and key the server speaks TLS 1.2 or 1.3; with a CA file it also requires a client
+  certificate signed by that CA. A failed TLS handshake is logged the same way.
 """
 
 from __future__ import annotations
@@ -20,16 +29,23 @@ import asyncio
 import codecs
 import json
 import logging
+import os
+import socket
+import ssl
 import time
-from dataclasses import dataclass
-from typing import Any, List, Optional, Set, Union
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 from ..forward import (
     DEFAULT_MAX_FRAME_BYTES,
     ForwardProtocolError,
     FrameDecoder,
+    check_ping,
     decode_event_message,
     pack_ack,
+    pack_helo,
+    pack_pong,
+    shared_key_digest,
 )
 from .ingest import IngestResult, Ingestor, Submission
 
@@ -50,6 +66,82 @@ class ServerSettings:
     accept_json: bool = True
     #: Answer the UDP heartbeat (0x00 -> 0x00) on the same port.
     udp_heartbeat: bool = True
+    #: Require the shared-key handshake with this key (None: no handshake).
+    shared_key: Optional[str] = field(default=None, repr=False)
+    #: With a shared key, also require one of these user names with its password.
+    users: Optional[Dict[str, str]] = field(default=None, repr=False)
+    #: The name the collector gives in PONG (a client refuses a server that has its own name, so the
+    #: default is not the bare host name, which a client on the same machine would also use).
+    hostname: Optional[str] = None
+    #: TLS: the server's certificate chain and key (PEM). Both set: TLS only, no plain connections.
+    tls_cert_file: Optional[Union[str, "os.PathLike[str]"]] = None
+    tls_key_file: Optional[Union[str, "os.PathLike[str]"]] = None
+    #: TLS: require client certificates signed by this CA.
+    tls_ca_file: Optional[Union[str, "os.PathLike[str]"]] = None
+
+    def __post_init__(self) -> None:
+        if self.hostname is None:
+            self.hostname = f"mona-collector.{socket.gethostname()}"
+        if self.shared_key is not None and not self.shared_key:
+            raise ValueError("the shared key is empty")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("TLS needs both a certificate file and a key file")
+        if self.tls_ca_file and not self.tls_cert_file:
+            raise ValueError("a client CA file needs TLS (a certificate and a key) too")
+        if self.users and self.shared_key is None:
+            raise ValueError("user authentication needs a shared key")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
+
+    def describe(self) -> str:
+        """How connections are secured, for the start-up log line."""
+        parts = ["TLS" + (" with client certificates" if self.tls_ca_file else "") if self.tls else "TCP"]
+        if self.shared_key is not None:
+            parts.append("shared key" + (" and users" if self.users else ""))
+        return ", ".join(parts)
+
+
+def server_ssl_context(
+    cert_file: Union[str, "os.PathLike[str]"],
+    key_file: Union[str, "os.PathLike[str]"],
+    ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+) -> ssl.SSLContext:
+    """A TLS server context: TLS 1.2 or 1.3; with ``ca_file``, client certificates are required."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(os.fspath(cert_file), os.fspath(key_file))
+    if ca_file:
+        context.load_verify_locations(cafile=os.fspath(ca_file))
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+#: Largest PING, or anything a client may buffer before it authenticated.
+MAX_HANDSHAKE_BYTES = 64 * 1024
+
+
+class RefusalLog:
+    """One log line per refused peer address and reason, then at most one a minute with a count."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._seen: Dict[Tuple[str, str], Tuple[float, int]] = {}
+
+    def log(self, host: str, reason: str, line: str, *args: Any) -> None:
+        now = time.monotonic()
+        key = (host, reason)
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._seen[key] = (last[0], last[1] + 1)
+            return
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if last is not None and last[1]:
+            line += f" (and {last[1]} more time(s) since the last such line)"
+        log.warning(line, *args)
 
 
 class JsonFrameDecoder:
@@ -104,6 +196,14 @@ class ForwardConnection(asyncio.Protocol):
         self.paused = False
         self.closed = False
         self._reject_logged = False
+        self.host = "?"
+        self.connected_at = time.monotonic()
+        # TLS: False until the TLS handshake completed (True at once without TLS).
+        self.secured = server.ssl_context is None
+        # Shared key: False until a valid PING was answered (True at once without a key).
+        self.authenticated = self.settings.shared_key is None
+        self.nonce = b""
+        self.auth_salt = b""
 
     # --- asyncio callbacks ---------------------------------------------------------------------
 
@@ -112,12 +212,64 @@ class ForwardConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
+            self.host = str(peer[0])
             self.peer = f"{peer[0]}:{peer[1]}"
         self.server.connections.add(self)
+        if not self.secured:
+            transport.pause_reading()  # start_tls takes the socket over
+            self.server.loop.create_task(self._start_tls(transport))
+        else:
+            self._secured()
+
+    async def _start_tls(self, raw: asyncio.Transport) -> None:
+        assert self.server.ssl_context is not None
+        try:
+            transport = await self.server.loop.start_tls(
+                raw,
+                self,
+                self.server.ssl_context,
+                server_side=True,
+                ssl_handshake_timeout=max(1.0, self.settings.stall_timeout),
+            )
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError):
+            self._drop()  # connected and left (a TCP heartbeat): nothing to say
+            return
+        except Exception as exc:  # noqa: BLE001 - any handshake failure closes only this connection
+            reason = _tls_reason(exc)
+            self.server.refusals.log(
+                self.host, "tls:" + reason, "collector: refused connection from %s: TLS handshake failed: %s",
+                self.peer, reason,
+            )
+            raw.close()
+            self._drop()
+            return
+        if transport is None or self.closed:  # closed during the handshake
+            self._drop()
+            return
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.secured = True
+        self._secured()
+
+    def _secured(self) -> None:
+        """The connection is usable (after TLS, if any): greet the client when a key is required."""
+        if self.authenticated:
+            return
+        assert self.transport is not None
+        self.nonce = os.urandom(16)
+        self.auth_salt = os.urandom(16)
+        self.decoder = FrameDecoder(self.settings.max_frame_bytes)  # msgpack only, never JSON
+        self.transport.write(pack_helo(self.nonce, self.auth_salt, keepalive=True))
+
+    def _drop(self) -> None:
+        self.closed = True
+        self.server.connections.discard(self)
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
         self.server.connections.discard(self)
+        if not self.secured:
+            return  # a failed TLS handshake: _start_tls says why
         if exc is not None and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
             log.info("collector: connection from %s lost: %s", self.peer, exc)
 
@@ -138,10 +290,17 @@ class ForwardConnection(asyncio.Protocol):
         try:
             frames = decoder.feed(data)
         except ForwardProtocolError as exc:
-            self.fail(str(exc))
+            if not self.authenticated:
+                self.refuse("invalid ping message", f"sent bytes that are not msgpack instead of PING: {exc}")
+            else:
+                self.fail(str(exc))
             return
         for frame in frames:
             if frame is None:  # keepalive
+                continue
+            if not self.authenticated:
+                if not self._check_ping(frame):
+                    return
                 continue
             try:
                 batch, entries = decode_event_message(frame, self.settings.max_frame_bytes)
@@ -149,6 +308,40 @@ class ForwardConnection(asyncio.Protocol):
                 self.fail(f"not a Forward event message: {exc}")
                 return
             self._submit(Submission(batch, entries, self._done_callback(batch.chunk, len(batch.events))))
+        if not self.authenticated and decoder.pending_bytes > MAX_HANDSHAKE_BYTES:
+            self.refuse("invalid ping message", f"sent more than {MAX_HANDSHAKE_BYTES} bytes without a PING")
+
+    # --- shared-key handshake ------------------------------------------------------------------
+
+    def _check_ping(self, frame: Any) -> bool:
+        """Answer the client's first frame: PONG true and True for a valid PING, else refuse."""
+        settings = self.settings
+        assert settings.shared_key is not None and settings.hostname is not None
+        try:
+            check = check_ping(frame, self.nonce, settings.shared_key, self.auth_salt, settings.users)
+        except ForwardProtocolError as exc:
+            self.refuse("invalid ping message", str(exc))
+            return False
+        if not check.ok:
+            self.refuse(check.reason, f"{check.reason} (client hostname {check.hostname!r})")
+            return False
+        self.authenticated = True
+        assert self.transport is not None
+        digest = shared_key_digest(check.salt, settings.hostname, self.nonce, settings.shared_key)
+        self.transport.write(pack_pong(True, "", settings.hostname, digest))
+        return True
+
+    def refuse(self, reason: str, detail: str) -> None:
+        """Answer PONG false with ``reason`` and close, with one (rate-limited) log line."""
+        if self.closed:
+            return
+        self.closed = True
+        self.server.refusals.log(
+            self.host, reason, "collector: refused connection from %s: %s; nothing from it is stored", self.peer, detail
+        )
+        if self.transport is not None:
+            self.transport.write(pack_pong(False, reason, "", ""))
+            self.transport.close()
 
     # --- ingest --------------------------------------------------------------------------------
 
@@ -199,6 +392,13 @@ class ForwardConnection(asyncio.Protocol):
             self.transport.close()
 
     def check_stall(self, now: float) -> None:
+        if not self.authenticated and self.secured and now - self.connected_at > self.settings.stall_timeout:
+            # Connected and never authenticated: close without a warning (it may just be idle).
+            log.info("collector: closing connection from %s: no PING within %g s", self.peer, self.settings.stall_timeout)
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+            return
         decoder = self.decoder
         if (
             decoder is not None
@@ -207,6 +407,14 @@ class ForwardConnection(asyncio.Protocol):
             and now - self.last_activity > self.settings.stall_timeout
         ):
             self.fail(f"stalled mid-frame for more than {self.settings.stall_timeout:g} s")
+
+
+def _tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no TLS handshake in time"
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 class HeartbeatProtocol(asyncio.DatagramProtocol):
@@ -231,6 +439,13 @@ class ForwardServer:
         self._udp: Optional[asyncio.DatagramTransport] = None
         self._sweeper: Optional[asyncio.Task[None]] = None
         self.port = 0
+        self.refusals = RefusalLog()
+        self.ssl_context: Optional[ssl.SSLContext] = None
+        if self.settings.tls:
+            assert self.settings.tls_cert_file and self.settings.tls_key_file
+            self.ssl_context = server_ssl_context(
+                self.settings.tls_cert_file, self.settings.tls_key_file, self.settings.tls_ca_file
+            )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

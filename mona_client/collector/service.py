@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Optional, Union
+from typing import Dict, Optional, Union
 
 from ..forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 from .ingest import Ingestor
@@ -30,6 +30,11 @@ class Collector:
     ``port=0`` picks a free port (read it from :attr:`port` after :meth:`start`). ``db_path`` defaults
     to :func:`~mona_client.collector.store.default_db_path`; ``store`` replaces the SQLite store by any
     :class:`~mona_client.collector.store.ArcStore` (the collector then does not close it).
+
+    ``shared_key`` turns on the Forward protocol's shared-key handshake (``users``, a map of user name
+    to password, adds user authentication; ``hostname`` is the name the collector gives in PONG).
+    ``tls_cert_file`` and ``tls_key_file`` turn on TLS; ``tls_ca_file`` then requires client
+    certificates signed by that CA. See docs/collector.md, "Security".
     """
 
     def __init__(
@@ -43,12 +48,26 @@ class Collector:
         udp_heartbeat: bool = True,
         synchronous: str = "FULL",
         store: Optional[ArcStore] = None,
+        shared_key: Optional[str] = None,
+        users: Optional[Dict[str, str]] = None,
+        hostname: Optional[str] = None,
+        tls_cert_file: Optional[Union[str, os.PathLike]] = None,
+        tls_key_file: Optional[Union[str, os.PathLike]] = None,
+        tls_ca_file: Optional[Union[str, os.PathLike]] = None,
     ) -> None:
         self.bind = bind
         self.requested_port = port
         self.db_path = Path(db_path) if db_path is not None else default_db_path()
         self.settings = ServerSettings(
-            max_frame_bytes=max_frame_bytes, stall_timeout=stall_timeout, udp_heartbeat=udp_heartbeat
+            max_frame_bytes=max_frame_bytes,
+            stall_timeout=stall_timeout,
+            udp_heartbeat=udp_heartbeat,
+            shared_key=shared_key,
+            users=users,
+            hostname=hostname,
+            tls_cert_file=tls_cert_file,
+            tls_key_file=tls_key_file,
+            tls_ca_file=tls_ca_file,
         )
         self._synchronous = synchronous
         self._given_store = store
@@ -80,7 +99,13 @@ class Collector:
             self._close_store()
             raise error
         where = self.db_path if self._given_store is None else type(self._given_store).__name__
-        log.info("mona collector listening on %s:%d (TCP, UDP heartbeat), storing in %s", self.bind, self.port, where)
+        log.info(
+            "mona collector listening on %s:%d (%s, UDP heartbeat), storing in %s",
+            self.bind,
+            self.port,
+            self.settings.describe(),
+            where,
+        )
         return self.port
 
     def _run(self, ready: threading.Event) -> None:
