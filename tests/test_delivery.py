@@ -37,6 +37,8 @@ class CollectorProcess:
         import socket
 
         def listening():
+            if self.process.poll() is not None:
+                raise AssertionError(f"mona collect exited: {self.process.stderr.read().decode()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return True
