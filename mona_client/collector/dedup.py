@@ -8,9 +8,10 @@ persist is tiny. Any other id (from other clients) is remembered one by one by t
 
 from __future__ import annotations
 
+import itertools
 from bisect import bisect_right
 from collections import OrderedDict
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..forward import Event
 from ..record import RECORD_ID, USER_ID
@@ -78,6 +79,12 @@ def split_record_id(record_id: str) -> Optional[Tuple[str, int]]:
     return source, int(sequence)
 
 
+#: The largest sequence number of the ``"<source>:<n>"`` form (18 digits).
+LAST_SEQUENCE = 10**18 - 1
+
+#: A sequence stream's state for the merge loop's fast path: (user, "<source>:", highest, ends).
+Run = Tuple[str, str, int, List[int]]
+
 Loader = Callable[[Sequence[Tuple[str, str]]], Dict[Tuple[str, str], List[Tuple[int, int]]]]
 KnownIds = Callable[[Sequence[Tuple[str, str]]], Set[Tuple[str, str]]]
 
@@ -97,6 +104,8 @@ class RecordIdFilter:
         self._ranges: "OrderedDict[Tuple[str, str], RangeSet]" = OrderedDict()
         self._dirty: Dict[Tuple[str, str], RangeSet] = {}
         self._pending_ids: Set[Tuple[str, str]] = set()
+        self._events: Sequence[Any] = ()
+        self._known: Optional[Set[Tuple[str, str]]] = None
 
     def _range_set(self, key: Tuple[str, str]) -> RangeSet:
         ranges = self._ranges.get(key) or self._dirty.get(key)
@@ -108,43 +117,62 @@ class RecordIdFilter:
             self._ranges.popitem(last=False)
         return ranges
 
+    def begin(self, events: Sequence[Any]) -> None:
+        """Start a message: ``events`` are the ``(seconds, nanoseconds, record)`` its ids come from."""
+        self._events = events
+        self._known: Optional[Set[Tuple[str, str]]] = None
+
+    def admit(self, user: str, record_id: str, index: int) -> Tuple[bool, Optional[Run]]:
+        """Whether the record at ``index`` of the current message is new (it is then remembered).
+
+        When its id is the highest of a sequence stream, also the stream's state for the caller's fast
+        path: ``(user, "<source>:", sequence, ends)``; the caller takes the next id of the stream
+        (``sequence + 1``) as new without calling here, by setting ``ends[-1]`` to it.
+        """
+        split = split_record_id(record_id)
+        if split is None:
+            key = (user, record_id)
+            if self._known is None:  # the first id of another form in this message: look up all
+                self._known = self._known_ids(self._other_ids(index))
+            if key in self._known or key in self._pending_ids:
+                return False, None
+            self._pending_ids.add(key)
+            return True, None
+        source, number = split
+        key = (user, source)
+        ranges = self._range_set(key)
+        if not ranges.add(number):
+            return False, None
+        self._dirty[key] = ranges
+        if number == ranges.ends[-1] and number < LAST_SEQUENCE:
+            return True, (user, source + ":", number, ranges.ends)
+        return True, None
+
+    def _other_ids(self, start: int) -> List[Tuple[str, str]]:
+        """The ``(user, record_id)`` pairs of the current message from ``start`` on whose id is not
+        of the sequence form."""
+        keys = []
+        for _, _, record in itertools.islice(self._events, start, None):
+            record_id = record.get(RECORD_ID) if type(record) is dict else None
+            if type(record_id) is str and split_record_id(record_id) is None:
+                user = record.get(USER_ID)
+                keys.append((user if type(user) is str else ("" if user is None else str(user)), record_id))
+        return keys
+
     def filter(self, events: List[Event]) -> Tuple[List[Event], int]:
         """The events to store, in their order, and how many were dropped as duplicates."""
-        kept: List[Optional[Event]] = []
-        others: List[Tuple[int, Tuple[str, str]]] = []  # ids of another form: looked up in bulk
-        current_key: Optional[Tuple[str, str]] = None
-        current: Optional[RangeSet] = None
-        for event in events:
+        self.begin(events)
+        kept = []
+        for index, event in enumerate(events):
             record = event.record
             record_id = record.get(RECORD_ID) if type(record) is dict else None
-            if not isinstance(record_id, str):
-                kept.append(event)
-                continue
-            user = record.get(USER_ID)
-            user = user if isinstance(user, str) else ("" if user is None else str(user))
-            split = split_record_id(record_id)
-            if split is None:
-                others.append((len(kept), (user, record_id)))
-                kept.append(event)
-                continue
-            key = (user, split[0])
-            if key != current_key:
-                current_key, current = key, self._range_set(key)
-            assert current is not None
-            if current.add(split[1]):
-                self._dirty[key] = current
-                kept.append(event)
-        if others:
-            known = self._known_ids([key for _, key in others])
-            for index, key in others:
-                if key in known or key in self._pending_ids:
-                    kept[index] = None
-                else:
-                    self._pending_ids.add(key)
-            result = [event for event in kept if event is not None]
-        else:
-            result = kept  # type: ignore[assignment]
-        return result, len(events) - len(result)  # type: ignore[return-value]
+            if type(record_id) is str:
+                user = record.get(USER_ID)
+                user = user if type(user) is str else ("" if user is None else str(user))
+                if not self.admit(user, record_id, index)[0]:
+                    continue
+            kept.append(event)
+        return kept, len(events) - len(kept)
 
     def take_changes(self) -> Tuple[List[Tuple[str, str, List[Tuple[int, int]]]], List[Tuple[str, str]]]:
         """The range sets and the other ids to write in this transaction."""

@@ -17,17 +17,17 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Callable, Deque, List, NamedTuple, Optional
+from typing import Callable, Deque, List, NamedTuple, Optional, Tuple
 
 from ..forward import Event, EventBatch, EventTime, pack_entry
 from ..record import TAG
 from .dedup import RecordIdFilter
-from .merge import ArcMerger, RejectedRecord
+from .merge import ArcMerger
 from .store import ArcStore, RawChunk, TagCounts, WriteSet
 
 log = logging.getLogger("mona_client.collector")
 
-_TIME_OF = itemgetter(0, 1)  # (seconds, nanoseconds) of an Event
+_SECONDS_OF = itemgetter(0)  # of an Event
 
 
 @dataclass
@@ -161,15 +161,13 @@ class Ingestor:
         result = IngestResult(ok=True)
         events = batch.events
         if batch.tag == TAG:
-            events, result.duplicates = self._dedup.filter(events)
-            merge = self._merger.merge
-            for event in events:
-                try:
-                    merge(event.record, event.seconds)
-                except RejectedRecord as exc:
-                    result.rejected += 1
-                    if result.reject_reason is None:
-                        result.reject_reason = str(exc)
+            merged = self._merger.merge_events(events, self._dedup)
+            result.rejected = merged.rejected
+            result.reject_reason = merged.reject_reason
+            if merged.dropped:
+                result.duplicates = len(merged.dropped)
+                dropped = set(merged.dropped)
+                events = [event for index, event in enumerate(events) if index not in dropped]
         result.stored = len(events)
         counts = changes.tags.get(batch.tag)
         if counts is None:
@@ -178,11 +176,7 @@ class Ingestor:
         counts.rejected += result.rejected
         counts.duplicates += result.duplicates
         if events:
-            times = list(map(_TIME_OF, events))
-            first_seconds, first_nanoseconds = min(times)
-            last_seconds, last_nanoseconds = max(times)
-            first = first_seconds + first_nanoseconds / 1e9
-            last = last_seconds + last_nanoseconds / 1e9
+            first, last = _time_span(events)
             counts.add_times(first, last)
             if result.duplicates == 0 and submission.entries is not None:
                 entries = submission.entries
@@ -190,3 +184,13 @@ class Ingestor:
                 entries = _pack_events(events)
             changes.raw_chunks.append(RawChunk(batch.tag, time.time(), len(events), first, last, entries))
         return result
+
+
+def _time_span(events: List[Event]) -> Tuple[float, float]:
+    """The earliest and the latest event time, as float seconds."""
+    seconds = list(map(_SECONDS_OF, events))
+    low, high = min(seconds), max(seconds)
+    # Nanoseconds only matter between events of the same second (Event is (seconds, nanos, record)).
+    first_nanos = min(event[1] for event in events if event[0] == low)
+    last_nanos = max(event[1] for event in events if event[0] == high)
+    return low + first_nanos / 1e9, high + last_nanos / 1e9

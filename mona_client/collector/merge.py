@@ -1,16 +1,29 @@
 """Merging exported records into ARC documents, in memory.
 
 One ARC document exists per ``(user_id, root context id)``. A record exported in context
-``"root.a.b"`` updates the root document's ``sub_arcs["a"]["sub_arcs"]["b"]`` node. For every key the
-merge remembers the export time that set it, so that a later export wins by ``export_timestamp`` and,
-on a tie, by arrival order, even when an older export arrives hours late.
+``"root.a.b"`` updates the node of sub-context ``a.b``; :func:`public_document` shows it as
+``sub_arcs["a"]["sub_arcs"]["b"]``. For every key the merge knows the export time that set it, so that
+a later export wins by ``export_timestamp`` and, on a tie, by arrival order, even when an older export
+arrives hours late.
 
 The merger keeps a bounded LRU cache of hot documents and collects the documents a batch touched, so
-the store can write each touched document once per transaction instead of once per record. What
-``loader`` returns must be a document previously produced here (the store keeps them as given).
+the store can write each touched document once per transaction instead of once per record.
 
-Internal bookkeeping (the per-key export times) lives under the ``"_t"`` key of every node and is
-removed by :func:`public_document` before a document is shown.
+Internal form (what the store keeps, packed with msgpack; :func:`public_document` turns it into the
+documented shape)::
+
+    {"v": 2, "user_id", "context_id", "first_export", "last_export", "export_count",
+     "globals": {...}, "globals_t": {key: time},
+     "node": NODE,                     # the root context
+     "subs": {"a": NODE, "a.b": NODE}} # every sub-context by its dotted path, parents first
+
+    NODE = [arc_class, arc_class_time, fields, field_times, newest]
+
+``newest`` is the largest export time of the node's fields (None while it has none). ``field_times``
+is None while every field was set at ``newest`` (a node written by one export, or by several with the
+same time: the common case), else a dict with the time of each field, in the same key order as
+``fields``. Keeping the path flat saves a dict walk per record, keeping times implicit saves a dict
+per node and most of the packing.
 """
 
 from __future__ import annotations
@@ -25,157 +38,380 @@ from ..record import (
     EXPORT_TIMESTAMP,
     GLOBALS_KEY,
     MESSAGE,
+    RECORD_ID,
     USER_ID,
 )
+from .dedup import LAST_SEQUENCE
 
 ArcKey = Tuple[str, str]  # (user_id, root context id)
 Document = Dict[str, Any]
+Node = List[Any]
 Loader = Callable[[List[ArcKey]], Dict[ArcKey, Document]]
 
-_TIMES = "_t"
+FORMAT_VERSION = 2
+
+# Positions in a NODE list.
+CLASS, CLASS_TIME, FIELDS, FIELD_TIMES, NEWEST = range(5)
 
 
 class RejectedRecord(ValueError):
     """A record of the mona tag that cannot be merged into an ARC (it is still kept raw)."""
 
 
-def _new_node() -> Document:
-    return {"arc_class": None, "fields": {}, "sub_arcs": {}, _TIMES: {"fields": {}, "arc_class": None}}
+def new_node() -> Node:
+    return [None, None, {}, None, None]
 
 
 def new_document(user_id: str, context_id: str, export_time: float) -> Document:
     """An empty ARC document, before its first export is merged."""
-    document = _new_node()
-    document.update(
-        {
-            "user_id": user_id,
-            "context_id": context_id,
-            "first_export": export_time,
-            "last_export": export_time,
-            "export_count": 0,
-            "globals": {},
-        }
-    )
-    document[_TIMES]["globals"] = {}
-    return document
+    return {
+        "v": FORMAT_VERSION,
+        "user_id": user_id,
+        "context_id": context_id,
+        "first_export": export_time,
+        "last_export": export_time,
+        "export_count": 0,
+        "globals": {},
+        "globals_t": {},
+        "node": new_node(),
+        "subs": {},
+    }
+
+
+def _public_node(node: Node) -> Document:
+    return {"arc_class": node[CLASS], "fields": node[FIELDS], "sub_arcs": {}}
 
 
 def public_document(document: Document) -> Document:
-    """A copy of ``document`` without the internal bookkeeping, in a stable key order."""
-    out: Document = {}
-    for key in ("user_id", "context_id", "arc_class", "first_export", "last_export", "export_count"):
-        if key in document:
-            out[key] = document[key]
-    out["fields"] = document["fields"]
-    if "globals" in document:
-        out["globals"] = document["globals"]
-    out["sub_arcs"] = {name: public_document(node) for name, node in document["sub_arcs"].items()}
+    """The documented shape of ``document``, without the internal bookkeeping."""
+    root = _public_node(document["node"])
+    out: Document = {
+        "user_id": document["user_id"],
+        "context_id": document["context_id"],
+        "arc_class": root["arc_class"],
+        "first_export": document["first_export"],
+        "last_export": document["last_export"],
+        "export_count": document["export_count"],
+        "fields": root["fields"],
+        "globals": document["globals"],
+        "sub_arcs": root["sub_arcs"],
+    }
+    shown: Dict[str, Document] = {}
+    for path, node in document["subs"].items():  # parents come before their children
+        parent, separator, name = path.rpartition(CONTEXT_SEPARATOR)
+        siblings = shown[parent]["sub_arcs"] if separator else out["sub_arcs"]
+        shown[path] = siblings[name] = _public_node(node)
     return out
+
+
+def upgrade_document(document: Document) -> Document:
+    """A document in the current internal form, from any form a store may hold."""
+    if document.get("v") == FORMAT_VERSION:
+        return document
+    # Version 1: nested nodes {"arc_class", "fields", "sub_arcs", "_t": {"fields", "arc_class"}}.
+    def node_of(old: Document) -> Node:
+        times = old["_t"]["fields"]
+        return [old["arc_class"], old["_t"]["arc_class"], old["fields"], dict(times), max(times.values(), default=None)]
+
+    subs: Dict[str, Node] = {}
+
+    def walk(old: Document, prefix: str) -> None:
+        for name, child in old["sub_arcs"].items():
+            path = prefix + name
+            subs[path] = node_of(child)
+            walk(child, path + CONTEXT_SEPARATOR)
+
+    walk(document, "")
+    upgraded = new_document(document["user_id"], document["context_id"], document["first_export"])
+    upgraded.update(
+        last_export=document["last_export"],
+        export_count=document["export_count"],
+        globals=document["globals"],
+        globals_t=document["_t"]["globals"],
+        node=node_of(document),
+        subs=subs,
+    )
+    return upgraded
 
 
 def _key(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _add_path(document: Document, path: str) -> Node:
+    """The node of a sub-context seen for the first time, its missing parents created first."""
+    subs = document["subs"]
+    names = path.split(CONTEXT_SEPARATOR)
+    for depth in range(1, len(names)):
+        parent = CONTEXT_SEPARATOR.join(names[:depth])
+        if parent not in subs:
+            subs[parent] = new_node()
+    node = subs[path] = new_node()
+    return node
+
+
+def _merge_slowly(document: Document, node: Node, message: Dict[Any, Any], when: float) -> None:
+    """Merge key by key: for exports older than what the node holds, MONA_GLOBALS, non-string keys."""
+    fields = node[FIELDS]
+    field_times = node[FIELD_TIMES]
+    if field_times is None:
+        field_times = node[FIELD_TIMES] = dict.fromkeys(fields, node[NEWEST])
+    newest = node[NEWEST]
+    for name, value in message.items():
+        if name == ARC_CLASS_KEY:
+            previous = node[CLASS_TIME]
+            if previous is None or when >= previous:
+                node[CLASS] = value if value is None else _key(value)
+                node[CLASS_TIME] = when
+            continue
+        if name == GLOBALS_KEY and isinstance(value, dict):
+            global_values = document["globals"]
+            global_times = document["globals_t"]
+            for global_name, global_value in value.items():
+                global_name = _key(global_name)
+                previous = global_times.get(global_name)
+                if previous is None or when >= previous:
+                    global_values[global_name] = global_value
+                    global_times[global_name] = when
+            continue
+        name = _key(name)
+        previous = field_times.get(name)
+        if previous is None or when >= previous:
+            fields[name] = value
+            field_times[name] = when
+            if newest is None or when > newest:
+                newest = node[NEWEST] = when
+
+
+def combine_documents(stored: Document, later: Document) -> Document:
+    """``stored`` with ``later`` (merged from records that arrived after it) merged in, in place.
+
+    The result equals merging every record of both, in arrival order, into one document.
+    """
+    stored["first_export"] = min(stored["first_export"], later["first_export"])
+    stored["last_export"] = max(stored["last_export"], later["last_export"])
+    stored["export_count"] += later["export_count"]
+    global_values, global_times = stored["globals"], stored["globals_t"]
+    for name, when in later["globals_t"].items():
+        previous = global_times.get(name)
+        if previous is None or when >= previous:
+            global_values[name] = later["globals"][name]
+            global_times[name] = when
+    _combine_nodes(stored["node"], later["node"])
+    subs = stored["subs"]
+    for path, node in later["subs"].items():
+        if path in subs:
+            _combine_nodes(subs[path], node)
+        else:
+            subs[path] = node
+    return stored
+
+
+def _combine_nodes(node: Node, later: Node) -> None:
+    when = later[CLASS_TIME]
+    if when is not None and (node[CLASS_TIME] is None or when >= node[CLASS_TIME]):
+        node[CLASS], node[CLASS_TIME] = later[CLASS], when
+    later_times = later[FIELD_TIMES]
+    if later_times is None:
+        later_times = dict.fromkeys(later[FIELDS], later[NEWEST])
+    if later_times:
+        _merge_slowly_times(node, later[FIELDS], later_times)
+
+
+def _merge_slowly_times(node: Node, values: Dict[str, Any], times: Dict[str, Any]) -> None:
+    fields = node[FIELDS]
+    field_times = node[FIELD_TIMES]
+    if field_times is None:
+        field_times = node[FIELD_TIMES] = dict.fromkeys(fields, node[NEWEST])
+    for name, when in times.items():
+        previous = field_times.get(name)
+        if previous is None or when >= previous:
+            fields[name] = values[name]
+            field_times[name] = when
+            if node[NEWEST] is None or when > node[NEWEST]:
+                node[NEWEST] = when
+
+
+class MergeResult:
+    """What :meth:`ArcMerger.merge_events` did with one message's events."""
+
+    __slots__ = ("dropped", "rejected", "reject_reason")
+
+    def __init__(self) -> None:
+        self.dropped: List[int] = []  # indices of the events dropped as duplicates
+        self.rejected = 0
+        self.reject_reason: Optional[str] = None
+
+
 class ArcMerger:
-    """Merges records into ARC documents held in an LRU cache backed by ``loader``."""
+    """Merges records into ARC documents held in an LRU cache backed by ``loader``.
+
+    Documents not in the cache are started empty and looked up in the store all at once by
+    :meth:`take_dirty` (one query per transaction instead of one per new ARC); a stored one is then
+    combined with what this transaction merged.
+    """
 
     def __init__(self, loader: Loader, cache_size: int = 5000) -> None:
         self._loader = loader
         self._cache_size = cache_size
         self._cache: "OrderedDict[ArcKey, Document]" = OrderedDict()
         self._dirty: Dict[ArcKey, Document] = {}
+        self._unresolved: List[ArcKey] = []  # dirty documents started without looking in the store
 
-    def prefetch(self, keys: Iterable[ArcKey]) -> None:
-        """Load, in one go, the documents of ``keys`` that are not cached (missing ones stay absent)."""
-        missing = [key for key in set(keys) if key not in self._cache and key not in self._dirty]
-        if missing:
-            for key, document in self._loader(missing).items():
-                self._remember(key, document)
+    def _touch(self, key: ArcKey, when: float) -> Document:
+        """The document of ``key`` for this transaction (first touch of the key in it)."""
+        document = self._cache.pop(key, None)
+        if document is None:
+            document = new_document(key[0], key[1], when)
+            self._unresolved.append(key)
+        self._remember(key, document)
+        self._dirty[key] = document
+        return document
 
     def _remember(self, key: ArcKey, document: Document) -> None:
         cache = self._cache
-        cache[key] = document
-        cache.move_to_end(key)
+        cache[key] = document  # the newest entry is the last one
         while len(cache) > self._cache_size:
             # An evicted document that is still dirty stays reachable through _dirty until written.
             cache.popitem(last=False)
 
-    def _document(self, key: ArcKey, when: float) -> Document:
-        document = self._cache.get(key)
-        if document is None:
-            document = self._loader([key]).get(key) or new_document(key[0], key[1], when)
-        self._remember(key, document)
-        return document
+    def merge_events(self, events: Iterable[Tuple[int, int, Any]], ids: Any) -> MergeResult:
+        """Drop duplicates (with ``ids``, a :class:`~.dedup.RecordIdFilter`) and merge the other
+        records of one message of the mona tag, in order.
 
-    def merge(self, record: Any, event_time: float) -> ArcKey:
-        """Merge one record of the mona tag; raises :class:`RejectedRecord` for a malformed one."""
-        # This runs once per record: the checks of record_key() and export_time() are inlined.
-        if type(record) is not dict:
-            raise RejectedRecord("the record is not a map")
-        context = record.get(CONTEXT)
-        message = record.get(MESSAGE)
-        if type(context) is not str or not context:
-            raise RejectedRecord("the record has no context id")
-        if type(message) is not dict:
-            raise RejectedRecord("the record's message is not a map")
-        user_id = record.get(USER_ID)
-        if type(user_id) is not str:
-            user_id = "" if user_id is None else str(user_id)
-        when = record.get(EXPORT_TIMESTAMP)
-        if type(when) is not int and type(when) is not float:
-            when = event_time
-        root, _, path = context.partition(CONTEXT_SEPARATOR)
-        key = (user_id, root)
-        document = self._dirty.get(key)
-        if document is None:
-            document = self._dirty[key] = self._document(key, when)
-        if when < document["first_export"]:
-            document["first_export"] = when
-        if when > document["last_export"]:
-            document["last_export"] = when
-        document["export_count"] += 1
-        node = document
-        if path:
-            for name in path.split(CONTEXT_SEPARATOR):
-                children = node["sub_arcs"]
-                child = children.get(name)
-                if child is None:
-                    child = children[name] = _new_node()
-                node = child
-        self._apply(document, node, message, when)
-        return key
+        This is the collector's hot loop (once per record): the checks, the duplicate test and the
+        merge are written out inline with local variables. The fast paths: the next sequential id of
+        the stream seen last, the same ARC as the record before, an export not older than what its node
+        holds (merged with ``dict.update``). Everything else goes through small functions.
+        """
+        result = MergeResult()
+        dropped = result.dropped
+        dirty = self._dirty
+        admit = ids.admit
+        ids.begin(events)
+        # The stream of sequential ids seen last: the id that would come next, from which user.
+        expect_id = expect_user = expect_prefix = expect_ends = None
+        expect_n = 0
+        # The ARC of the record before.
+        last_user = last_root = None
+        document: Document = {}
+        first = last = 0.0
+        count = 0
+        subs: Dict[str, Node] = {}
+        root_node: Node = []
+        index = -1
+        for seconds, _, record in events:
+            index += 1
+            if type(record) is not dict:
+                result.rejected += 1
+                result.reject_reason = result.reject_reason or "the record is not a map"
+                continue
+            user = record.get(USER_ID)
+            if type(user) is not str:
+                user = "" if user is None else str(user)
 
-    @staticmethod
-    def _apply(document: Document, node: Document, message: Dict[Any, Any], when: float) -> None:
-        fields = node["fields"]
-        times = node[_TIMES]
-        field_times = times["fields"]
-        for name, value in message.items():
-            if name == ARC_CLASS_KEY:
-                previous = times["arc_class"]
-                if previous is None or when >= previous:
-                    node["arc_class"] = value if value is None else _key(value)
-                    times["arc_class"] = when
+            # --- duplicates ---
+            record_id = record.get(RECORD_ID)
+            if type(record_id) is str:
+                if record_id == expect_id and user == expect_user:
+                    expect_n += 1
+                    expect_ends[-1] = expect_n  # type: ignore[index]
+                    expect_id = expect_prefix + str(expect_n + 1) if expect_n < LAST_SEQUENCE else None
+                else:
+                    admitted, run = admit(user, record_id, index)
+                    if not admitted:
+                        dropped.append(index)
+                        continue
+                    if run is not None:
+                        expect_user, expect_prefix, expect_n, expect_ends = run
+                        expect_id = expect_prefix + str(expect_n + 1)
+
+            # --- checks ---
+            context = record.get(CONTEXT)
+            message = record.get(MESSAGE)
+            if type(context) is not str or not context:
+                result.rejected += 1
+                result.reject_reason = result.reject_reason or "the record has no context id"
                 continue
-            if name == GLOBALS_KEY and isinstance(value, dict):
-                global_values = document["globals"]
-                global_times = document[_TIMES]["globals"]
-                for global_name, global_value in value.items():
-                    global_name = _key(global_name)
-                    previous = global_times.get(global_name)
-                    if previous is None or when >= previous:
-                        global_values[global_name] = global_value
-                        global_times[global_name] = when
+            if type(message) is not dict:
+                result.rejected += 1
+                result.reject_reason = result.reject_reason or "the record's message is not a map"
                 continue
-            name = _key(name)
-            previous = field_times.get(name)
-            if previous is None or when >= previous:
-                fields[name] = value
-                field_times[name] = when
+            when = record.get(EXPORT_TIMESTAMP)
+            if type(when) is not int and type(when) is not float:
+                when = seconds
+
+            # --- the document ---
+            root, _, path = context.partition(CONTEXT_SEPARATOR)
+            if root != last_root or user != last_user:
+                if last_root is not None:  # the export times and count of the previous ARC
+                    document["first_export"], document["last_export"], document["export_count"] = first, last, count
+                last_root, last_user = root, user
+                key = (user, root)
+                document = dirty.get(key) or self._touch(key, when)
+                subs = document["subs"]
+                root_node = document["node"]
+                first, last, count = document["first_export"], document["last_export"], document["export_count"]
+            if when < first:
+                first = when
+            elif when > last:
+                last = when
+            count += 1
+
+            # --- the node ---
+            if not path:
+                node = root_node
+            else:
+                node = subs.get(path)
+                if node is None:
+                    if CONTEXT_SEPARATOR in path:
+                        node = _add_path(document, path)
+                    else:
+                        node = subs[path] = [None, None, {}, None, None]
+            newest = node[NEWEST]
+            if (newest is not None and when < newest) or GLOBALS_KEY in message:
+                _merge_slowly(document, node, message, when)
+                continue
+            try:
+                "".join(message)  # raises TypeError unless every key is a string
+            except TypeError:
+                _merge_slowly(document, node, message, when)
+                continue
+            fields = node[FIELDS]
+            field_times = node[FIELD_TIMES]
+            if field_times is None and newest is not None and when != newest and fields:
+                field_times = node[FIELD_TIMES] = dict.fromkeys(fields, newest)
+            fields.update(message)
+            if field_times is not None:
+                field_times.update(dict.fromkeys(message, when))
+            node[NEWEST] = when
+            if ARC_CLASS_KEY in message:
+                value = fields.pop(ARC_CLASS_KEY)
+                if field_times is not None:
+                    del field_times[ARC_CLASS_KEY]
+                if node[CLASS_TIME] is None or when >= node[CLASS_TIME]:
+                    node[CLASS] = value if value is None else _key(value)
+                    node[CLASS_TIME] = when
+                if not fields:
+                    node[NEWEST] = newest
+        if last_root is not None:
+            document["first_export"], document["last_export"], document["export_count"] = first, last, count
+        return result
 
     def take_dirty(self) -> List[Tuple[ArcKey, Document]]:
-        """The documents changed since the last call, each once; the caller writes them."""
+        """The documents changed since the last call, each once; the caller writes them.
+
+        Documents started without a look in the store are looked up now, in one call, and combined
+        with the stored ones that exist.
+        """
+        if self._unresolved:
+            stored = self._loader(self._unresolved)
+            for key, document in stored.items():
+                merged = combine_documents(upgrade_document(document), self._dirty[key])
+                self._dirty[key] = merged
+                if key in self._cache:
+                    self._cache[key] = merged
+            self._unresolved = []
         dirty = list(self._dirty.items())
         self._dirty.clear()
         return dirty
@@ -184,3 +420,4 @@ class ArcMerger:
         """Drop every cached document (after a failed write, so that the store is the truth again)."""
         self._cache.clear()
         self._dirty.clear()
+        self._unresolved = []

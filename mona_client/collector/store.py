@@ -18,12 +18,12 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
 
 import msgpack
 
 from ..forward import Event, iter_entries
-from .merge import ArcKey, Document, public_document
+from .merge import CLASS, ArcKey, Document, public_document, upgrade_document
 
 __all__ = [
     "ArcStore",
@@ -167,7 +167,9 @@ def pack_document(document: Document) -> bytes:
 
 
 def load_document(blob: bytes) -> Document:
-    return msgpack.unpackb(blob, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
+    """An ARC document in the current internal form (see :mod:`.merge`), from its stored form."""
+    document = msgpack.unpackb(blob, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
+    return upgrade_document(document)
 
 
 _SCHEMA = """
@@ -278,8 +280,17 @@ class SQLiteStore(ArcStore):
                 yield row
 
     def load_arcs(self, keys: Sequence[ArcKey]) -> Dict[ArcKey, Document]:
-        sql = "SELECT user_id, context_id, document FROM arcs WHERE user_id = ? AND context_id = ?"
-        return {(user, context): load_document(blob) for user, context, blob in self._select_by_pairs(sql, keys)}
+        if len(keys) < 8:
+            sql = "SELECT user_id, context_id, document FROM arcs WHERE user_id = ? AND context_id = ?"
+            rows: Iterable[Tuple[str, str, bytes]] = self._select_by_pairs(sql, keys)
+        else:
+            # One statement for many keys (new ARCs mostly, found in no row): the context ids go in as
+            # one JSON array, each looked up through the arcs_by_context index; users are checked here.
+            wanted = set(keys)
+            sql = "SELECT user_id, context_id, document FROM arcs WHERE context_id IN (SELECT value FROM json_each(?))"
+            found = self._db.execute(sql, (json.dumps(sorted({context for _, context in wanted})),))
+            rows = [row for row in found if (row[0], row[1]) in wanted]
+        return {(user, context): load_document(blob) for user, context, blob in rows}
 
     def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
         sql = "SELECT user_id, source, ranges FROM seen_ranges WHERE user_id = ? AND source = ?"
@@ -310,7 +321,7 @@ class SQLiteStore(ArcStore):
                     (
                         user,
                         context,
-                        document["arc_class"],
+                        document["node"][CLASS],
                         document["first_export"],
                         document["last_export"],
                         document["export_count"],
