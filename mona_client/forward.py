@@ -20,6 +20,7 @@ import base64
 import gzip
 import hashlib
 import hmac
+import math
 import os
 import struct
 import zlib
@@ -111,7 +112,8 @@ def pack_entry(time: Union[int, EventTime], record: Any) -> bytes:
         raise ForwardProtocolError("event times are integers or EventTime, never floats")
     if isinstance(time, EventTime):  # a NamedTuple would otherwise pack as a plain array
         time = encode_event_time(time.seconds, time.nanoseconds)
-    return msgpack.packb([time, record], use_bin_type=True)
+    # surrogateescape: strings decoded from invalid UTF-8 on the wire are packed back to their bytes.
+    return msgpack.packb([time, record], use_bin_type=True, unicode_errors="surrogateescape")
 
 
 def new_chunk_id() -> str:
@@ -141,8 +143,8 @@ def pack_packed_forward(
 
 
 def pack_ack(chunk: Any) -> bytes:
-    """The ack answer for a chunk id, echoing it byte for byte."""
-    return msgpack.packb({"ack": chunk}, use_bin_type=True)
+    """The ack answer for a chunk id, echoing it byte for byte (even when it is not valid UTF-8)."""
+    return msgpack.packb({"ack": chunk}, use_bin_type=True, unicode_errors="surrogateescape")
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -202,7 +204,8 @@ class FrameDecoder:
                 for obj in self._unpacker:
                     objects.append(obj)
                     self._consumed = self._unpacker.tell()
-            except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+            except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
+                # TypeError: a map key that is itself a map or an array (unhashable).
                 raise ForwardProtocolError(f"invalid msgpack: {exc}") from None
         return objects
 
@@ -215,6 +218,8 @@ def _decode_time(value: Any) -> Tuple[int, int]:
     if isinstance(value, int):
         return value, 0
     if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ForwardProtocolError(f"event time {value}")
         seconds = int(value)
         return seconds, int(round((value - seconds) * 1e9))
     if isinstance(value, msgpack.ExtType):
@@ -227,7 +232,10 @@ def _raw_bytes(value: Any) -> bytes:
         return bytes(value)
     if isinstance(value, str):
         # Strings were decoded with surrogateescape: this gives back the exact wire bytes.
-        return value.encode("utf-8", "surrogateescape")
+        try:
+            return value.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate that did not come from msgpack bytes
+            raise ForwardProtocolError("entries string is not text or bytes") from None
     raise ForwardProtocolError(f"entries of type {type(value).__name__}")
 
 
@@ -267,7 +275,7 @@ def _decode_entries(entries: bytes, max_bytes: int) -> List[Event]:
         for item in unpacker:
             items.append(item)
             end = unpacker.tell()
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError) as exc:
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError, TypeError) as exc:
         raise ForwardProtocolError(f"invalid entries: {exc}") from None
     if end != len(entries):
         raise ForwardProtocolError("entries end inside an entry")

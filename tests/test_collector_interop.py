@@ -33,17 +33,18 @@ def test_fluent_logger_message_mode(collector, db_path):
     assert arc["arc_class"] == "py" and len(arc["sub_arcs"]) == 19
 
 
-def _node_client() -> Path:
-    """The npm package, installed once into a cache directory."""
+def _node_client(script: str = "fluent_org_send.js") -> Path:
+    """The npm package, installed once into a cache directory, next to the scripts of tests/interop/."""
     if shutil.which("node") is None or shutil.which("npm") is None:
         pytest.skip("node and npm are needed for the @fluent-org/logger interop test and are not installed")
     NODE_CACHE.mkdir(parents=True, exist_ok=True)
     shutil.copy(INTEROP / "package.json", NODE_CACHE / "package.json")
-    shutil.copy(INTEROP / "fluent_org_send.js", NODE_CACHE / "fluent_org_send.js")
+    for source in INTEROP.glob("*.js"):
+        shutil.copy(source, NODE_CACHE / source.name)
     if not (NODE_CACHE / "node_modules" / "@fluent-org" / "logger").is_dir():
         subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_CACHE, check=True, timeout=300,
                        capture_output=True)
-    return NODE_CACHE / "fluent_org_send.js"
+    return NODE_CACHE / script
 
 
 @pytest.mark.parametrize("mode", ["PackedForward", "CompressedPackedForward", "Message", "Forward"])

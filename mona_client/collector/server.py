@@ -30,11 +30,14 @@ import codecs
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
+
+import msgpack
 
 from ..forward import (
     DEFAULT_MAX_FRAME_BYTES,
@@ -144,6 +147,25 @@ class RefusalLog:
         log.warning(line, *args)
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_surrogates(obj: Any) -> None:
+    """Refuse a JSON value whose ``\\uXXXX`` escapes left a lone surrogate: it has no bytes to store."""
+    try:
+        msgpack.packb(obj, use_bin_type=True, unicode_errors="surrogateescape")
+    except (UnicodeEncodeError, ValueError, OverflowError) as exc:
+        raise ForwardProtocolError(f"JSON that cannot be stored: {exc}") from None
+
+
+def _json_int(text: str) -> int:
+    """JSON integers must fit msgpack's 64 bits, or the events could never be stored."""
+    value = int(text)
+    if not -(2**63) <= value < 2**64:
+        raise ForwardProtocolError(f"JSON integer out of the 64-bit range: {text[:30]}")
+    return value
+
+
 class JsonFrameDecoder:
     """Turns a stream of concatenated JSON values into objects, with the same size cap as msgpack."""
 
@@ -151,7 +173,7 @@ class JsonFrameDecoder:
         self.max_frame_bytes = max_frame_bytes
         self._text = codecs.getincrementaldecoder("utf-8")()
         self._buffer = ""
-        self._decoder = json.JSONDecoder()
+        self._decoder = json.JSONDecoder(parse_int=_json_int)
 
     @property
     def pending_bytes(self) -> int:
@@ -169,12 +191,17 @@ class JsonFrameDecoder:
                 position += 1
             if position == len(buffer):
                 break
+            start = position
             try:
                 obj, position = self._decoder.raw_decode(buffer, position)
             except json.JSONDecodeError as exc:
                 if exc.pos >= len(buffer) or exc.msg.startswith("Unterminated string"):
                     break  # incomplete: wait for more bytes
                 raise ForwardProtocolError(f"invalid JSON: {exc.msg}") from None
+            except RecursionError:
+                raise ForwardProtocolError("JSON nested too deeply") from None
+            if _SURROGATE_ESCAPE.search(buffer, start, position):
+                _check_surrogates(obj)
             objects.append(obj)
         self._buffer = buffer[position:]
         if len(self._buffer) > self.max_frame_bytes:
@@ -291,7 +318,7 @@ class ForwardConnection(asyncio.Protocol):
             frames = decoder.feed(data)
         except ForwardProtocolError as exc:
             if not self.authenticated:
-                self.refuse("invalid ping message", f"sent bytes that are not msgpack instead of PING: {exc}")
+                self.refuse("invalid ping message", f"sent bytes that are not msgpack instead of PING: {exc}", "msgpack")
             else:
                 self.fail(str(exc))
             return
@@ -309,7 +336,7 @@ class ForwardConnection(asyncio.Protocol):
                 return
             self._submit(Submission(batch, entries, self._done_callback(batch.chunk, len(batch.events))))
         if not self.authenticated and decoder.pending_bytes > MAX_HANDSHAKE_BYTES:
-            self.refuse("invalid ping message", f"sent more than {MAX_HANDSHAKE_BYTES} bytes without a PING")
+            self.refuse("invalid ping message", f"sent more than {MAX_HANDSHAKE_BYTES} bytes without a PING", "size")
 
     # --- shared-key handshake ------------------------------------------------------------------
 
@@ -320,7 +347,7 @@ class ForwardConnection(asyncio.Protocol):
         try:
             check = check_ping(frame, self.nonce, settings.shared_key, self.auth_salt, settings.users)
         except ForwardProtocolError as exc:
-            self.refuse("invalid ping message", str(exc))
+            self.refuse("invalid ping message", str(exc), "no ping")
             return False
         if not check.ok:
             self.refuse(check.reason, f"{check.reason} (client hostname {check.hostname!r})")
@@ -331,13 +358,14 @@ class ForwardConnection(asyncio.Protocol):
         self.transport.write(pack_pong(True, "", settings.hostname, digest))
         return True
 
-    def refuse(self, reason: str, detail: str) -> None:
-        """Answer PONG false with ``reason`` and close, with one (rate-limited) log line."""
+    def refuse(self, reason: str, detail: str, kind: str = "") -> None:
+        """Answer PONG false with ``reason`` and close, with one log line (rate-limited per address and
+        ``kind`` of refusal, which defaults to the reason)."""
         if self.closed:
             return
         self.closed = True
         self.server.refusals.log(
-            self.host, reason, "collector: refused connection from %s: %s; nothing from it is stored", self.peer, detail
+            self.host, kind or reason, "collector: refused connection from %s: %s; nothing from it is stored", self.peer, detail
         )
         if self.transport is not None:
             self.transport.write(pack_pong(False, reason, "", ""))
@@ -410,8 +438,8 @@ class ForwardConnection(asyncio.Protocol):
 
 
 def _tls_reason(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "no TLS handshake in time"
+    if isinstance(exc, (asyncio.TimeoutError, ConnectionAbortedError)):
+        return "no TLS handshake within the stall timeout"
     if isinstance(exc, ssl.SSLError):
         return exc.reason or str(exc)
     return f"{type(exc).__name__}: {exc}"
