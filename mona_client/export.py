@@ -120,10 +120,18 @@ def encode_entry(timestamp: int, user_id: str, context: str, message: Mapping[st
                 },
             ]
         )
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise MonaExportException(f"message is not JSON-able: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a user object may raise anything while converted
+        raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
     finally:
         _packers.append(packer)
+
+
+def _describe(exc: BaseException) -> str:
+    """The text of an exception raised by user code, even when its own ``str`` fails."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return type(exc).__name__
 
 
 def check_message(message: Any) -> Tuple[Dict[str, Any], List[str]]:
@@ -141,7 +149,7 @@ def check_message(message: Any) -> Tuple[Dict[str, Any], List[str]]:
     for key in message:
         if type(key) is not str:
             if not isinstance(key, str):
-                raise MonaExportException(f"message keys must be strings, not {key!r}")
+                raise MonaExportException(f"message keys must be strings, not {type(key).__name__}")
         elif key.startswith(RESERVED_PREFIX):
             dropped.append(key)
     if dropped:
@@ -167,7 +175,7 @@ def check_export_timestamp(value: Any, now: int) -> Tuple[int, Optional[Any]]:
         return now, value
     try:
         seconds = float(value)
-    except (TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - whatever __float__ raises, the value is not a time
         return now, _jsonable(value)
     if not math.isfinite(seconds) or not _MIN_TIMESTAMP <= seconds < _MAX_TIMESTAMP:
         return now, _jsonable(value)
@@ -180,5 +188,9 @@ def _jsonable(value: Any) -> Any:
         msgpack.packb(value, default=_convert, strict_types=False)
         return value
     except Exception:  # noqa: BLE001 - anything unpackable is kept as text
+        pass
+    try:
         return repr(value)
+    except Exception:  # noqa: BLE001 - even its repr may fail
+        return f"<{type(value).__name__}>"
 

@@ -255,8 +255,10 @@ class Runtime:
             )
         except MonaExportException as exc:
             return self.fail("bad-message", str(exc))
-        except TypeError as exc:
-            return self.fail("bad-message", f"message is not a mapping of JSON-able values: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a user's mapping may raise anything; never into the caller
+            return self.fail(
+                "bad-message", f"message is not a mapping of JSON-able values ({type(exc).__name__})"
+            )
         sender = self.sender
         return sender.put(entry) if sender is not None else False
 
@@ -297,22 +299,24 @@ class Runtime:
             return False
         ok = True
         try:
-            iterator = iter(events)
-        except TypeError:
-            return self.fail("bad-batch", "export_batch() takes an iterable of event mappings")
-        for event in iterator:
-            if not isinstance(event, Mapping) or "message" not in event:
-                ok = self.fail("bad-batch", f"a batch event must be a mapping with 'message': {event!r:.200}")
-                continue
-            context_id = event.get("context_id") or ctx.get_full_context_id()
-            if not context_id:
-                ok = self.fail("outside-context", "a batch event has no context_id and no context is open")
-                continue
-            arc_class = event.get("arc_class")
-            if arc_class is not None:
-                self.export_reserved(context_id, {ARC_CLASS_KEY: arc_class}, event.get("export_timestamp"))
-            ok = self.export_to(context_id, event["message"], event.get("export_timestamp")) and ok
+            for event in events:
+                ok = self._export_batch_event(event) and ok
+        except MonaExportException:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a user's iterable may raise anything
+            return self.fail("bad-batch", f"export_batch() takes an iterable of event mappings ({type(exc).__name__})")
         return ok
+
+    def _export_batch_event(self, event: Any) -> bool:
+        if not isinstance(event, Mapping) or "message" not in event:
+            return self.fail("bad-batch", f"a batch event must be a mapping with 'message', not {type(event).__name__}")
+        context_id = event.get("context_id") or ctx.get_full_context_id()
+        if not context_id:
+            return self.fail("outside-context", "a batch event has no context_id and no context is open")
+        arc_class = event.get("arc_class")
+        if arc_class is not None:
+            self.export_reserved(str(context_id), {ARC_CLASS_KEY: arc_class}, event.get("export_timestamp"))
+        return self.export_to(str(context_id), event["message"], event.get("export_timestamp"))
 
     def set_global_init_message(self, message: Optional[Mapping[str, Any]]) -> bool:
         if message is None:

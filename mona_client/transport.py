@@ -32,7 +32,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Union
 
 from . import forward
 from .logs import RateLimitedLog, logger
@@ -365,6 +365,8 @@ class Sender:
                 self._on_ack(obj)
 
     def _on_ack(self, obj: Any) -> None:
+        if isinstance(obj, list) and obj[:1] == ["HELO"]:
+            raise HandshakeError("the server requires shared-key authentication (set MONA_SHARED_KEY)")
         if not isinstance(obj, dict) or "ack" not in obj:
             raise forward.ForwardProtocolError(f"unexpected answer from the peer: {obj!r:.100}")
         ack = obj["ack"]
@@ -439,21 +441,24 @@ class Sender:
         """The Forward protocol's HELO / PING / PONG exchange (shared-key authentication)."""
         decoder = forward.FrameDecoder(64 * 1024)
         sock.settimeout(self.connect_timeout)
+        received: Deque[Any] = deque()
 
         def receive() -> Any:
-            while True:
+            while not received:
                 data = sock.recv(65536)
                 if not data:
                     raise HandshakeError("the server closed the connection during the handshake")
-                objects = decoder.feed(data)
-                if objects:
-                    return objects[0]
+                received.extend(decoder.feed(data))
+            return received.popleft()
 
         helo = receive()
         if not (isinstance(helo, list) and len(helo) == 2 and helo[0] == "HELO" and isinstance(helo[1], dict)):
-            raise HandshakeError(f"expected HELO, got {helo!r:.100}")
-        nonce = _as_bytes(helo[1].get("nonce", b""))
-        auth_salt = _as_bytes(helo[1].get("auth", b""))
+            raise HandshakeError(f"expected HELO, got a {type(helo).__name__}")
+        nonce = helo[1].get("nonce", b"")
+        auth_salt = helo[1].get("auth", b"")
+        if not isinstance(nonce, (bytes, str)) or not isinstance(auth_salt, (bytes, str)):
+            raise HandshakeError("the server's HELO carries a nonce or auth salt that is not bytes")
+        nonce, auth_salt = _as_bytes(nonce), _as_bytes(auth_salt)
         assert self.shared_key is not None
         ping, salt = forward.pack_ping(
             self.client_hostname, self.shared_key, nonce, auth_salt, self.username, self.password
@@ -461,7 +466,7 @@ class Sender:
         sock.sendall(ping)
         pong = receive()
         if not (isinstance(pong, list) and len(pong) == 5 and pong[0] == "PONG"):
-            raise HandshakeError(f"expected PONG, got {pong!r:.100}")
+            raise HandshakeError(f"expected PONG, got a {type(pong).__name__}")
         _, ok, reason, server_hostname, digest = pong
         if not ok:
             raise HandshakeError(f"the server refused the shared key: {reason}")
@@ -501,10 +506,10 @@ class Sender:
         self._decoder = None
 
 
-def _as_bytes(value: Any) -> bytes:
+def _as_bytes(value: Union[str, bytes]) -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8", "surrogateescape")
-    return bytes(value)
+    return value
 
 
 def client_ssl_context(

@@ -409,12 +409,6 @@ def exporting(mona):
         yield mona
 
 
-@pytest.mark.xfail(
-    reason="known: export() lets through exceptions raised by the caller's objects (a mapping whose keys() "
-    "raises, a key whose repr raises, an export_timestamp whose __float__ raises): runtime.export_to catches "
-    "only MonaExportException and TypeError",
-    strict=False,
-)
 @settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(message=st.one_of(st.dictionaries(hashables | st.builds(HostileKey), anything, max_size=5), anything, deeply_nested),
        timestamp=st.one_of(st.none(), st.floats(), st.integers(-(2**70), 2**70), st.text(max_size=5), st.builds(Hostile)))
