@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import itertools
 from bisect import bisect_right
-from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from collections import OrderedDict, deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from ..forward import Event
 from ..record import RECORD_ID, USER_ID
@@ -105,10 +105,17 @@ class RecordIdFilter:
         self._dirty: Dict[Tuple[str, str], RangeSet] = {}
         self._pending_ids: Set[Tuple[str, str]] = set()
         self._events: Sequence[Any] = ()
+        # What take_changes handed out for transactions not committed yet, oldest first.
+        self._in_flight: Deque[Tuple[Dict[Tuple[str, str], RangeSet], Set[Tuple[str, str]]]] = deque()
         self._known: Optional[Set[Tuple[str, str]]] = None
 
     def _range_set(self, key: Tuple[str, str]) -> RangeSet:
         ranges = self._ranges.get(key) or self._dirty.get(key)
+        if ranges is None:
+            for taken, _ in reversed(self._in_flight):
+                ranges = taken.get(key)
+                if ranges is not None:
+                    break
         if ranges is None:
             ranges = RangeSet(self._load_ranges([key]).get(key))
         self._ranges[key] = ranges
@@ -134,7 +141,7 @@ class RecordIdFilter:
             key = (user, record_id)
             if self._known is None:  # the first id of another form in this message: look up all
                 self._known = self._known_ids(self._other_ids(index))
-            if key in self._known or key in self._pending_ids:
+            if key in self._known or key in self._pending_ids or any(key in ids for _, ids in self._in_flight):
                 return False, None
             self._pending_ids.add(key)
             return True, None
@@ -178,12 +185,19 @@ class RecordIdFilter:
         """The range sets and the other ids to write in this transaction."""
         ranges = [(user, source, ranges.to_list()) for (user, source), ranges in self._dirty.items()]
         ids = list(self._pending_ids)
-        self._dirty.clear()
-        self._pending_ids.clear()
+        self._in_flight.append((self._dirty, self._pending_ids))
+        self._dirty = {}
+        self._pending_ids = set()
         return ranges, ids
+
+    def committed(self) -> None:
+        """The oldest changes taken by :meth:`take_changes` are in the store now."""
+        if self._in_flight:
+            self._in_flight.popleft()
 
     def forget(self) -> None:
         """Drop all cached state (after a failed write, so that the store is the truth again)."""
         self._ranges.clear()
         self._dirty.clear()
         self._pending_ids.clear()
+        self._in_flight.clear()

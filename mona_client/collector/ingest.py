@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Callable, Deque, List, NamedTuple, Optional, Tuple
@@ -66,7 +67,7 @@ class Ingestor:
         self._queue: Deque[Submission] = deque()
         self._cond = threading.Condition()
         self._stopping = False
-        self._busy = False
+        self._busy = 0  # groups taken and not yet committed or failed
         self._thread: Optional[threading.Thread] = None
         #: Events that went through a committed transaction (stored or dropped as duplicates).
         self.processed_events = 0
@@ -108,28 +109,43 @@ class Ingestor:
                 submission = self._queue.popleft()
                 group.append(submission)
                 events += len(submission.batch.events)
-            self._busy = bool(group)
+            self._busy += bool(group)
             return group
 
     def _run(self) -> None:
-        while True:
-            group = self._take_group()
-            if not group:
-                return  # stopping and nothing left
-            results = self._write_group(group)
-            # Callbacks first, so that whoever waits in drain() finds every ack already scheduled.
-            for submission, result in zip(group, results):
-                try:
-                    submission.done(result)
-                except Exception:  # a callback must never stop the writer
-                    log.exception("collector: ack callback failed")
-            with self._cond:
-                self._busy = False
-                if all(result.ok for result in results):
-                    self.processed_events += sum(result.stored + result.duplicates for result in results)
-                self._cond.notify_all()
+        """Merge a group, hand it to the committer, merge the next one while it is written.
 
-    def _write_group(self, group: List[Submission]) -> List[IngestResult]:
+        With a store that allows it (:attr:`ArcStore.concurrent_write`) the database work of a
+        transaction (most of it outside the GIL) overlaps the merging of the next one. The next group
+        is handed over only once the previous one is committed; if that failed (every cache is then
+        dropped), the next one, merged on top of it, is merged again from what the store holds.
+        """
+        committer = ThreadPoolExecutor(1, "mona-collector-commit") if self.store.concurrent_write else None
+        writing: Optional["Future[bool]"] = None
+        try:
+            while True:
+                group = self._take_group()
+                if not group:
+                    return  # stopping and nothing left
+                prepared = self._prepare(group)
+                if writing is not None and not writing.result() and prepared is not None:
+                    # Merged on top of a transaction that failed (whose caches are dropped): again.
+                    self._forget()
+                    prepared = self._prepare(group)
+                writing = None
+                if prepared is None:
+                    continue  # failed and reported
+                if committer is None:
+                    if not self._commit(group, *prepared):
+                        self._forget()
+                else:
+                    writing = committer.submit(self._commit, group, *prepared)
+        finally:
+            if committer is not None:
+                committer.shutdown(wait=True)
+
+    def _prepare(self, group: List[Submission]) -> Optional[Tuple[WriteSet, List[IngestResult]]]:
+        """Drop duplicates and merge a group in memory, and take what its transaction writes."""
         # Merging allocates many small dicts while thousands of documents are alive; the cyclic
         # garbage collector would rescan them all again and again (it cost more than the merge
         # itself). Nothing here makes cycles, so it is paused for the duration of one group.
@@ -137,24 +153,69 @@ class Ingestor:
         if collecting:
             gc.disable()
         try:
-            return self._write_group_now(group)
-        finally:
-            if collecting:
-                gc.enable()
-
-    def _write_group_now(self, group: List[Submission]) -> List[IngestResult]:
-        try:
             changes = WriteSet()
             results = [self._merge(submission, changes) for submission in group]
             changes.arcs = self._merger.take_dirty()
             changes.id_ranges, changes.record_ids = self._dedup.take_changes()
+            self.store.freeze(changes)
+            return changes, results
+        except Exception as exc:  # a lookup failed: nothing of this group is stored or acked
+            self._failed(group, exc)
+            return None
+        finally:
+            if collecting:
+                gc.enable()
+
+    def _commit(self, group: List[Submission], changes: WriteSet, results: List[IngestResult]) -> bool:
+        """Write one prepared group, then report it (on the committer thread when there is one).
+
+        On failure the caches are left to the writer thread to drop (it may be merging with them).
+        """
+        try:
             self.store.write(changes)
-            return results
         except Exception as exc:  # the database failed: nothing of this group is stored or acked
-            log.error("collector: could not store %d messages: %s", len(group), exc)
-            self._merger.forget()
-            self._dedup.forget()
-            return [IngestResult(ok=False, error=str(exc)) for _ in group]
+            self._report_failure(group, exc)
+            return False
+        self._merger.committed()
+        self._dedup.committed()
+        self._finish(group, results)
+        return True
+
+    def _failed(self, group: List[Submission], exc: Exception) -> None:
+        self._forget()
+        self._report_failure(group, exc)
+
+    def _report_failure(self, group: List[Submission], exc: Exception) -> None:
+        log.error("collector: could not store %d messages: %s", len(group), exc)
+        self._finish(group, [IngestResult(ok=False, error=str(exc)) for _ in group])
+
+    def _forget(self) -> None:
+        self._merger.forget()
+        self._dedup.forget()
+
+    def _finish(self, group: List[Submission], results: List[IngestResult]) -> None:
+        # Callbacks first, so that whoever waits in drain() finds every ack already scheduled.
+        for submission, result in zip(group, results):
+            try:
+                submission.done(result)
+            except Exception:  # a callback must never stop the writer
+                log.exception("collector: ack callback failed")
+        with self._cond:
+            self._busy -= 1
+            if all(result.ok for result in results):
+                self.processed_events += sum(result.stored + result.duplicates for result in results)
+            self._cond.notify_all()
+
+    def _write_group(self, group: List[Submission]) -> List[IngestResult]:
+        """Merge and write one group on the calling thread (tests and measurements)."""
+        results: List[IngestResult] = []
+        group = [Submission(s.batch, s.entries, _collect(results, s.done)) for s in group]
+        with self._cond:
+            self._busy += 1
+        prepared = self._prepare(group)
+        if prepared is not None and not self._commit(group, *prepared):
+            self._forget()
+        return results
 
     def _merge(self, submission: Submission, changes: WriteSet) -> IngestResult:
         batch = submission.batch
@@ -194,3 +255,11 @@ def _time_span(events: List[Event]) -> Tuple[float, float]:
     first_nanos = min(event[1] for event in events if event[0] == low)
     last_nanos = max(event[1] for event in events if event[0] == high)
     return low + first_nanos / 1e9, high + last_nanos / 1e9
+
+
+def _collect(results: List[IngestResult], done: Callable[[IngestResult], None]) -> Callable[[IngestResult], None]:
+    def collect(result: IngestResult) -> None:
+        results.append(result)
+        done(result)
+
+    return collect

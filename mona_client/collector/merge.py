@@ -28,8 +28,8 @@ per node and most of the packing.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from collections import OrderedDict, deque
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
 from ..record import (
     ARC_CLASS_KEY,
@@ -257,13 +257,21 @@ class ArcMerger:
         self._cache: "OrderedDict[ArcKey, Document]" = OrderedDict()
         self._dirty: Dict[ArcKey, Document] = {}
         self._unresolved: List[ArcKey] = []  # dirty documents started without looking in the store
+        # Documents taken for transactions that are not committed yet, oldest first: the store does
+        # not have them yet, so they must not be looked up there even if the cache let them go.
+        self._in_flight: Deque[Dict[ArcKey, Document]] = deque()
 
     def _touch(self, key: ArcKey, when: float) -> Document:
         """The document of ``key`` for this transaction (first touch of the key in it)."""
         document = self._cache.pop(key, None)
         if document is None:
-            document = new_document(key[0], key[1], when)
-            self._unresolved.append(key)
+            for taken in reversed(self._in_flight):
+                document = taken.get(key)
+                if document is not None:
+                    break
+            else:
+                document = new_document(key[0], key[1], when)
+                self._unresolved.append(key)
         self._remember(key, document)
         self._dirty[key] = document
         return document
@@ -413,11 +421,18 @@ class ArcMerger:
                     self._cache[key] = merged
             self._unresolved = []
         dirty = list(self._dirty.items())
-        self._dirty.clear()
+        self._in_flight.append(self._dirty)
+        self._dirty = {}
         return dirty
+
+    def committed(self) -> None:
+        """The oldest transaction taken by :meth:`take_dirty` is in the store now."""
+        if self._in_flight:
+            self._in_flight.popleft()
 
     def forget(self) -> None:
         """Drop every cached document (after a failed write, so that the store is the truth again)."""
         self._cache.clear()
         self._dirty.clear()
+        self._in_flight.clear()
         self._unresolved = []

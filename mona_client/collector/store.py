@@ -37,6 +37,7 @@ __all__ = [
 
 ENV_DB = "MONA_COLLECTOR_DB"
 _SCHEMA_VERSION = 1
+_WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 class StoreError(RuntimeError):
@@ -91,6 +92,8 @@ class WriteSet:
     id_ranges: List[Tuple[str, str, List[Tuple[int, int]]]] = field(default_factory=list)
     record_ids: List[Tuple[str, str]] = field(default_factory=list)
     tags: Dict[str, TagCounts] = field(default_factory=dict)
+    #: Store-specific form of ``arcs`` made by :meth:`ArcStore.freeze`, if the store has one.
+    frozen: Any = None
 
 
 class ArcStore(abc.ABC):
@@ -113,6 +116,15 @@ class ArcStore(abc.ABC):
     @abc.abstractmethod
     def write(self, changes: WriteSet) -> None:
         """Store everything in ``changes`` atomically and durably, or raise and store nothing."""
+
+    #: True when :meth:`write` may run on another thread while the lookups above are called (they
+    #: must then see only committed data) and the documents of the write set change again after
+    #: :meth:`freeze`. The ingest side then merges the next transaction while this one is written.
+    concurrent_write = False
+
+    def freeze(self, changes: WriteSet) -> None:
+        """Capture the documents of ``changes`` as they are now (a store that sets
+        :attr:`concurrent_write` must, since they go on changing); called just before :meth:`write`."""
 
     # --- query side ----------------------------------------------------------------------------
 
@@ -260,12 +272,22 @@ class SQLiteStore(ArcStore):
                 if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
                     raise StoreError(f"unknown synchronous setting {synchronous!r}")
                 self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+                # The WAL is checkpointed into the database as it grows (SQLite's default, every 1000
+                # pages); this also cuts the file back to 64 MiB after each checkpoint that reset it.
+                self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
                 self._db.executescript(_SCHEMA)
                 self._db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
                 )
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("SELECT count(*) FROM arcs").fetchone()
+            self._lookups = self._db
+            if not readonly and str(path) != ":memory:":
+                # Ingest-side lookups use a connection of their own, which sees committed data only,
+                # so that a transaction can be written while the next one is merged.
+                self._lookups = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+                self._lookups.execute("PRAGMA busy_timeout=5000")
+                self.concurrent_write = True
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
 
@@ -273,7 +295,7 @@ class SQLiteStore(ArcStore):
 
     def _select_by_pairs(self, sql: str, keys: Sequence[Tuple[str, str]]) -> Iterator[Tuple[Any, ...]]:
         # One indexed lookup per key: SQLite does not use the primary key for a row-value IN list.
-        execute = self._db.execute
+        execute = self._lookups.execute
         for key in keys:
             row = execute(sql, key).fetchone()
             if row is not None:
@@ -288,8 +310,8 @@ class SQLiteStore(ArcStore):
             # one JSON array, each looked up through the arcs_by_context index; users are checked here.
             wanted = set(keys)
             sql = "SELECT user_id, context_id, document FROM arcs WHERE context_id IN (SELECT value FROM json_each(?))"
-            found = self._db.execute(sql, (json.dumps(sorted({context for _, context in wanted})),))
-            rows = [row for row in found if (row[0], row[1]) in wanted]
+            found = self._lookups.execute(sql, (json.dumps(sorted({context for _, context in wanted})),))
+            rows = [row for row in found.fetchall() if (row[0], row[1]) in wanted]
         return {(user, context): load_document(blob) for user, context, blob in rows}
 
     def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
@@ -303,7 +325,23 @@ class SQLiteStore(ArcStore):
         sql = "SELECT user_id, record_id FROM seen_ids WHERE user_id = ? AND record_id = ?"
         return {(user, record_id) for user, record_id in self._select_by_pairs(sql, keys)}
 
+    def freeze(self, changes: WriteSet) -> None:
+        changes.frozen = [
+            (
+                user,
+                context,
+                document["node"][CLASS],
+                document["first_export"],
+                document["last_export"],
+                document["export_count"],
+                pack_document(document),
+            )
+            for (user, context), document in changes.arcs
+        ]
+
     def write(self, changes: WriteSet) -> None:
+        if changes.frozen is None:
+            self.freeze(changes)
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -315,21 +353,7 @@ class SQLiteStore(ArcStore):
                     for chunk in changes.raw_chunks
                 ],
             )
-            db.executemany(
-                _UPSERT_ARC,
-                [
-                    (
-                        user,
-                        context,
-                        document["node"][CLASS],
-                        document["first_export"],
-                        document["last_export"],
-                        document["export_count"],
-                        pack_document(document),
-                    )
-                    for (user, context), document in changes.arcs
-                ],
-            )
+            db.executemany(_UPSERT_ARC, changes.frozen)
             db.executemany(
                 "INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)",
                 [(user, source, json.dumps(ranges)) for user, source, ranges in changes.id_ranges],
@@ -412,5 +436,11 @@ class SQLiteStore(ArcStore):
         }
 
     def close(self) -> None:
+        if self._lookups is not self._db:
+            self._lookups.close()
+            try:  # leave a small file behind: everything in the database, an empty WAL
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass  # readers keep it busy: the next start or checkpoint will do it
         self._db.close()
 
