@@ -1,0 +1,1 @@
+"""Benchmarks of mona-client: ``python3 -m bench`` (see docs/performance.md)."""

@@ -1,0 +1,397 @@
+"""The mona-client benchmark: one command, one process run, every figure next to its peers.
+
+    python3 -m bench            # the full run (a few minutes)
+    python3 -m bench --quick    # a smoke run (seconds): same tables, tiny counts, figures meaningless
+
+Within each repetition the contenders run one after the other (A, B, C, A, B, C, ...; the order
+rotates every repetition); each figure is the median over repetitions, and each ratio is computed
+within a repetition, then the median taken. Absolute times on a shared machine drift; ratios between
+contenders measured side by side hold much better. See docs/performance.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+if __package__ in (None, ""):  # python3 bench/run.py
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import breakdown, e2e  # noqa: E402
+from bench.micro import Figures, Micro  # noqa: E402
+from bench.sinks import CollectorProcess, start_sink  # noqa: E402
+from bench.timing import median  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    versions = []
+    for package in ("msgpack", "fluent-logger", "opentelemetry-sdk", "structlog"):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{package} {version(package)}")
+        except Exception:  # noqa: BLE001
+            pass
+    return (
+        f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}; {', '.join(versions)}"
+    )
+
+
+def _fmt_ns(value: Optional[float]) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:,.0f}"
+
+
+def _fmt_ratio(value: Optional[float]) -> str:
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.2f}×" if value < 10 else f"{value:.1f}×"
+
+
+def _table(header: Sequence[str], rows: List[Sequence[str]], align: str) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for cell, width, how in zip(cells, widths, align):
+            out.append(str(cell).ljust(width) if how == "l" else str(cell).rjust(width))
+        return "| " + " | ".join(out) + " |"
+
+    rule = "| " + " | ".join(("-" * w if a == "l" else "-" * (w - 1) + ":") for w, a in zip(widths, align)) + " |"
+    return "\n".join([line(header), rule] + [line(row) for row in rows])
+
+
+def _rotated(items: List, shift: int) -> List:
+    shift %= len(items)
+    return items[shift:] + items[:shift]
+
+
+def run_micro(micro: Micro, repetitions: int) -> List[Dict[str, Figures]]:
+    rounds = []
+    for repetition in range(repetitions):
+        rounds.append(micro.repetition(_rotated(micro.contenders, repetition)))
+        print(f"  micro: repetition {repetition + 1}/{repetitions} done", file=sys.stderr, flush=True)
+    return rounds
+
+
+def _per_rep_median(rounds: List[Dict[str, Figures]], fn: Callable[[Dict[str, Figures]], float]) -> float:
+    return median([fn(figures) for figures in rounds])
+
+
+def report_micro(micro: Micro, rounds: List[Dict[str, Figures]]) -> Dict[str, float]:
+    """Prints the per-call table; returns the headline figures for the goals."""
+
+    def med(key: str, attr: str) -> float:
+        return _per_rep_median(rounds, lambda f: getattr(f[key], attr))
+
+    def ratio(numerator: str, denominator: str) -> float:
+        return _per_rep_median(rounds, lambda f: f[numerator].per_op / f[denominator].per_op)
+
+    empty = rounds[0]["empty"]
+    loop_cost, timer_cost = med("empty", "per_op"), med("empty", "p50")
+    print()
+    print(
+        f"### Per call, on the caller's thread (ns; {len(rounds)} repetitions; the loop's "
+        f"{loop_cost:.0f} ns per iteration and the timer pair's {timer_cost:.0f} ns are subtracted)"
+    )
+    print()
+    rows = []
+    for contender in micro.contenders:
+        if contender.key == "empty":
+            continue
+        key = contender.key
+        rows.append(
+            [
+                contender.label,
+                _fmt_ns(med(key, "per_op")),
+                _fmt_ns(med(key, "p50")),
+                _fmt_ns(med(key, "p99")),
+                _fmt_ratio(ratio(key, "packb_rec")),
+                _fmt_ratio(ratio(key, "export")),
+            ]
+        )
+    print(
+        _table(
+            ["contender", "median", "p50 (1 call)", "p99 (1 call)", "÷ packb(record)", "÷ export()"],
+            rows,
+            "lrrrrr",
+        )
+    )
+    del empty
+    figures = {
+        "export": med("export", "per_op"),
+        "export_p99": med("export", "p99"),
+        "export_over_packb": ratio("export", "packb_rec"),
+        "fluent_async_over_export": ratio("fluent_async", "export"),
+        "context": med("context", "per_op"),
+        "sub": med("sub", "per_op"),
+        "context_over_cvar": ratio("context", "cvar"),
+        "disabled": med("disabled", "per_op"),
+    }
+    print()
+    print(
+        f"message: 4 fields, {micro.message_bytes} B as msgpack; the record export() encodes: "
+        f"{micro.record_bytes} B. Samples per contender and repetition for p50/p99: "
+        f"{min(c.sample_n for c in micro.contenders):,} to {max(c.sample_n for c in micro.contenders):,}."
+    )
+    return figures
+
+
+PACED_ARCS = 500  # the paced runs flush every 500 ARCs (5,000 records)
+
+
+def run_e2e(arcs: int, repetitions: int, workdir: str, config_path: str, sink) -> Dict[str, list]:
+    runs: Dict[str, list] = {"mona": [], "paced": [], "fluent": [], "collector": []}
+    frames = e2e.collector_frames(arcs * e2e.RECORDS_PER_ARC)
+    for repetition in range(repetitions):
+        contenders: List[Tuple[str, Callable[[], object]]] = [
+            ("collector", lambda: e2e.collector_alone_run(frames, arcs * e2e.RECORDS_PER_ARC, workdir)),
+            ("mona", lambda: e2e.mona_run(arcs, workdir, config_path)),
+            ("paced", lambda: e2e.mona_run(arcs, workdir, config_path, flush_every=PACED_ARCS)),
+            ("fluent", lambda: e2e.fluent_run(arcs, sink)),
+        ]
+        for name, fn in _rotated(contenders, repetition):
+            runs[name].append(fn())
+        print(f"  end to end: repetition {repetition + 1}/{repetitions} done", file=sys.stderr, flush=True)
+    return runs
+
+
+def report_e2e(runs: Dict[str, list]) -> Dict[str, float]:
+    mona_runs, paced_runs, fluent_runs = runs["mona"], runs["paced"], runs["fluent"]
+
+    def over_fluent(mona: list) -> float:
+        return median([m.exports_per_s / f.exports_per_s for m, f in zip(mona, fluent_runs)])
+
+    first = mona_runs[0]
+    print()
+    print(
+        f"### End to end, one thread, {first.exports:,} exports in {first.records // e2e.RECORDS_PER_ARC:,} ARCs "
+        f"({first.records:,} records with the arc_class ones) per run, {len(mona_runs)} repetitions"
+    )
+    print()
+    rows = []
+    for label, group in (
+        ("mona client → mona collect, merged in ARCs, queryable", mona_runs),
+        (f"the same, caller flushes every {PACED_ARCS} ARCs", paced_runs),
+    ):
+        rows.append(
+            [
+                label,
+                f"{median([m.exports_per_s for m in group]):,.0f}",
+                f"{median([m.records_per_s for m in group]):,.0f}",
+                f"{median([m.exports / m.export_seconds for m in group]):,.0f}",
+                f"{max(m.spooled for m in group):,}",
+                f"{max(m.dropped for m in group):,}",
+                _fmt_ratio(over_fluent(group)),
+            ]
+        )
+    rows.append(
+        [
+            "fluent-logger async emit → decode-and-discard sink",
+            f"{median([f.exports_per_s for f in fluent_runs]):,.0f}",
+            "",
+            f"{median([f.exports / f.seconds for f in fluent_runs]):,.0f}",
+            "",
+            "",
+            "1.00×",
+        ]
+    )
+    collector_rates = runs["collector"]
+    rows.append(
+        [
+            "collector alone: pre-encoded chunks, 8 in flight (bench_collector)",
+            f"{median([rate * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC for rate in collector_rates]):,.0f}",
+            f"{median(collector_rates):,.0f}",
+            "",
+            "",
+            "",
+            _fmt_ratio(median([c * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC / f.exports_per_s
+                               for c, f in zip(collector_rates, fluent_runs)])),
+        ]
+    )
+    print(
+        _table(
+            ["path", "exports/s", "records/s", "caller's loop, exports/s", "spooled", "dropped", "÷ fluent-logger"],
+            rows,
+            "lrrrrrr",
+        )
+    )
+    checks = all(
+        m.stored_exports == m.records - m.dropped for m in mona_runs + paced_runs
+    )
+    print()
+    print(
+        "every run: "
+        + ("all delivered records found merged in the database's ARCs" if checks else "MISMATCH in the database")
+        + "; spooled and dropped are the most of any run."
+    )
+    print(
+        "mona's end to end is "
+        f"{median([m.records_per_s / c for m, c in zip(mona_runs, collector_rates)]):.2f}× what the collector "
+        "alone stores from pre-encoded chunks in the same repetition (records/s)."
+    )
+    dropped = max(m.dropped for m in mona_runs)
+    return {
+        "e2e": median([m.exports_per_s for m in mona_runs]),
+        "e2e_over_fluent": over_fluent(mona_runs),
+        "e2e_dropped": float(dropped),
+    }
+
+
+def run_memory(count: int) -> Dict[str, float]:
+    import json
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.memory", "--count", str(count)],
+        cwd=str(REPO),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_collector_rss(arcs: int, workdir: str, config_path: str) -> "e2e.MonaRun":
+    # Paced (a flush every 10,000 ARCs) so that every record reaches the collector.
+    return e2e.mona_run(arcs, workdir, config_path, flush_every=10_000, timeout=900)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds (figures meaningless)")
+    parser.add_argument("--repetitions", type=int, help="repetitions of the per-call and end-to-end rounds")
+    parser.add_argument("--arcs", type=int, help="ARCs per end-to-end run (9 exports, 10 records each)")
+    parser.add_argument("--no-breakdown", action="store_true", help="skip the step-by-step breakdown")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    micro_reps = args.repetitions or (2 if quick else 7)
+    e2e_reps = args.repetitions or (1 if quick else 5)
+    arcs = args.arcs or (300 if quick else 20_000)
+    rss_arcs = 300 if quick else 100_000  # 10 records per ARC: 1,000,000 records
+    memory_count = 5_000 if quick else 100_000
+
+    started = time.monotonic()
+    print(f"## mona-client bench ({'quick smoke run: figures meaningless' if quick else 'full run'})")
+    print()
+    print(f"machine: {_machine()}")
+    workdir = tempfile.mkdtemp(prefix="mona-bench-")
+    sink = start_sink()
+    micro: Optional[Micro] = None
+    goals: Dict[str, float] = {}
+    try:
+        print("  setting up and calibrating", file=sys.stderr, flush=True)
+        micro = Micro(sink.port, workdir, quick)
+        goals.update(report_micro(micro, run_micro(micro, micro_reps)))
+
+        if not args.no_breakdown:
+            print("  breakdown", file=sys.stderr, flush=True)
+            steps = breakdown.measure(2 if quick else 7, quick)
+            print()
+            print("### Where the time of export() and of a context goes (ns per call, interleaved rounds)")
+            print()
+            print(
+                _table(
+                    ["step", "median", "lowest round"],
+                    [[label, *(map(_fmt_ns, value) if value else ("n/a", "n/a"))] for label, value in steps],
+                    "lrr",
+                )
+            )
+        micro.close()
+        micro = None
+
+        goals.update(report_e2e(run_e2e(arcs, e2e_reps, workdir, micro_config(workdir), sink)))
+
+        print("  memory", file=sys.stderr, flush=True)
+        memory = run_memory(memory_count)
+        print("  collector RSS", file=sys.stderr, flush=True)
+        big = run_collector_rss(rss_arcs, workdir, micro_config(workdir))
+        print()
+        print("### Memory")
+        print()
+        rows = [
+            [
+                f"per queued export ({memory['queued']:,} exports held in the sender's queue)",
+                f"{memory['tracemalloc_per_export']:,.0f} B (tracemalloc)",
+                f"{memory['rss_per_export']:,.0f} B (RSS growth)",
+            ],
+            [
+                f"collector after {big.records - big.dropped:,} records ({big.arcs:,} ARCs; paced run: "
+                f"{big.exports_per_s:,.0f} exports/s)",
+                f"{big.rss / 2**20:,.1f} MiB RSS",
+                f"{big.peak_rss / 2**20:,.1f} MiB peak RSS",
+            ],
+        ]
+        print(_table(["what", "measured", "also"], rows, "lrr"))
+        print()
+        print(
+            f"one queued entry is a bytes object of {memory['entry_bytes']} B of msgpack "
+            f"({memory['object_bytes']} B with its object header) plus its slot in the deque."
+        )
+        goals["memory"] = memory["tracemalloc_per_export"]
+        goals["rss_mib"] = big.rss / 2**20
+
+        print()
+        print("### Goals")
+        print()
+        checks = [
+            ("export() median ≤ 1 µs", goals["export"] <= 1000, f"{goals['export']:,.0f} ns"),
+            ("export() ≤ 2.5× packb(record)", goals["export_over_packb"] <= 2.5, _fmt_ratio(goals["export_over_packb"])),
+            (
+                "export() ≥ 20× cheaper than fluent-logger async emit",
+                goals["fluent_async_over_export"] >= 20,
+                _fmt_ratio(goals["fluent_async_over_export"]),
+            ),
+            ("export() p99 ≤ 20 µs", goals["export_p99"] <= 20_000, f"{goals['export_p99']:,.0f} ns"),
+            ("context enter+exit (arc_class) ≤ 2 µs", goals["context"] <= 2000, f"{goals['context']:,.0f} ns"),
+            ("sub-context enter+exit ≤ 2 µs", goals["sub"] <= 2000, f"{goals['sub']:,.0f} ns"),
+            (
+                "end to end ≥ 200,000 exports/s in ARCs",
+                goals["e2e"] >= 200_000 and not goals["e2e_dropped"],
+                f"{goals['e2e']:,.0f} /s" + (f", {goals['e2e_dropped']:,.0f} dropped" if goals["e2e_dropped"] else ""),
+            ),
+            ("end to end ≥ 3× fluent-logger", goals["e2e_over_fluent"] >= 3, _fmt_ratio(goals["e2e_over_fluent"])),
+            ("≤ 300 B per queued export", goals["memory"] <= 300, f"{goals['memory']:,.0f} B"),
+        ]
+        print(_table(["goal", "measured", "met"], [[g, m, "yes" if ok else "NO"] for g, ok, m in checks], "lrl"))
+        print()
+        print(f"total bench time: {time.monotonic() - started:.0f} s")
+    finally:
+        if micro is not None:
+            micro.close()
+        sink.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def micro_config(workdir: str) -> str:
+    """The config file the client watches (written by :class:`Micro`; enabled)."""
+    return os.path.join(workdir, "mona_client_config.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
