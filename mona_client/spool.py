@@ -29,6 +29,7 @@ from .logs import RateLimitedLog, logger
 __all__ = ["Spool", "SpooledChunk"]
 
 _SUFFIX = ".chunk"
+_RESCAN_SECONDS = 1.0
 _CLAIMED = ".claimed"
 
 
@@ -55,6 +56,9 @@ class Spool:
         self.replayed_records = 0
         self.dropped_records = 0
         self._ready = False
+        self._pending = 0
+        self._bytes = 0
+        self._scanned_at = float("-inf")
         self._claim_tag = f"{os.getpid()}-{os.urandom(4).hex()}"
 
     def _prepare(self) -> bool:
@@ -74,18 +78,47 @@ class Spool:
         except FileNotFoundError:
             return []
 
-    def size_bytes(self) -> int:
+    def _scan(self) -> List[str]:
+        """List the folder once: count what waits, take back orphaned claims, remove stale temp files.
+
+        Between scans the counts are kept up to date by this process's own writes and claims, so the
+        sender's loop touches the disk only when there is something to do or once a second (another
+        process may have left files).
+        """
+        pending = 0
         total = 0
-        for name in self._names():
+        names = self._names()
+        for name in names:
+            path = os.path.join(self.directory, name)
+            if name.endswith(_CLAIMED) and self._reclaim_if_orphaned(path, name):
+                name = _unclaimed_path(name)
+                path = os.path.join(self.directory, name)
+            elif name.endswith(".tmp"):
+                self._remove_stale_tmp(path, name)
+            if name.endswith(_SUFFIX):
+                pending += _count_of(name)
             try:
-                total += os.stat(os.path.join(self.directory, name)).st_size
+                total += os.stat(path).st_size
             except FileNotFoundError:
                 pass
-        return total
+        self._pending = pending
+        self._bytes = total
+        self._scanned_at = time.monotonic()
+        return names
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self._scanned_at > _RESCAN_SECONDS:
+            self._scan()
+
+    def size_bytes(self) -> int:
+        """Bytes of all spool files (as of the last scan, plus this process's changes since)."""
+        self._refresh()
+        return self._bytes
 
     def pending_records(self) -> int:
         """Records in files not yet claimed by anyone (another process's claims are its own)."""
-        return sum(_count_of(name) for name in self._names() if name.endswith(_SUFFIX))
+        self._refresh()
+        return self._pending
 
     # --- writing ---------------------------------------------------------------------------------
 
@@ -123,24 +156,20 @@ class Spool:
                 pass
             return False
         self.spooled_records += count
+        self._pending += count
+        self._bytes += len(entries)
         return True
 
     # --- replaying -------------------------------------------------------------------------------
 
     def claim_next(self) -> Optional[SpooledChunk]:
-        """Claim the oldest unclaimed file (taking back claims of dead processes first)."""
-        if not self._ready and not os.path.isdir(self.directory):
+        """Claim the oldest unclaimed file, or None when nothing waits."""
+        if self.pending_records() <= 0:
             return None
-        for name in self._names():
-            path = os.path.join(self.directory, name)
-            if name.endswith(_CLAIMED):
-                self._reclaim_if_orphaned(path, name)
-                continue
-            if name.endswith(".tmp"):
-                self._remove_stale_tmp(path, name)
-                continue
+        for name in self._scan():
             if not name.endswith(_SUFFIX):
                 continue
+            path = os.path.join(self.directory, name)
             claimed = f"{path}.{self._claim_tag}{_CLAIMED}"
             try:
                 os.rename(path, claimed)
@@ -152,7 +181,9 @@ class Spool:
             except OSError as exc:
                 self._log.log(logging.ERROR, "spool-read", "mona-client cannot read spool file %s: %s", claimed, exc)
                 continue
-            return SpooledChunk(claimed, entries, _count_of(name))
+            count = _count_of(name)
+            self._pending -= count
+            return SpooledChunk(claimed, entries, count)
         return None
 
     def done(self, chunk: SpooledChunk) -> None:
@@ -160,6 +191,7 @@ class Spool:
         self.replayed_records += chunk.count
         try:
             os.unlink(chunk.path)
+            self._bytes -= len(chunk.entries)
         except FileNotFoundError:
             pass
 
@@ -168,19 +200,22 @@ class Spool:
         original = _unclaimed_path(chunk.path)
         try:
             os.rename(chunk.path, original)
+            self._pending += chunk.count
         except OSError:
             pass
 
-    def _reclaim_if_orphaned(self, path: str, name: str) -> None:
+    def _reclaim_if_orphaned(self, path: str, name: str) -> bool:
+        """Give a claim of an ended process back to everyone; True when it was taken back."""
         original, tag = _split_claim(path)
         pid = _pid_of(tag)
         if tag == self._claim_tag or (pid is not None and pid != os.getpid() and _alive(pid)):
-            return
+            return False
         try:
             os.rename(path, original)
-            logger.info("mona-client took back spool file %s of an ended process", os.path.basename(original))
         except OSError:
-            pass
+            return False
+        logger.info("mona-client took back spool file %s of an ended process", os.path.basename(original))
+        return True
 
     def _remove_stale_tmp(self, path: str, name: str) -> None:
         # A .tmp file older than a minute belongs to a process killed while writing it.

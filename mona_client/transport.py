@@ -43,8 +43,12 @@ __all__ = ["Sender", "SenderStats", "HandshakeError", "client_ssl_context"]
 
 SenderStats = Dict[str, int]
 
+# Records spilled at once go into files of up to this size; replayed, a file is one chunk (below the
+# collector's 8 MiB frame cap and fluent-bit's 6 MB).
+_SPOOL_FILE_BYTES = 4 * 1024 * 1024
+
 # How long one blocking socket call may last before the thread looks at its queue again.
-_IO_SLICE = 0.05
+_IO_SLICE = 0.01
 
 
 class HandshakeError(ConnectionError):
@@ -116,11 +120,16 @@ class Sender:
         self._connect_hook = connect
 
         self._queue: Deque[bytes] = deque()
-        # Waking the thread per record would cost a lock per export: wake it once a chunk is full,
-        # otherwise it looks every flush_interval.
+        # Waking the thread per record would cost a lock per export: it is woken once a chunk's worth
+        # is queued, otherwise it looks every flush_interval.
         self._wake_at = chunk_records
-        # Beyond this many queued records while the peer lags, the queue head goes to the spool.
-        self._spill_at = max(chunk_records * max_inflight * 2, 1)
+        # A peer that is connected and acking, only slower than the exports, keeps the records in
+        # memory up to a quarter of the queue; beyond that the excess goes to the spool, leaving the
+        # rest of the queue as headroom for the moments the exporting threads hold the GIL.
+        self._spill_at = max(max_queue // 4, 1)
+        self._yield_at = max_queue * 3 // 4
+        # put() takes its fast path below this length: the thread runs and needs no wake-up yet.
+        self._fast_limit = 0
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -145,9 +154,20 @@ class Sender:
     # --- the caller's side ----------------------------------------------------------------------
 
     def put(self, entry: bytes) -> bool:
-        """Queue one encoded entry. Never blocks (except in blocking mode); False when it was dropped."""
+        """Queue one encoded entry. Never waits on the network (except in blocking mode).
+
+        Returns False when the entry was dropped because the queue is full.
+        """
         queue = self._queue
-        if len(queue) >= self.max_queue:
+        if len(queue) < self._fast_limit:  # the common case: one comparison and the append
+            queue.append(entry)
+            return True
+        return self._put_slow(entry)
+
+    def _put_slow(self, entry: bytes) -> bool:
+        queue = self._queue
+        queued = len(queue)
+        if queued >= self.max_queue:
             self.dropped_records += 1
             self._log.log(
                 logging.WARNING,
@@ -164,8 +184,13 @@ class Sender:
             self.drain_now()
         elif self._thread is None:
             self._start()
-        elif len(queue) == self._wake_at:
+        elif not self._wake.is_set():
             self._wake.set()
+        if queued > self._yield_at and self.spool is not None:
+            # Near the bound: hand the GIL to the sender thread so that it can move the excess to the
+            # spool. A yield, not a wait on the network; without it a thread that exports faster than
+            # the disk takes records would fill the queue and lose exports.
+            time.sleep(0)
         return True
 
     def replay_spool(self) -> None:
@@ -199,6 +224,7 @@ class Sender:
         """Flush within ``timeout``, spool what is left, stop. True when everything was delivered."""
         delivered = self.flush(timeout)
         self._closing = True
+        self._fast_limit = 0
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.send_timeout + 1)
@@ -236,6 +262,8 @@ class Sender:
                 return
             self._thread = threading.Thread(target=self._run, name="mona-sender", daemon=True)
             self._thread.start()
+            if not self.blocking:
+                self._fast_limit = min(self._wake_at, self.max_queue)
 
     def _run(self) -> None:
         while not self._closing:
@@ -305,13 +333,19 @@ class Sender:
                 return _Chunk(spooled.entries, spooled.count, spooled)
         return self._take_from_queue()
 
-    def _take_from_queue(self) -> Optional[_Chunk]:
+    def _take_from_queue(self, limit: Optional[int] = None, max_bytes: Optional[int] = None) -> Optional[_Chunk]:
         queue = self._queue
         if not queue:
             return None
         entries: List[bytes] = []
         size = 0
-        while queue and len(entries) < self.chunk_records and size < self.chunk_bytes:
+        max_bytes = self.chunk_bytes if max_bytes is None else max_bytes
+        # A long queue goes in bigger chunks (up to chunk_bytes): fewer round trips and spool files,
+        # and fewer waits for the GIL when the exporting threads keep it busy.
+        records = max(self.chunk_records, len(queue) // self.max_inflight)
+        if limit is not None:
+            records = min(records, limit)
+        while queue and len(entries) < records and size < max_bytes:
             entry = queue.popleft()
             entries.append(entry)
             size += len(entry)
@@ -381,7 +415,7 @@ class Sender:
 
     def _spill_if_lagging(self) -> None:
         if self.spool is not None and len(self._queue) > self._spill_at:
-            self.spill(keep=self._spill_at // 2)
+            self.spill(keep=self._spill_at)
 
     def spill(self, keep: int = 0, everything: bool = False) -> None:
         """Move records from memory to the spool, oldest first, keeping ``keep`` queued.
@@ -401,10 +435,15 @@ class Sender:
                     spool.release(chunk.spooled)
                 else:
                     spool.write(chunk.entries, chunk.count)
-            while len(self._queue) > keep:
-                chunk = self._take_from_queue()
+            # What is queued now, not what arrives meanwhile: a caller faster than the disk must not
+            # keep this loop (and the sender) busy for ever.
+            to_move = len(self._queue) - keep
+            while to_move > 0:
+                # Big files: each file costs a few system calls, and each call a wait for the GIL.
+                chunk = self._take_from_queue(limit=to_move, max_bytes=_SPOOL_FILE_BYTES)
                 if chunk is None:
                     break
+                to_move -= chunk.count
                 spool.write(chunk.entries, chunk.count)
 
     # --- connections ----------------------------------------------------------------------------

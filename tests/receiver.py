@@ -15,11 +15,15 @@ class ForwardReceiver:
     """Accepts Forward connections on 127.0.0.1:<free port> in a background thread.
 
     ``ack=False`` never answers acks; ``read=False`` accepts connections but never reads from them
-    (a stuck forwarder); ``drop_acks`` swallows that many acks (as if they were lost on the way).
+    (a stuck forwarder); ``drop_acks`` swallows that many acks (as if they were lost on the way);
+    ``ack_delay`` waits that long before each ack (a slow forwarder).
     """
 
-    def __init__(self, ack: bool = True, read: bool = True, drop_acks: int = 0, port: int = 0) -> None:
+    def __init__(
+        self, ack: bool = True, read: bool = True, drop_acks: int = 0, port: int = 0, ack_delay: float = 0.0
+    ) -> None:
         self.ack = ack
+        self.ack_delay = ack_delay
         self.read = read
         self.drop_acks = drop_acks
         self.batches: List[forward.EventBatch] = []
@@ -114,6 +118,8 @@ class ForwardReceiver:
                         if self.drop_acks > 0:
                             self.drop_acks -= 1
                             continue
+                        if self.ack_delay:
+                            time.sleep(self.ack_delay)
                         conn.sendall(forward.pack_ack(batch.chunk))
         except OSError:
             return
