@@ -84,18 +84,12 @@ def init_client(
     )
 
 
-def _resolve_arc_class(arc_class: Optional[str], legacy: Optional[str]) -> Optional[str]:
-    return legacy if arc_class is None else arc_class
-
-
-_Opened = Optional[Tuple[_ctx.Stack, str, Optional[str], bool]]
-
-
 class _Block:
     """A ``with`` block that pushes a stack on enter and restores the previous one on exit.
 
     A class rather than ``@contextmanager``: a generator costs about a microsecond per block, and a
-    class keeps the pairing of enter and exit exact however blocks nest or fail.
+    class keeps the pairing of enter and exit exact however blocks nest or fail. Enter and exit are
+    on the path of every ARC, so they use the ContextVar directly.
     """
 
     __slots__ = ("_entries",)
@@ -105,43 +99,30 @@ class _Block:
         # several threads at once. None for an entry that pushed nothing (disabled, or an error).
         self._entries: List[Optional[Tuple[Any, _ctx.Stack]]] = []
 
-    def _open(self) -> _Opened:
-        raise NotImplementedError
-
-    def _timestamp(self) -> Any:
-        return None
-
-    def __enter__(self) -> str:
-        opened = self._open()
-        if opened is None:
-            self._entries.append(None)
-            return ""
-        stack, full_id, arc_class, root = opened
-        self._entries.append((_push(stack), stack))
-        if arc_class is not None or (root and _runtime.global_init_message is not None):
-            _runtime.open_context_exports(full_id, arc_class, root, self._timestamp())
-        return full_id
-
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         entries = self._entries
         entry = entries.pop()
         if entry is None:
             return
-        if entry[1] is not _current_stack() and len(entries) > 0:
-            # Not this thread's entry (a block object shared by threads): find the one it pushed.
-            entries.append(entry)
-            current = _current_stack()
-            index = len(entries) - 1
-            while index > 0 and (entries[index] is None or entries[index][1] is not current):
-                index -= 1
-            entry = entries.pop(index)
+        if entry[1] is not _stack_var.get() and entries:
+            entry = self._entry_of_this_context(entry)
             if entry is None:
                 return
         _ctx.pop(entry[0])
 
+    def _entry_of_this_context(self, last: Tuple[Any, _ctx.Stack]) -> Optional[Tuple[Any, _ctx.Stack]]:
+        """The entry this thread or task pushed, when the last one belongs to another."""
+        entries = self._entries
+        entries.append(last)
+        current = _stack_var.get()
+        index = len(entries) - 1
+        while index > 0 and (entries[index] is None or entries[index][1] is not current):
+            index -= 1
+        return entries.pop(index)
 
-_push = _ctx.push
-_current_stack = _ctx.current_stack
+
+_stack_var = _ctx.stack_var
+_new_context_id = _ctx.new_context_id
 
 
 class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
@@ -169,14 +150,17 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         self.context_id = context_id
         self.export_timestamp = export_timestamp
 
-    def _open(self) -> _Opened:
+    def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
-            return None
-        context_id = str(self.context_id) if self.context_id else _ctx.new_context_id()
-        return ((context_id, self.arc_class),), context_id, self.arc_class, True
-
-    def _timestamp(self) -> Any:
-        return self.export_timestamp
+            self._entries.append(None)
+            return ""
+        context_id = str(self.context_id) if self.context_id else _new_context_id()
+        arc_class = self.arc_class
+        stack = ((context_id, arc_class),)
+        self._entries.append((_stack_var.set(stack), stack))
+        if arc_class is not None or _runtime.global_init_message is not None:
+            _runtime.open_context_exports(context_id, arc_class, True, self.export_timestamp)
+        return context_id
 
 
 class new_mona_sub_context(_Block):  # noqa: N801
@@ -199,22 +183,29 @@ class new_mona_sub_context(_Block):  # noqa: N801
         self.arc_class = ARC_class if arc_class is None else arc_class
         self.sub_context_id = sub_context_id
 
-    def _open(self) -> _Opened:
-        return _open_sub(self.arc_class, self.sub_context_id)
+    def __enter__(self) -> str:
+        stack = _sub_stack(self.arc_class, self.sub_context_id)
+        if stack is None:
+            self._entries.append(None)
+            return ""
+        self._entries.append((_stack_var.set(stack), stack))
+        if self.arc_class is not None:
+            _runtime.open_context_exports(stack[-1][0], self.arc_class, False, None)
+        return stack[-1][0]
 
 
-def _open_sub(arc_class: Optional[str], sub_context_id: str) -> _Opened:
+def _sub_stack(arc_class: Optional[str], sub_context_id: str) -> Optional[_ctx.Stack]:
+    """The current stack with a sub-context pushed, or None (disabled, or no context to nest in)."""
     if not _runtime.active and not _runtime.ensure_started():
         return None
-    stack = _ctx.current_stack()
+    stack = _stack_var.get()
     if not stack:
         _runtime.fail(
             "sub-outside-context",
             "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
         )
         return None
-    stack = _ctx.sub_stack(stack, str(sub_context_id) or _ctx.new_context_id(), arc_class)
-    return stack, stack[-1][0], arc_class, False
+    return _ctx.sub_stack(stack, str(sub_context_id) or _new_context_id(), arc_class)
 
 
 # --- the non-``with`` API ---------------------------------------------------------------------------
@@ -232,14 +223,8 @@ def init(
     It replaces whatever context was current here (nothing is restored later): use it where a ``with``
     block does not fit, such as a request handler's start and end hooks, and end with :func:`reset`.
     """
-    block = new_mona_context(arc_class, context_id, export_timestamp, ARC_class=ARC_class)
-    opened = block._open()
-    if opened is None:
-        return ""
-    stack, full_id, resolved_class, _ = opened
-    _ctx.set_stack(stack)
-    _runtime.open_context_exports(full_id, resolved_class, True, export_timestamp)
-    return full_id
+    # A block entered and never left: its stack stays current until reset() or another init().
+    return new_mona_context(arc_class, context_id, export_timestamp, ARC_class=ARC_class).__enter__()
 
 
 def init_sub_context(
@@ -249,13 +234,7 @@ def init_sub_context(
     ARC_class: Optional[str] = None,  # noqa: N803
 ) -> str:
     """Push a sub-ARC onto the current context; returns its full id. Pair with :func:`close_sub_context`."""
-    opened = _open_sub(_resolve_arc_class(arc_class, ARC_class), sub_context_id)
-    if opened is None:
-        return ""
-    stack, full_id, resolved_class, _ = opened
-    _ctx.set_stack(stack)
-    _runtime.open_context_exports(full_id, resolved_class, False, None)
-    return full_id
+    return new_mona_sub_context(arc_class, sub_context_id, ARC_class=ARC_class).__enter__()
 
 
 def close_sub_context() -> str:
@@ -276,16 +255,8 @@ def reset() -> None:
 # --- exports --------------------------------------------------------------------------------------
 
 
-def export(message: Mapping[str, Any], export_timestamp: Optional[float] = None) -> bool:
-    """Export KAPIs and dimensions into the current context. Returns True when accepted.
-
-    ``message`` is a mapping of JSON-able values (numpy values, datetimes, Decimal, UUID and Enum are
-    converted; see :mod:`mona_client.export`). Keys starting with ``MONA_`` are reserved and dropped
-    with a warning. ``export_timestamp`` is in seconds since the epoch; an invalid one is replaced by
-    now and kept in ``MONA_INVALID_EXPORT_TIMESTAMP``. The message is encoded at once (mutating it
-    afterwards changes nothing) and sent in the background.
-    """
-    return _runtime.export(message, export_timestamp)
+# The runtime's bound method itself: export() is the hot path, and a wrapper would add a call to it.
+export = _runtime.export
 
 
 def export_batch(events: Iterable[Mapping[str, Any]]) -> bool:

@@ -36,6 +36,8 @@ Stack = Tuple[Frame, ...]
 _EMPTY: Stack = ()
 _stack: ContextVar[Stack] = ContextVar("mona_arc_stack", default=_EMPTY)
 
+#: The ContextVar itself, for the hot paths of the ``with`` blocks.
+stack_var = _stack
 current_stack = _stack.get
 
 
@@ -63,8 +65,8 @@ os.register_at_fork(after_in_child=_new_prefix)
 
 
 def new_context_id() -> str:
-    """A fresh root context id, e.g. ``"3f2a9c0d1e4b5a67-1a"``."""
-    return f"{_id_prefix}{next(_id_counter):x}"
+    """A fresh root context id, e.g. ``"3f2a9c0d1e4b5a67-26"``."""
+    return f"{_id_prefix}{next(_id_counter)}"
 
 
 def sub_stack(stack: Stack, sub_context_id: str, arc_class: Optional[str]) -> Stack:

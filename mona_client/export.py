@@ -48,7 +48,7 @@ from .record import (
     USER_ID,
 )
 
-__all__ = ["MonaExportException", "encode_entry", "check_message", "check_export_timestamp"]
+__all__ = ["MonaExportException", "EntryEncoder", "encode_entry", "check_message", "check_export_timestamp"]
 
 
 class MonaExportException(Exception):
@@ -95,35 +95,76 @@ def _new_packer() -> msgpack.Packer:
 _packers: List[msgpack.Packer] = []
 
 
-def encode_entry(timestamp: int, user_id: str, context: str, message: Mapping[str, Any], record_id: str) -> bytes:
-    """The msgpack bytes of one ``[time, record]`` PackedForward entry.
+_plain = msgpack.Packer(use_bin_type=False).pack  # for the client's own strings and ints
+_RECORD_ID_KEY = _plain(RECORD_ID)
+_EXPORT_TIMESTAMP_KEY = _plain(EXPORT_TIMESTAMP)
+_MESSAGE_KEY = _plain(MESSAGE)
+
+
+class EntryEncoder:
+    """Encodes the PackedForward entries of one user id: ``[time, record]`` as msgpack bytes.
 
     The event time is the export time: integer seconds (Fluentd relaying with acks retries a chunk
-    with float times forever).
+    with float times forever). Exports into one context within one second share everything but the
+    message and the record id, so those leading bytes are kept and only the message is packed:
+    about a third cheaper than packing the whole entry each time.
+    """
+
+    def __init__(self, user_id: str) -> None:
+        # The record is a map of 5: user id, context, export time, message, record id.
+        self._record_start = b"\x85" + _plain(USER_ID) + _plain(user_id) + _plain(CONTEXT)
+        # (timestamp, context, bytes up to the message): replaced as one tuple, so threads sharing
+        # the encoder never see the bytes of one context under the key of another.
+        self._head: Tuple[Any, Any, bytes] = (None, None, b"")
+
+    def _new_head(self, timestamp: int, context: str) -> Tuple[Any, Any, bytes]:
+        packed_time = _plain(timestamp)
+        head = b"".join(
+            (b"\x92", packed_time, self._record_start, _plain(context), _EXPORT_TIMESTAMP_KEY, packed_time, _MESSAGE_KEY)
+        )
+        return timestamp, context, head
+
+    def encode_packed(self, timestamp: int, context: str, packed_message: bytes, record_id: str) -> bytes:
+        """An entry around a message packed already (the client's own, repeated ``MONA_*`` messages)."""
+        head = self._head
+        if head[0] != timestamp or head[1] is not context:
+            head = self._head = self._new_head(timestamp, context)
+        return b"".join((head[2], packed_message, _RECORD_ID_KEY, _plain(record_id)))
+
+    def encode(self, timestamp: int, context: str, message: Mapping[str, Any], record_id: str) -> bytes:
+        """Raises :class:`MonaExportException` when a value of the message cannot be encoded."""
+        head = self._head
+        if head[0] != timestamp or head[1] is not context:
+            head = self._head = self._new_head(timestamp, context)
+        try:
+            packer = _packers.pop()
+        except IndexError:
+            packer = _new_packer()
+        try:
+            return b"".join((head[2], packer.pack(message), _RECORD_ID_KEY, packer.pack(record_id)))
+        except Exception as exc:  # noqa: BLE001 - a user object may raise anything while converted
+            raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
+        finally:
+            _packers.append(packer)
+
+
+def pack_message(message: Mapping[str, Any]) -> bytes:
+    """A message packed on its own, for :meth:`EntryEncoder.encode_packed`.
 
     Raises :class:`MonaExportException` when a value cannot be encoded.
     """
+    packer = _packers.pop() if _packers else _new_packer()
     try:
-        packer = _packers.pop()
-    except IndexError:
-        packer = _new_packer()
-    try:
-        return packer.pack(
-            [
-                timestamp,
-                {
-                    USER_ID: user_id,
-                    CONTEXT: context,
-                    MESSAGE: message,
-                    EXPORT_TIMESTAMP: timestamp,
-                    RECORD_ID: record_id,
-                },
-            ]
-        )
-    except Exception as exc:  # noqa: BLE001 - a user object may raise anything while converted
+        return packer.pack(message)
+    except Exception as exc:  # noqa: BLE001
         raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
     finally:
         _packers.append(packer)
+
+
+def encode_entry(timestamp: int, user_id: str, context: str, message: Mapping[str, Any], record_id: str) -> bytes:
+    """One entry, encoded on its own (the client keeps an :class:`EntryEncoder` instead)."""
+    return EntryEncoder(user_id).encode(timestamp, str(context), message, record_id)
 
 
 def _describe(exc: BaseException) -> str:

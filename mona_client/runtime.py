@@ -24,7 +24,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 
 from . import context as ctx
 from .config import ConfigWatcher, Settings, settings_from_env
-from .export import MonaExportException, check_export_timestamp, check_message, encode_entry
+from .export import EntryEncoder, MonaExportException, check_export_timestamp, check_message, pack_message
 from .logs import configure_logging, logger, rate_limited
 from .record import ARC_CLASS_KEY, GLOBALS_KEY, INVALID_EXPORT_TIMESTAMP_KEY, RESERVED_PREFIX
 from .spool import Spool
@@ -45,6 +45,8 @@ class Runtime:
         self.active = False
         self.settings: Optional[Settings] = None
         self.user_id = ""
+        self._encoder = EntryEncoder("")
+        self._arc_class_messages: Dict[str, bytes] = {}
         self.should_raise = False
         self.env_disabled = False
         self.file_disabled = False
@@ -73,6 +75,7 @@ class Runtime:
             rate_limited.reset()
             configure_logging(settings.logging_level, settings.print_logs)
             self.user_id = settings.user_id
+            self._encoder = EntryEncoder(settings.user_id)
             self.should_raise = settings.should_raise_exceptions
             self.env_disabled = settings.disable_all
             self.sender = self._new_sender(settings)
@@ -223,6 +226,16 @@ class Runtime:
     # --- exports --------------------------------------------------------------------------------
 
     def export(self, message: Any, export_timestamp: Any = None) -> bool:
+        """Export KAPIs and dimensions into the current context. Returns True when accepted.
+
+        ``message`` is a mapping of JSON-able values (numpy values, datetimes, Decimal, UUID and Enum
+        are converted; see :mod:`mona_client.export`). Keys starting with ``MONA_`` are reserved and
+        dropped with a warning. ``export_timestamp`` is in seconds since the epoch; an invalid one is
+        replaced by now and kept in ``MONA_INVALID_EXPORT_TIMESTAMP``. The message is encoded at once
+        (mutating it afterwards changes nothing) and sent in the background.
+
+        This is ``mona_client.client.export``.
+        """
         if not self.active and not self.ensure_started():
             return False
         stack = ctx.current_stack()
@@ -250,8 +263,8 @@ class Runtime:
                 timestamp, invalid = check_export_timestamp(export_timestamp, now)
                 if invalid is not None:
                     message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
-            entry = encode_entry(
-                timestamp, self.user_id, context_id, message, f"{self._record_source}{next(self._record_counter)}"
+            entry = self._encoder.encode(
+                timestamp, context_id, message, f"{self._record_source}{next(self._record_counter)}"
             )
         except MonaExportException as exc:
             return self.fail("bad-message", str(exc))
@@ -283,8 +296,8 @@ class Runtime:
             if invalid is not None:
                 message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
         try:
-            entry = encode_entry(
-                timestamp, self.user_id, context_id, message, f"{self._record_source}{next(self._record_counter)}"
+            entry = self._encoder.encode(
+                timestamp, context_id, message, f"{self._record_source}{next(self._record_counter)}"
             )
         except MonaExportException as exc:
             self.fail("bad-globals", f"cannot export {list(message)}: {exc}")
@@ -331,6 +344,20 @@ class Runtime:
 
     def open_context_exports(self, context_id: str, arc_class: Optional[str], root: bool, ts: Any) -> None:
         """What a newly opened (sub-)context exports about itself."""
+        if ts is None and (not root or self.global_init_message is None) and type(arc_class) is str:
+            # The common case, on the path of every context: an arc class alone, its message packed once.
+            packed = self._arc_class_messages.get(arc_class)
+            if packed is None:
+                if len(self._arc_class_messages) > 10_000:  # classes are few; ids used as classes are not
+                    self._arc_class_messages.clear()
+                packed = self._arc_class_messages[arc_class] = pack_message({ARC_CLASS_KEY: arc_class})
+            entry = self._encoder.encode_packed(
+                int(_time()), context_id, packed, f"{self._record_source}{next(self._record_counter)}"
+            )
+            sender = self.sender
+            if sender is not None:
+                sender.put(entry)
+            return
         message: Dict[str, Any] = {}
         if arc_class is not None:
             message[ARC_CLASS_KEY] = arc_class
