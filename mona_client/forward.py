@@ -44,6 +44,9 @@ __all__ = [
     "FrameDecoder",
     "parse_event_batch",
     "decode_event_message",
+    "RawMessage",
+    "split_event_message",
+    "scan_entries",
     "iter_entries",
     "pack_helo",
     "pack_ping",
@@ -332,14 +335,7 @@ def decode_event_message(
             events.append(Event(seconds, nanoseconds, item[1]))
         return EventBatch(tag, events, option, "forward"), None
     if isinstance(second, (bytes, bytearray, str)):  # (Compressed)PackedForward
-        if len(obj) > 3:
-            raise ForwardProtocolError("PackedForward mode takes at most 3 items")
-        option = _option(obj[2] if len(obj) > 2 else None)
-        entries = _raw_bytes(second)
-        mode = "packed_forward"
-        if option.get("compressed") == "gzip":
-            entries = _gunzip_all(entries, max_bytes)
-            mode = "compressed_packed_forward"
+        entries, option, mode = _packed_entries(obj, max_bytes)
         return EventBatch(tag, _decode_entries(entries, max_bytes), option, mode), entries
     # Message: [tag, time, record, option?]
     if len(obj) < 3 or len(obj) > 4:
@@ -347,6 +343,113 @@ def decode_event_message(
     seconds, nanoseconds = _decode_time(second)
     option = _option(obj[3] if len(obj) > 3 else None)
     return EventBatch(tag, [Event(seconds, nanoseconds, obj[2])], option, "message"), None
+
+
+# --- checking without decoding records (the collector's network side) ---------------------------------
+
+#: First bytes of a msgpack integer (positive fixint, uint8-64, int8-64, negative fixint).
+_INT_FIRST_BYTES = frozenset(range(0x00, 0x80)) | frozenset(range(0xCC, 0xD4)) | frozenset(range(0xE0, 0x100))
+_FLOAT32, _FLOAT64 = struct.Struct(">f"), struct.Struct(">d")
+
+
+def _check_packed_time(entries: bytes, position: int) -> None:
+    """The time of the entry at ``position`` (just after its array header) is one Forward allows."""
+    first = entries[position]
+    if first in _INT_FIRST_BYTES:
+        return
+    if first == 0xD7 and entries[position + 1] == EVENT_TIME_EXT_CODE:  # fixext8, type 0
+        return
+    if first == 0xC7 and entries[position + 1] == 8 and entries[position + 2] == EVENT_TIME_EXT_CODE:  # ext8
+        return
+    if first == 0xCA or first == 0xCB:  # outside the spec, accepted when finite
+        form = _FLOAT32 if first == 0xCA else _FLOAT64
+        (value,) = form.unpack_from(entries, position + 1)
+        if math.isfinite(value):
+            return
+        raise ForwardProtocolError(f"event time {value}")
+    if first in (0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xC7, 0xC8, 0xC9):
+        raise ForwardProtocolError("unknown time extension type")
+    raise ForwardProtocolError("an event time is neither an integer nor EventTime")
+
+
+def scan_entries(entries: bytes) -> int:
+    """Check that ``entries`` is a sequence of whole ``[time, record]`` pairs and count them, without
+    building the records (msgpack's C ``skip``; the per-entry Python work is two byte checks).
+
+    Raises :class:`ForwardProtocolError` like decoding would for bytes that are not msgpack, nesting
+    beyond msgpack's limit, an entry that is not a pair, a time that is neither an integer nor
+    EventTime (nor a finite float), or entries that end inside an entry. Map keys that are arrays or
+    maps are not noticed here (the reader decoding the records must cope with them).
+    """
+    size = len(entries)
+    unpacker = msgpack.Unpacker(max_buffer_size=max(size, 1))
+    unpacker.feed(entries)
+    count = 0
+    position = 0
+    check_time = _check_packed_time
+    try:
+        while position < size:
+            if entries[position] != 0x92:  # fixarray of 2
+                raise ForwardProtocolError("an entry is not a [time, record] pair")
+            check_time(entries, position + 1)
+            unpacker.skip()
+            position = unpacker.tell()
+            count += 1
+    except msgpack.OutOfData:
+        raise ForwardProtocolError("entries end inside an entry") from None
+    except (msgpack.FormatError, msgpack.StackError, ValueError, IndexError, struct.error) as exc:
+        if isinstance(exc, ForwardProtocolError):
+            raise
+        raise ForwardProtocolError(f"invalid entries: {exc}") from None
+    return count
+
+
+class RawMessage(NamedTuple):
+    """One event message with its events as a PackedForward entries blob, records not decoded."""
+
+    tag: str
+    entries: bytes
+    events: int
+    option: dict
+    mode: str
+
+    @property
+    def chunk(self) -> Any:
+        return self.option.get("chunk")
+
+
+def split_event_message(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> RawMessage:
+    """Check one decoded top-level object as an event message of any of the four modes and give its
+    events as one plain entries blob, with the same errors as :func:`decode_event_message`.
+
+    (Compressed)PackedForward entries are gunzipped and checked with :func:`scan_entries`, never
+    decoded; Message and Forward events are packed into entries with :func:`pack_entry`.
+    """
+    if not isinstance(obj, (list, tuple)) or len(obj) < 2:
+        raise ForwardProtocolError("an event message is an array of 2 to 4 items")
+    if isinstance(obj[1], (bytes, bytearray, str)) and isinstance(obj[0], str):
+        entries, option, mode = _packed_entries(obj, max_bytes)
+        return RawMessage(obj[0], entries, scan_entries(entries), option, mode)
+    batch, _ = decode_event_message(obj, max_bytes)
+    try:
+        entries = b"".join(
+            pack_entry(EventTime(event.seconds, event.nanoseconds) if event.nanoseconds else event.seconds, event.record)
+            for event in batch.events
+        )
+    except (OverflowError, ValueError, TypeError, struct.error) as exc:
+        raise ForwardProtocolError(f"events that cannot be stored: {exc}") from None
+    return RawMessage(batch.tag, entries, len(batch.events), batch.option, batch.mode)
+
+
+def _packed_entries(obj: Any, max_bytes: int) -> Tuple[bytes, dict, str]:
+    """The plain entries blob, option and mode of a (Compressed)PackedForward message."""
+    if len(obj) > 3:
+        raise ForwardProtocolError("PackedForward mode takes at most 3 items")
+    option = _option(obj[2] if len(obj) > 2 else None)
+    entries = _raw_bytes(obj[1])
+    if option.get("compressed") == "gzip":
+        return _gunzip_all(entries, max_bytes), option, "compressed_packed_forward"
+    return entries, option, "packed_forward"
 
 
 def _option(value: Any) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import sqlite3
 import struct
+import time
 from pathlib import Path
 from typing import Any, Iterator, List, Optional
 
@@ -101,7 +102,23 @@ def collector(db_path: Path) -> Iterator[Collector]:
         yield running
 
 
+def wait_merged(db_path: Path, timeout: float = 20.0) -> None:
+    """Wait until the merger has merged every raw row (acks come once a row is stored raw; the ARCs
+    follow a moment later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        store = SQLiteStore(db_path, readonly=True)
+        try:
+            if store.stats()["unmerged_rows"] == 0:
+                return
+        finally:
+            store.close()
+        assert time.monotonic() < deadline, "the merger did not catch up"
+        time.sleep(0.01)
+
+
 def stored_arcs(db_path: Path, context_id: str) -> List[dict]:
+    wait_merged(db_path)
     store = SQLiteStore(db_path, readonly=True)
     try:
         return store.find_arcs(context_id)
@@ -110,6 +127,7 @@ def stored_arcs(db_path: Path, context_id: str) -> List[dict]:
 
 
 def stats(db_path: Path) -> dict:
+    wait_merged(db_path)
     store = SQLiteStore(db_path, readonly=True)
     try:
         return store.stats()
@@ -136,6 +154,7 @@ __all__ = [
     "record",
     "stats",
     "stored_arcs",
+    "wait_merged",
     "str32",
     "time_ext8",
     "time_fixext8",

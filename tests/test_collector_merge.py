@@ -99,8 +99,10 @@ def test_restart_keeps_arcs_and_late_ground_truth_updates_them(db_path):
         arc = store.find_arcs("r7")[0]
         assert arc["fields"] == {"pred": 7, "truth": 1} and arc["last_export"] == BASE + 4 * 3600
         assert store.find_arcs("r3")[0]["fields"] == {"pred": 3}
+        # The raw log keeps every event received, the resent one too (50 + 2); the ARCs count it once.
         raw = list(store.iter_raw_events(TAG))
-        assert len(raw) == 51 and raw[-1][1].record["message"] == {"truth": 1}
+        assert len(raw) == 52 and raw[-2][1].record["message"] == {"truth": 1}
+        assert store.stats()["duplicates"] == 1
     finally:
         store.close()
 

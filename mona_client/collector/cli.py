@@ -238,6 +238,7 @@ def _stats(store: SQLiteStore, args: argparse.Namespace) -> int:
     print(f"duplicates    {stats['duplicates']}  (resent records, dropped)")
     print(f"first event   {format_time(stats['first_event_time'])}")
     print(f"last event    {format_time(stats['last_event_time'])}")
+    print(f"not merged    {stats['unmerged_events']} events in {stats['unmerged_rows']} raw rows  (merge lag)")
     print(f"ARCs          {stats['arcs']}")
     for arc_class, count in stats["arcs_by_class"].items():
         print(f"  {arc_class or '(no class)':<20} {count}")

@@ -105,6 +105,7 @@ class RecordIdFilter:
         self._dirty: Dict[Tuple[str, str], RangeSet] = {}
         self._pending_ids: Set[Tuple[str, str]] = set()
         self._events: Sequence[Any] = ()
+        self._record_index = 2
         # What take_changes handed out for transactions not committed yet, oldest first.
         self._in_flight: Deque[Tuple[Dict[Tuple[str, str], RangeSet], Set[Tuple[str, str]]]] = deque()
         self._known: Optional[Set[Tuple[str, str]]] = None
@@ -124,9 +125,11 @@ class RecordIdFilter:
             self._ranges.popitem(last=False)
         return ranges
 
-    def begin(self, events: Sequence[Any]) -> None:
-        """Start a message: ``events`` are the ``(seconds, nanoseconds, record)`` its ids come from."""
+    def begin(self, events: Sequence[Any], record_index: int = 2) -> None:
+        """Start a message: ``events`` are the tuples its ids come from, the record at
+        ``record_index`` (``(seconds, nanoseconds, record)`` or ``[time, record]``)."""
         self._events = events
+        self._record_index = record_index
         self._known: Optional[Set[Tuple[str, str]]] = None
 
     def admit(self, user: str, record_id: str, index: int) -> Tuple[bool, Optional[Run]]:
@@ -159,7 +162,9 @@ class RecordIdFilter:
         """The ``(user, record_id)`` pairs of the current message from ``start`` on whose id is not
         of the sequence form."""
         keys = []
-        for _, _, record in itertools.islice(self._events, start, None):
+        at = self._record_index
+        for event in itertools.islice(self._events, start, None):
+            record = event[at]
             record_id = record.get(RECORD_ID) if type(record) is dict else None
             if type(record_id) is str and split_record_id(record_id) is None:
                 user = record.get(USER_ID)

@@ -28,6 +28,7 @@ per node and most of the packing.
 
 from __future__ import annotations
 
+import struct
 from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
 
@@ -52,6 +53,36 @@ FORMAT_VERSION = 2
 
 # Positions in a NODE list.
 CLASS, CLASS_TIME, FIELDS, FIELD_TIMES, NEWEST = range(5)
+
+
+#: Export timestamps are kept when finite and within this many seconds of the epoch (SQLite's REAL
+#: columns and comparisons stay sane); others are replaced by the event time.
+_TIME_LIMIT = 2**53
+_EVENT_TIME = struct.Struct(">II")
+
+
+def event_seconds(time: Any) -> float:
+    """Seconds of an entry's time as the merger decodes it: an int, a finite float, or the EventTime
+    extension left undecoded as ``slice(0, 8 bytes)`` (see :mod:`.merger`)."""
+    if type(time) is slice:
+        data = time.stop
+        if time.start == 0 and type(data) is bytes and len(data) == 8:
+            seconds, nanoseconds = _EVENT_TIME.unpack(data)
+            return seconds + nanoseconds / 1e9
+        raise RejectedRecord("an event time of an unknown extension type")
+    if type(time) is int or type(time) is float:
+        return time
+    raise RejectedRecord(f"an event time of type {type(time).__name__}")
+
+
+def _export_time(value: Any, time: Any) -> float:
+    """The export time of a record whose ``export_timestamp`` is ``value`` and event time ``time``."""
+    if (type(value) is int or type(value) is float) and -_TIME_LIMIT < value < _TIME_LIMIT:
+        return value  # NaN fails the comparison
+    value = event_seconds(time)
+    if -_TIME_LIMIT < value < _TIME_LIMIT:
+        return value
+    raise RejectedRecord("neither the export timestamp nor the event time is a usable time")
 
 
 class RejectedRecord(ValueError):
@@ -284,8 +315,17 @@ class ArcMerger:
             cache.popitem(last=False)
 
     def merge_events(self, events: Iterable[Tuple[int, int, Any]], ids: Any) -> MergeResult:
+        """:meth:`merge_entries` for decoded events ``(seconds, nanoseconds, record)``."""
+        return self.merge_entries([(seconds + nanos / 1e9 if nanos else seconds, record) for seconds, nanos, record in events], ids)
+
+    def merge_entries(self, events: List[Any], ids: Any) -> MergeResult:
         """Drop duplicates (with ``ids``, a :class:`~.dedup.RecordIdFilter`) and merge the other
-        records of one message of the mona tag, in order.
+        records of one message of the mona tag, in order. ``events`` are its ``[time, record]``
+        entries (see :func:`event_seconds` for the time); the time is only read when a record has no
+        usable ``export_timestamp``.
+
+        A record that cannot be merged (not a map, no context id, a message that is not a map, no
+        usable time, anything unexpected) is counted as rejected and the others are merged.
 
         This is the collector's hot loop (once per record): the checks, the duplicate test and the
         merge are written out inline with local variables. The fast paths: the next sequential id of
@@ -296,7 +336,7 @@ class ArcMerger:
         dropped = result.dropped
         dirty = self._dirty
         admit = ids.admit
-        ids.begin(events)
+        ids.begin(events, 1)
         # The stream of sequential ids seen last: the id that would come next, from which user.
         expect_id = expect_user = expect_prefix = expect_ends = None
         expect_n = 0
@@ -308,8 +348,9 @@ class ArcMerger:
         subs: Dict[str, Node] = {}
         root_node: Node = []
         index = -1
-        for seconds, _, record in events:
+        for entry in events:
             index += 1
+            record = entry[1]
             if type(record) is not dict:
                 result.rejected += 1
                 result.reject_reason = result.reject_reason or "the record is not a map"
@@ -346,62 +387,72 @@ class ArcMerger:
                 result.reject_reason = result.reject_reason or "the record's message is not a map"
                 continue
             when = record.get(EXPORT_TIMESTAMP)
-            if type(when) is not int and type(when) is not float:
-                when = seconds
+            if type(when) is not int or not -_TIME_LIMIT < when < _TIME_LIMIT:
+                try:
+                    when = _export_time(when, entry[0])
+                except RejectedRecord as exc:
+                    result.rejected += 1
+                    result.reject_reason = result.reject_reason or str(exc)
+                    continue
 
-            # --- the document ---
-            root, _, path = context.partition(CONTEXT_SEPARATOR)
-            if root != last_root or user != last_user:
-                if last_root is not None:  # the export times and count of the previous ARC
-                    document["first_export"], document["last_export"], document["export_count"] = first, last, count
-                last_root, last_user = root, user
-                key = (user, root)
-                document = dirty.get(key) or self._touch(key, when)
-                subs = document["subs"]
-                root_node = document["node"]
-                first, last, count = document["first_export"], document["last_export"], document["export_count"]
-            if when < first:
-                first = when
-            elif when > last:
-                last = when
-            count += 1
-
-            # --- the node ---
-            if not path:
-                node = root_node
-            else:
-                node = subs.get(path)
-                if node is None:
-                    if CONTEXT_SEPARATOR in path:
-                        node = _add_path(document, path)
-                    else:
-                        node = subs[path] = [None, None, {}, None, None]
-            newest = node[NEWEST]
-            if (newest is not None and when < newest) or GLOBALS_KEY in message:
-                _merge_slowly(document, node, message, when)
-                continue
             try:
-                "".join(message)  # raises TypeError unless every key is a string
-            except TypeError:
-                _merge_slowly(document, node, message, when)
-                continue
-            fields = node[FIELDS]
-            field_times = node[FIELD_TIMES]
-            if field_times is None and newest is not None and when != newest and fields:
-                field_times = node[FIELD_TIMES] = dict.fromkeys(fields, newest)
-            fields.update(message)
-            if field_times is not None:
-                field_times.update(dict.fromkeys(message, when))
-            node[NEWEST] = when
-            if ARC_CLASS_KEY in message:
-                value = fields.pop(ARC_CLASS_KEY)
+                # --- the document ---
+                root, _, path = context.partition(CONTEXT_SEPARATOR)
+                if root != last_root or user != last_user:
+                    if last_root is not None:  # the export times and count of the previous ARC
+                        document["first_export"], document["last_export"], document["export_count"] = first, last, count
+                    last_root = None
+                    key = (user, root)
+                    document = dirty.get(key) or self._touch(key, when)
+                    subs = document["subs"]
+                    root_node = document["node"]
+                    first, last, count = document["first_export"], document["last_export"], document["export_count"]
+                    last_root, last_user = root, user
+                if when < first:
+                    first = when
+                elif when > last:
+                    last = when
+                count += 1
+
+                # --- the node ---
+                if not path:
+                    node = root_node
+                else:
+                    node = subs.get(path)
+                    if node is None:
+                        if CONTEXT_SEPARATOR in path:
+                            node = _add_path(document, path)
+                        else:
+                            node = subs[path] = [None, None, {}, None, None]
+                newest = node[NEWEST]
+                if (newest is not None and when < newest) or GLOBALS_KEY in message:
+                    _merge_slowly(document, node, message, when)
+                    continue
+                try:
+                    "".join(message)  # raises TypeError unless every key is a string
+                except TypeError:
+                    _merge_slowly(document, node, message, when)
+                    continue
+                fields = node[FIELDS]
+                field_times = node[FIELD_TIMES]
+                if field_times is None and newest is not None and when != newest and fields:
+                    field_times = node[FIELD_TIMES] = dict.fromkeys(fields, newest)
+                fields.update(message)
                 if field_times is not None:
-                    del field_times[ARC_CLASS_KEY]
-                if node[CLASS_TIME] is None or when >= node[CLASS_TIME]:
-                    node[CLASS] = value if value is None else _key(value)
-                    node[CLASS_TIME] = when
-                if not fields:
-                    node[NEWEST] = newest
+                    field_times.update(dict.fromkeys(message, when))
+                node[NEWEST] = when
+                if ARC_CLASS_KEY in message:
+                    value = fields.pop(ARC_CLASS_KEY)
+                    if field_times is not None:
+                        del field_times[ARC_CLASS_KEY]
+                    if node[CLASS_TIME] is None or when >= node[CLASS_TIME]:
+                        node[CLASS] = value if value is None else _key(value)
+                        node[CLASS_TIME] = when
+                    if not fields:
+                        node[NEWEST] = newest
+            except Exception as exc:  # noqa: BLE001 - one record never fails the others (no cost unless raised)
+                result.rejected += 1
+                result.reject_reason = result.reject_reason or f"cannot be merged: {type(exc).__name__}: {exc}"
         if last_root is not None:
             document["first_export"], document["last_export"], document["export_count"] = first, last, count
         return result

@@ -1,9 +1,12 @@
 """The asyncio Forward protocol server: connections, framing, acks, limits and the UDP heartbeat.
 
 Each TCP connection decodes its byte stream into frames (msgpack, or JSON when the first byte is
-``{`` or ``[`` as Fluentd allows), turns each frame into an event message of any of the four modes and
-hands it to the :class:`~mona_client.collector.ingest.Ingestor`. The ack ``{"ack": chunk}`` is written
-when the ingestor reports the transaction committed, never before.
+``{`` or ``[`` as Fluentd allows), checks each frame as an event message of any of the four modes
+(framing and shape only: the records of PackedForward entries are not decoded, see
+:func:`~mona_client.forward.split_event_message`) and hands its entries blob to the
+:class:`~mona_client.collector.ingest.Ingestor`, which appends it to the raw log. The ack
+``{"ack": chunk}`` is written when that transaction is committed, never before; merging into ARCs
+happens afterwards, in the merger process.
 
 A connection that sends something that is not a Forward message, a frame above the size limit, or
 stops mid-frame for longer than the stall timeout is closed with one log line; the others carry on.
@@ -44,7 +47,7 @@ from ..forward import (
     ForwardProtocolError,
     FrameDecoder,
     check_ping,
-    decode_event_message,
+    split_event_message,
     pack_ack,
     pack_helo,
     pack_pong,
@@ -222,7 +225,6 @@ class ForwardConnection(asyncio.Protocol):
         self.pending_events = 0
         self.paused = False
         self.closed = False
-        self._reject_logged = False
         self.host = "?"
         self.connected_at = time.monotonic()
         # TLS: False until the TLS handshake completed (True at once without TLS).
@@ -330,11 +332,12 @@ class ForwardConnection(asyncio.Protocol):
                     return
                 continue
             try:
-                batch, entries = decode_event_message(frame, self.settings.max_frame_bytes)
+                message = split_event_message(frame, self.settings.max_frame_bytes)
             except ForwardProtocolError as exc:
                 self.fail(f"not a Forward event message: {exc}")
                 return
-            self._submit(Submission(batch, entries, self._done_callback(batch.chunk, len(batch.events))))
+            done = self._done_callback(message.chunk, message.events)
+            self._submit(Submission(message.tag, message.entries, message.events, done))
         if not self.authenticated and decoder.pending_bytes > MAX_HANDSHAKE_BYTES:
             self.refuse("invalid ping message", f"sent more than {MAX_HANDSHAKE_BYTES} bytes without a PING", "size")
 
@@ -374,7 +377,7 @@ class ForwardConnection(asyncio.Protocol):
     # --- ingest --------------------------------------------------------------------------------
 
     def _submit(self, submission: Submission) -> None:
-        self.pending_events += len(submission.batch.events)
+        self.pending_events += submission.events
         if not self.paused and self.pending_events > self.settings.max_pending_events:
             assert self.transport is not None
             self.transport.pause_reading()
@@ -394,14 +397,6 @@ class ForwardConnection(asyncio.Protocol):
         if not result.ok:
             self.fail(f"could not store its events, it will have to resend them: {result.error}")
             return
-        if result.rejected and not self._reject_logged:
-            self._reject_logged = True
-            log.warning(
-                "collector: %s sent %d malformed mona record(s) (first: %s); they are kept raw only",
-                self.peer,
-                result.rejected,
-                result.reject_reason,
-            )
         if self.closed or self.transport is None or self.transport.is_closing():
             return
         if chunk is not None:

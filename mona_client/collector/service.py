@@ -1,4 +1,5 @@
-"""The :class:`Collector`: store, writer thread and Forward server put together, in a background thread.
+"""The :class:`Collector`: the Forward server and the raw-log writer in a background thread of this
+process, and the merger in a child process (see :mod:`.merger`).
 
 This is what ``mona collect`` runs, and what tests and demos embed::
 
@@ -14,12 +15,13 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Any, Dict, Optional, Union
 
 from ..forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 from .ingest import Ingestor
+from .merger import MergerProcess, MergerThread
 from .server import ForwardServer, ServerSettings
-from .store import ArcStore, SQLiteStore, default_db_path
+from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path
 
 log = logging.getLogger("mona_client.collector")
 
@@ -28,8 +30,11 @@ class Collector:
     """An embedded Forward collector that merges mona records into ARCs.
 
     ``port=0`` picks a free port (read it from :attr:`port` after :meth:`start`). ``db_path`` defaults
-    to :func:`~mona_client.collector.store.default_db_path`; ``store`` replaces the SQLite store by any
-    :class:`~mona_client.collector.store.ArcStore` (the collector then does not close it).
+    to :func:`~mona_client.collector.store.default_db_path`. The network side appends what it receives
+    to the raw log there and acks it; a merger process merges it into ARCs. ``store`` replaces the
+    SQLite ARC store by any :class:`~mona_client.collector.store.ArcStore` (merged on a thread of this
+    process, from the store's ``raw_log()`` if it has one, else the raw log in ``db_path``; the
+    collector does not close it).
 
     ``shared_key`` turns on the Forward protocol's shared-key handshake (``users``, a map of user name
     to password, adds user authentication; ``hostname`` is the name the collector gives in PONG).
@@ -72,6 +77,8 @@ class Collector:
         self._synchronous = synchronous
         self._given_store = store
         self._store: Optional[ArcStore] = None
+        self._raw_log: Optional[RawLog] = None
+        self._merger: Optional[Any] = None
         self._ingestor: Optional[Ingestor] = None
         self._server: Optional[ForwardServer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -85,8 +92,22 @@ class Collector:
         """Open the store, start listening and return the bound port; raises if it cannot listen."""
         if self._thread is not None:
             return self.port
-        self._store = self._given_store or SQLiteStore(self.db_path, synchronous=self._synchronous)
-        self._ingestor = Ingestor(self._store)
+        if self._given_store is None:
+            SQLiteStore(self.db_path, synchronous=self._synchronous).close()  # creates or upgrades the file
+            self._raw_log = SQLiteRawLog(self.db_path, synchronous=self._synchronous)
+            self._merger = MergerProcess(self.db_path, self._synchronous)
+        else:
+            self._store = self._given_store
+            raw_log = getattr(self._given_store, "raw_log", None)
+            self._raw_log = raw_log() if callable(raw_log) else SQLiteRawLog(self.db_path, self._synchronous)
+            self._merger = MergerThread(self._given_store, self._raw_log)
+        try:
+            self._merger.start()
+        except BaseException:
+            self._merger = None
+            self._close_store()
+            raise
+        self._ingestor = Ingestor(self._raw_log, on_commit=self._merger.notify)
         self._ingestor.start()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="mona-collector", daemon=True)
@@ -138,15 +159,22 @@ class Collector:
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(timeout)
             self._thread = None
-            self._close_store()
+            self._close_store(max(timeout, 60.0))
         log.info("mona collector stopped")
 
-    def _close_store(self) -> None:
+    def _close_store(self, timeout: float = 60.0) -> None:
+        last_id = 0
         if self._ingestor is not None:
             self._ingestor.stop()
+            last_id = self._ingestor.last_id
             self._ingestor = None
-        if self._store is not None and self._given_store is None:
-            self._store.close()
+        if self._merger is not None:
+            if self._raw_log is not None:
+                last_id = max(last_id, self._raw_log.last_id())
+            self._merger.stop(last_id, timeout)  # merges everything received first
+        if self._raw_log is not None:
+            self._raw_log.close()
+            self._raw_log = None
         self._store = None
 
     def __enter__(self) -> "Collector":
@@ -160,11 +188,26 @@ class Collector:
 
     @property
     def processed_records(self) -> int:
-        """Records committed since start (stored, or dropped as duplicates of stored ones)."""
-        return self._ingestor.processed_events if self._ingestor is not None else 0
+        """Records merged since start and queryable (merged into ARCs, dropped as duplicates of
+        merged ones, rejected as malformed, or of other tags and counted)."""
+        return self._merger.progress.events if self._merger is not None else 0
+
+    @property
+    def received_records(self) -> int:
+        """Records appended to the raw log (and acked) since start."""
+        return self._ingestor.stored_events if self._ingestor is not None else 0
 
     def wait_for_records(self, count: int, timeout: Optional[float] = 10.0) -> bool:
         """Block until :attr:`processed_records` reaches ``count``; False on timeout."""
-        if self._ingestor is None:
+        if self._merger is None:
             raise RuntimeError("the collector is not running")
-        return self._ingestor.wait_for_events(count, timeout)
+        progress = self._merger.progress
+        return progress.wait(lambda: progress.events >= count, timeout)
+
+    def wait_merged(self, timeout: Optional[float] = 10.0) -> bool:
+        """Block until everything appended to the raw log so far is merged and queryable."""
+        if self._merger is None or self._ingestor is None:
+            raise RuntimeError("the collector is not running")
+        target = self._ingestor.last_id
+        progress = self._merger.progress
+        return progress.wait(lambda: progress.watermark >= target, timeout)

@@ -1,13 +1,16 @@
 """Where the collector keeps raw events, ARC documents and what it needs to drop duplicates.
 
-:class:`ArcStore` is the interface the ingest side and the query CLI use; :class:`SQLiteStore` is the
-embedded implementation (one file, WAL). A server database can implement the same interface later.
+Two small interfaces, so that a server database can replace SQLite later:
 
-Writes arrive as one :class:`WriteSet` per transaction (the ingest side groups several chunks into
-one): raw events as PackedForward entry blobs (one row per received chunk, so storing them costs
-one row per thousand events and they can be decoded again to rebuild every ARC), each touched ARC
-document once, the duplicate-detection state that changed, and per-tag counters. ``write`` returns
-only once all of it is committed: acks are sent after that.
+* :class:`RawLog`, the ingest log: the network side appends one row per received message (its events
+  as a PackedForward entries blob, records not decoded) in group-committed transactions and acks once
+  :meth:`RawLog.append` returned; the merger reads the rows back in order of their ids.
+* :class:`ArcStore`, the merged state: ARC documents, the duplicate-detection state, per-tag counters
+  and the watermark ("raw rows up to id N are merged"), all written by the merger in one transaction
+  per :class:`WriteSet`, so that a crash never merges a row twice nor skips one; and the queries.
+
+:class:`SQLiteRawLog` and :class:`SQLiteStore` are the embedded implementations: both in one SQLite
+file in WAL mode (the network process and the merger process each have their own connection).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import msgpack
 
@@ -28,6 +31,9 @@ from .merge import CLASS, ArcKey, Document, public_document, upgrade_document
 __all__ = [
     "ArcStore",
     "RawChunk",
+    "RawLog",
+    "RawRow",
+    "SQLiteRawLog",
     "SQLiteStore",
     "StoreError",
     "TagCounts",
@@ -36,7 +42,9 @@ __all__ = [
 ]
 
 ENV_DB = "MONA_COLLECTOR_DB"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+#: meta key of the watermark: the id of the last raw_chunks row merged into the ARC tables.
+_WATERMARK = "merged_up_to"
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
@@ -66,6 +74,43 @@ class RawChunk:
     entries: bytes
 
 
+class RawRow(NamedTuple):
+    """One row of the raw log as the merger reads it back."""
+
+    id: int
+    tag: str
+    events: int
+    entries: bytes
+
+
+def db_text(value: str) -> Any:
+    """``value`` as SQLite can bind it: the text itself, or, when it holds surrogates (bytes that were
+    not valid UTF-8 on the wire), those exact bytes as a blob, which never equals any text."""
+    wire = _wire_bytes(value)
+    return value if wire is None else wire
+
+
+def label_text(value: str) -> str:
+    """``value`` as text for a query column or a label, invalid bytes replaced (lossy; display only)."""
+    wire = _wire_bytes(value)
+    return value if wire is None else wire.decode("utf-8", "replace")
+
+
+def _wire_bytes(value: str) -> Optional[bytes]:
+    """None when ``value`` is valid text, else its bytes (as received, for surrogateescape'd ones)."""
+    if value.isascii():
+        return None
+    try:
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
 @dataclass
 class TagCounts:
     """Counters for one tag, added up over a transaction."""
@@ -85,15 +130,38 @@ class TagCounts:
 
 @dataclass
 class WriteSet:
-    """Everything one transaction writes."""
+    """Everything one merger transaction writes."""
 
-    raw_chunks: List[RawChunk] = field(default_factory=list)
     arcs: List[Tuple[ArcKey, Document]] = field(default_factory=list)
     id_ranges: List[Tuple[str, str, List[Tuple[int, int]]]] = field(default_factory=list)
     record_ids: List[Tuple[str, str]] = field(default_factory=list)
     tags: Dict[str, TagCounts] = field(default_factory=dict)
+    #: The id of the last raw row this transaction merges (None: the watermark does not move).
+    watermark: Optional[int] = None
     #: Store-specific form of ``arcs`` made by :meth:`ArcStore.freeze`, if the store has one.
     frozen: Any = None
+
+
+class RawLog(abc.ABC):
+    """The append-only ingest log: written by the network side, read in id order by the merger."""
+
+    @abc.abstractmethod
+    def append(self, chunks: Sequence[RawChunk]) -> int:
+        """Store the chunks as new rows in one transaction, durably (acks follow), and return the id
+        of the last one; raise and store nothing on failure."""
+
+    @abc.abstractmethod
+    def read(self, after: int, max_events: int) -> List[RawRow]:
+        """Rows with an id above ``after``, in id order, about ``max_events`` events' worth (at least
+        one row when there is one)."""
+
+    @abc.abstractmethod
+    def last_id(self) -> int:
+        """The id of the newest row (0 when empty)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the log."""
 
 
 class ArcStore(abc.ABC):
@@ -115,7 +183,12 @@ class ArcStore(abc.ABC):
 
     @abc.abstractmethod
     def write(self, changes: WriteSet) -> None:
-        """Store everything in ``changes`` atomically and durably, or raise and store nothing."""
+        """Store everything in ``changes`` and its watermark atomically and durably, or raise and
+        store nothing."""
+
+    @abc.abstractmethod
+    def watermark(self) -> int:
+        """The id of the last raw row merged (0: none)."""
 
     #: True when :meth:`write` may run on another thread while the lookups above are called (they
     #: must then see only committed data) and the documents of the write set change again after
@@ -148,7 +221,8 @@ class ArcStore(abc.ABC):
 
     @abc.abstractmethod
     def stats(self) -> Dict[str, Any]:
-        """Counts: events, ARCs per class, events per tag, rejected, duplicates, first/last time."""
+        """Counts: events, ARCs per class, events per tag, rejected, duplicates, first/last time, and
+        raw rows and events not merged yet (``unmerged_rows``, ``unmerged_events``)."""
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -169,7 +243,14 @@ def dump_json(value: Any, **options: Any) -> str:
     return json.dumps(value, default=_json_default, **options)
 
 
-_DOCUMENT_PACKER = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape")
+def _pack_default(value: Any) -> Any:
+    # The merger leaves msgpack extensions undecoded as slice(code, data) (see .merger).
+    if type(value) is slice and type(value.start) is int and type(value.stop) is bytes:
+        return msgpack.ExtType(value.start, value.stop)
+    raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
+
+_DOCUMENT_PACKER = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default)
 
 
 def pack_document(document: Document) -> bytes:
@@ -248,6 +329,18 @@ ON CONFLICT (tag) DO UPDATE SET
 """
 
 
+def _class_column(value: Any) -> Any:
+    return label_text(value) if type(value) is str else value
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """A time for a REAL column: a float (integers beyond 64 bits cannot be bound), None if not finite."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if value - value == 0 else None
+
+
 class SQLiteStore(ArcStore):
     """The collector's embedded store: one SQLite file in WAL mode.
 
@@ -276,9 +369,14 @@ class SQLiteStore(ArcStore):
                 # pages); this also cuts the file back to 64 MiB after each checkpoint that reset it.
                 self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
                 self._db.executescript(_SCHEMA)
-                self._db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
-                )
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._upgrade()
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("SELECT count(*) FROM arcs").fetchone()
             self._lookups = self._db
@@ -291,46 +389,68 @@ class SQLiteStore(ArcStore):
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
 
-    # --- ingest side ---------------------------------------------------------------------------
+    def _upgrade(self) -> None:
+        """Set the watermark of a new database (0) or of one written before the raw log was merged
+        separately (every raw row there was merged when it was written)."""
+        db = self._db
+        if db.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone() is None:
+            old = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            merged = db.execute("SELECT coalesce(max(id), 0) FROM raw_chunks").fetchone()[0] if old else 0
+            db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_WATERMARK, str(merged)))
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
+
+    # --- merger side ---------------------------------------------------------------------------
+
+    def watermark(self) -> int:
+        row = self._lookups.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone()
+        return int(row[0]) if row else 0
 
     def _select_by_pairs(self, sql: str, keys: Sequence[Tuple[str, str]]) -> Iterator[Tuple[Any, ...]]:
         # One indexed lookup per key: SQLite does not use the primary key for a row-value IN list.
         execute = self._lookups.execute
-        for key in keys:
-            row = execute(sql, key).fetchone()
+        for user, other in keys:
+            row = execute(sql, (db_text(user), db_text(other))).fetchone()
             if row is not None:
                 yield row
 
     def load_arcs(self, keys: Sequence[ArcKey]) -> Dict[ArcKey, Document]:
+        # Keys that are not valid text are bound as blobs (db_text); rows map back to the keys asked.
+        wanted = {(db_text(user), db_text(context)): (user, context) for user, context in keys}
+        one_by_one = [key for bound, key in wanted.items() if type(bound[1]) is not str]
+        found: List[Tuple[Any, Any, bytes]] = []
         if len(keys) < 8:
-            sql = "SELECT user_id, context_id, document FROM arcs WHERE user_id = ? AND context_id = ?"
-            rows: Iterable[Tuple[str, str, bytes]] = self._select_by_pairs(sql, keys)
+            one_by_one = list(keys)
         else:
             # One statement for many keys (new ARCs mostly, found in no row): the context ids go in as
             # one JSON array, each looked up through the arcs_by_context index; users are checked here.
-            wanted = set(keys)
+            texts = sorted({context for _, context in wanted if type(context) is str})
             sql = "SELECT user_id, context_id, document FROM arcs WHERE context_id IN (SELECT value FROM json_each(?))"
-            found = self._lookups.execute(sql, (json.dumps(sorted({context for _, context in wanted})),))
-            rows = [row for row in found.fetchall() if (row[0], row[1]) in wanted]
-        return {(user, context): load_document(blob) for user, context, blob in rows}
+            found = self._lookups.execute(sql, (json.dumps(texts),)).fetchall()
+        found += self._select_by_pairs(
+            "SELECT user_id, context_id, document FROM arcs WHERE user_id = ? AND context_id = ?", one_by_one
+        )
+        return {wanted[(user, context)]: load_document(blob) for user, context, blob in found if (user, context) in wanted}
 
     def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
-        sql = "SELECT user_id, source, ranges FROM seen_ranges WHERE user_id = ? AND source = ?"
-        return {
-            (user, source): [tuple(pair) for pair in json.loads(text)]  # type: ignore[misc]
-            for user, source, text in self._select_by_pairs(sql, keys)
-        }
+        sql = "SELECT ranges FROM seen_ranges WHERE user_id = ? AND source = ?"
+        found = {}
+        for key in keys:
+            row = self._lookups.execute(sql, (db_text(key[0]), db_text(key[1]))).fetchone()
+            if row is not None:
+                found[key] = [tuple(pair) for pair in json.loads(row[0])]  # type: ignore[misc]
+        return found  # type: ignore[return-value]
 
     def known_record_ids(self, keys: Sequence[Tuple[str, str]]) -> Set[Tuple[str, str]]:
-        sql = "SELECT user_id, record_id FROM seen_ids WHERE user_id = ? AND record_id = ?"
-        return {(user, record_id) for user, record_id in self._select_by_pairs(sql, keys)}
+        sql = "SELECT 1 FROM seen_ids WHERE user_id = ? AND record_id = ?"
+        execute = self._lookups.execute
+        return {key for key in keys if execute(sql, (db_text(key[0]), db_text(key[1]))).fetchone() is not None}
 
     def freeze(self, changes: WriteSet) -> None:
         changes.frozen = [
             (
-                user,
-                context,
-                document["node"][CLASS],
+                db_text(user),
+                db_text(context),
+                _class_column(document["node"][CLASS]),
                 document["first_export"],
                 document["last_export"],
                 document["export_count"],
@@ -343,29 +463,23 @@ class SQLiteStore(ArcStore):
         if changes.frozen is None:
             self.freeze(changes)
         db = self._db
+        ranges = [(db_text(user), db_text(source), json.dumps(r)) for user, source, r in changes.id_ranges]
+        ids = [(db_text(user), db_text(record_id)) for user, record_id in changes.record_ids]
+        tags = [
+            (label_text(tag), c.events, c.rejected, c.duplicates, _finite(c.first_time), _finite(c.last_time))
+            for tag, c in changes.tags.items()
+        ]
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(
-                "INSERT INTO raw_chunks (received, tag, events, first_time, last_time, entries) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (chunk.received, chunk.tag, chunk.events, chunk.first_time, chunk.last_time, chunk.entries)
-                    for chunk in changes.raw_chunks
-                ],
-            )
+            if changes.watermark is not None:
+                (merged,) = db.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone()
+                if int(merged) >= changes.watermark:
+                    raise StoreError(f"raw rows up to {changes.watermark} are merged already (by another merger?)")
+                db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(changes.watermark), _WATERMARK))
             db.executemany(_UPSERT_ARC, changes.frozen)
-            db.executemany(
-                "INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)",
-                [(user, source, json.dumps(ranges)) for user, source, ranges in changes.id_ranges],
-            )
-            db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", changes.record_ids)
-            db.executemany(
-                _UPSERT_TAG,
-                [
-                    (tag, c.events, c.rejected, c.duplicates, c.first_time, c.last_time)
-                    for tag, c in changes.tags.items()
-                ],
-            )
+            db.executemany("INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", ranges)
+            db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", ids)
+            db.executemany(_UPSERT_TAG, tags)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -418,6 +532,11 @@ class SQLiteStore(ArcStore):
             )
         }
         first, last = db.execute("SELECT min(first_time), max(last_time) FROM tag_stats").fetchone()
+        # A database written before the raw log was merged separately has no watermark: all merged.
+        (merged,) = db.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone() or (2**62,)
+        unmerged_rows, unmerged_events = db.execute(
+            "SELECT count(*), coalesce(sum(events), 0) FROM raw_chunks WHERE id > ?", (int(merged),)
+        ).fetchone()
         classes = {
             ("" if arc_class is None else arc_class): count
             for arc_class, count in db.execute(
@@ -433,6 +552,8 @@ class SQLiteStore(ArcStore):
             "tags": tags,
             "first_event_time": first,
             "last_event_time": last,
+            "unmerged_rows": unmerged_rows,
+            "unmerged_events": unmerged_events,
         }
 
     def close(self) -> None:
@@ -444,3 +565,65 @@ class SQLiteStore(ArcStore):
                 pass  # readers keep it busy: the next start or checkpoint will do it
         self._db.close()
 
+
+
+class SQLiteRawLog(RawLog):
+    """The raw log in the collector's SQLite file (table ``raw_chunks``), on a connection of its own.
+
+    Open the file with :class:`SQLiteStore` first (it creates the tables). ``synchronous`` as there;
+    the default ``FULL`` makes an appended row, hence an ack, survive a power loss.
+    """
+
+    def __init__(self, path: os.PathLike | str, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreError(f"unknown synchronous setting {synchronous!r}")
+        try:
+            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            self._db.execute("SELECT count(*) FROM raw_chunks").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
+
+    def append(self, chunks: Sequence[RawChunk]) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO raw_chunks (received, tag, events, first_time, last_time, entries) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (c.received, label_text(c.tag), c.events, _finite(c.first_time), _finite(c.last_time), c.entries)
+                    for c in chunks
+                ],
+            )
+            (last,) = db.execute("SELECT max(id) FROM raw_chunks").fetchone()
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return int(last or 0)
+
+    def read(self, after: int, max_events: int) -> List[RawRow]:
+        rows: List[RawRow] = []
+        events = 0
+        cursor = self._db.execute("SELECT id, tag, events, entries FROM raw_chunks WHERE id > ? ORDER BY id", (after,))
+        try:
+            for row in cursor:
+                rows.append(RawRow(*row))
+                events += row[2]
+                if events >= max_events:
+                    break
+        finally:
+            cursor.close()
+        return rows
+
+    def last_id(self) -> int:
+        (last,) = self._db.execute("SELECT coalesce(max(id), 0) FROM raw_chunks").fetchone()
+        return int(last)
+
+    def close(self) -> None:
+        self._db.close()
