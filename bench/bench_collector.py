@@ -151,7 +151,7 @@ def main() -> None:
         parent_end.send("stop")
         parent_end.recv()
         process.join()
-        db_size = sum(os.path.getsize(p) for p in Path(db_path).parent.glob(Path(db_path).name + "*"))
+        db_size = sum(os.path.getsize(p) for p in Path(db_path).parent.glob(Path(db_path).stem + ".*"))  # + raw log
         check = sqlite3.connect(db_path)
         merged_records = check.execute("SELECT coalesce(sum(export_count), 0) FROM arcs").fetchone()[0]
         check.close()

@@ -17,6 +17,7 @@ import msgpack
 import pytest
 
 from mona_client.collector import Collector, SQLiteStore
+from mona_client.collector.store import raw_log_path
 from mona_client.forward import FrameDecoder
 from mona_client.record import TAG
 
@@ -136,8 +137,8 @@ def stats(db_path: Path) -> dict:
 
 
 def raw_event_count(db_path: Path) -> int:
-    """Events in the raw table, read with a connection of its own (what another process would see)."""
-    with sqlite3.connect(db_path) as db:
+    """Events in the raw log, read with a connection of its own (what another process would see)."""
+    with sqlite3.connect(raw_log_path(db_path)) as db:
         return db.execute("SELECT coalesce(sum(events), 0) FROM raw_chunks").fetchone()[0]
 
 

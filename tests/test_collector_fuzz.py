@@ -36,7 +36,7 @@ from mona_client.collector import Collector, SQLiteStore
 from mona_client.collector.ingest import IngestResult, Ingestor, Submission
 from mona_client.collector.merger import MergeLoop
 from mona_client.collector.server import JsonFrameDecoder
-from mona_client.collector.store import SQLiteRawLog
+from mona_client.collector.store import SQLiteRawLog, raw_log_path
 from mona_client.forward import ForwardProtocolError, FrameDecoder, pack_ack, split_event_message
 from mona_client.record import TAG
 
@@ -229,7 +229,7 @@ def run_through_the_writer(path: Path, seed: int, frames: int, caplog: Any, json
     then through the merger into the real SQLite store."""
     r = random.Random(seed)
     store = SQLiteStore(path, synchronous="NORMAL")
-    raw_log = SQLiteRawLog(path, synchronous="NORMAL")
+    raw_log = SQLiteRawLog(raw_log_path(path), synchronous="NORMAL")
     ingestor = Ingestor(raw_log)
     ingestor.start()
     pipeline = Pipeline(ingestor)
@@ -324,7 +324,7 @@ def shapes_ingestor(tmp_path_factory):
     global _shapes_ingestor
     path = tmp_path_factory.mktemp("shapes") / "s.db"
     store = SQLiteStore(path, synchronous="NORMAL")
-    raw_log = SQLiteRawLog(path, synchronous="NORMAL")
+    raw_log = SQLiteRawLog(raw_log_path(path), synchronous="NORMAL")
     _shapes_ingestor = Ingestor(raw_log)
     _shapes_ingestor.start()
     yield _shapes_ingestor

@@ -27,10 +27,9 @@ import argparse
 import fcntl
 import gc
 import logging
-import os
 import queue
-import select
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -45,7 +44,7 @@ import msgpack
 from ..record import TAG
 from .dedup import RecordIdFilter
 from .merge import ArcMerger, event_seconds
-from .store import ArcStore, RawLog, RawRow, SQLiteRawLog, SQLiteStore, TagCounts, WriteSet
+from .store import ArcStore, RawLog, RawRow, SQLiteRawLog, SQLiteStore, TagCounts, WriteSet, raw_log_path
 
 log = logging.getLogger("mona_client.collector")
 
@@ -56,19 +55,19 @@ _TIME = itemgetter(0)
 _STOP = attrgetter("stop")
 
 
-def decode_entries(entries: bytes) -> Tuple[List[Any], int]:
+_ARRAY32 = struct.Struct(">BI")
+_DECODING: Dict[str, Any] = dict(raw=False, unicode_errors="surrogateescape", strict_map_key=False, ext_hook=slice)
+_unpackb = msgpack.unpackb
+
+
+def decode_entries(entries: bytes, count: int) -> Tuple[List[Any], int]:
     """The ``[time, record]`` entries of a raw row, and how many entries could not be decoded.
 
     Times stay as the wire has them: int, float, or an extension as ``slice(code, data)`` (``slice``
     is a builtin taking two arguments, so msgpack calls no Python code for it).
     """
-    unpacker = msgpack.Unpacker(
-        raw=False, unicode_errors="surrogateescape", strict_map_key=False, ext_hook=slice,
-        max_buffer_size=max(len(entries), 1),
-    )
-    unpacker.feed(entries)
-    try:
-        return list(unpacker), 0
+    try:  # as one array: a single call into msgpack's C decoder
+        return _unpackb(_ARRAY32.pack(0xDD, count) + entries, **_DECODING), 0
     except Exception:  # noqa: BLE001 - e.g. a map key that is an array: entry by entry, below
         return _decode_one_by_one(entries)
 
@@ -86,12 +85,7 @@ def _decode_one_by_one(entries: bytes) -> Tuple[List[Any], int]:
         except Exception:  # noqa: BLE001 - the rest is unreadable (the network side checked it, though)
             return items, bad + 1
         try:
-            items.append(
-                msgpack.unpackb(
-                    entries[start:end], raw=False, unicode_errors="surrogateescape", strict_map_key=False,
-                    ext_hook=slice,
-                )
-            )
+            items.append(_unpackb(entries[start:end], **_DECODING))
         except Exception:  # noqa: BLE001
             bad += 1
         start = end
@@ -152,16 +146,20 @@ class MergeLoop:
         raw_log: RawLog,
         report: Callable[[int, int], None] = lambda watermark, events: None,
         batch_events: int = BATCH_EVENTS,
+        committer: Optional[Any] = None,
     ) -> None:
         self.store = store
         self.raw_log = raw_log
         self.report = report
         self.batch_events = batch_events
-        self.watermark = store.watermark()  # merged (or being written) up to this row
+        self.watermark = store.watermark(raw_log.log_id)  # merged (or being written) up to this row
         self.committed = self.watermark
         self.rejected_log = RateLimitedLog()
         self._new()
-        self._committer = ThreadPoolExecutor(1, "mona-merger-commit") if store.concurrent_write else None
+        if committer is None and store.concurrent_write:
+            committer = ThreadPoolExecutor(1, "mona-merger-commit")
+        #: Runs ``store.write`` in the background (an executor: ``submit(fn, changes)``), or None.
+        self._committer = committer
         self._writing: Optional[Tuple["Future[None]", WriteSet, int]] = None
 
     def _new(self) -> None:
@@ -219,7 +217,7 @@ class MergeLoop:
         if collecting:
             gc.disable()
         try:
-            changes = WriteSet(watermark=rows[-1].id)
+            changes = WriteSet(watermark=rows[-1].id, log_id=self.raw_log.log_id)
             for row in rows:
                 self._merge_row(row, changes)
             changes.arcs = self._merger.take_dirty()
@@ -232,7 +230,7 @@ class MergeLoop:
         return changes
 
     def _merge_row(self, row: RawRow, changes: WriteSet) -> None:
-        items, undecodable = decode_entries(row.entries)
+        items, undecodable = decode_entries(row.entries, row.events)
         counts = changes.tags.get(row.tag)
         if counts is None:
             counts = changes.tags[row.tag] = TagCounts()
@@ -266,6 +264,7 @@ class MergeLoop:
             self._done(changes, events)
         else:
             self._writing = (self._committer.submit(self.store.write, changes), changes, events)
+            changes.arcs = []  # what is written is in changes.frozen
 
     def _done(self, changes: WriteSet, events: int) -> None:
         self._merger.committed()
@@ -280,7 +279,7 @@ class MergeLoop:
         log.error("collector: could not store merged rows up to %s: %s; merging them again one by one",
                   changes.watermark, exc)
         self._new()
-        self.watermark = self.store.watermark()
+        self.watermark = self.store.watermark(self.raw_log.log_id)
         for row in self.raw_log.read(self.watermark, self.batch_events):
             if changes.watermark is None or row.id > changes.watermark:
                 break
@@ -291,7 +290,7 @@ class MergeLoop:
                 log.error("collector: raw row %d cannot be merged (%s); its %d event(s) are counted as rejected",
                           row.id, row_exc, row.events)
                 self._new()
-                skip = WriteSet(watermark=row.id, tags={row.tag: TagCounts(rejected=row.events)})
+                skip = WriteSet(watermark=row.id, log_id=self.raw_log.log_id, tags={row.tag: TagCounts(rejected=row.events)})
                 self.store.write(skip)  # if even this fails, the store itself is broken: raise
             self._merger.committed()
             self._dedup.committed()
@@ -356,7 +355,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = sys.stdout.buffer
     lock = _lock(Path(args.db))
     store = SQLiteStore(args.db, synchronous=args.synchronous)
-    raw_log = SQLiteRawLog(args.db, synchronous=args.synchronous)
+    raw_log = SQLiteRawLog(raw_log_path(args.db), synchronous=args.synchronous)
     commands: "queue.Queue[Tuple[str, int]]" = queue.Queue()
 
     def report(watermark: int, events: int) -> None:

@@ -21,7 +21,7 @@ from ..forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 from .ingest import Ingestor
 from .merger import MergerProcess, MergerThread
 from .server import ForwardServer, ServerSettings
-from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path
+from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path, raw_log_path
 
 log = logging.getLogger("mona_client.collector")
 
@@ -94,12 +94,12 @@ class Collector:
             return self.port
         if self._given_store is None:
             SQLiteStore(self.db_path, synchronous=self._synchronous).close()  # creates or upgrades the file
-            self._raw_log = SQLiteRawLog(self.db_path, synchronous=self._synchronous)
+            self._raw_log = SQLiteRawLog(raw_log_path(self.db_path), synchronous=self._synchronous)
             self._merger = MergerProcess(self.db_path, self._synchronous)
         else:
             self._store = self._given_store
             raw_log = getattr(self._given_store, "raw_log", None)
-            self._raw_log = raw_log() if callable(raw_log) else SQLiteRawLog(self.db_path, self._synchronous)
+            self._raw_log = raw_log() if callable(raw_log) else SQLiteRawLog(raw_log_path(self.db_path), self._synchronous)
             self._merger = MergerThread(self._given_store, self._raw_log)
         try:
             self._merger.start()

@@ -9,8 +9,10 @@ Two small interfaces, so that a server database can replace SQLite later:
   and the watermark ("raw rows up to id N are merged"), all written by the merger in one transaction
   per :class:`WriteSet`, so that a crash never merges a row twice nor skips one; and the queries.
 
-:class:`SQLiteRawLog` and :class:`SQLiteStore` are the embedded implementations: both in one SQLite
-file in WAL mode (the network process and the merger process each have their own connection).
+:class:`SQLiteRawLog` and :class:`SQLiteStore` are the embedded implementations, in two SQLite files in
+WAL mode so that the network process and the merger never wait for each other's write lock: the ARC
+database (``--db``, e.g. ``collector.db``) and the raw log beside it (``collector.raw.db``, see
+:func:`raw_log_path`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import os
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import msgpack
 
@@ -36,6 +38,7 @@ __all__ = [
     "SQLiteRawLog",
     "SQLiteStore",
     "StoreError",
+    "raw_log_path",
     "TagCounts",
     "WriteSet",
     "default_db_path",
@@ -43,13 +46,21 @@ __all__ = [
 
 ENV_DB = "MONA_COLLECTOR_DB"
 _SCHEMA_VERSION = 2
-#: meta key of the watermark: the id of the last raw_chunks row merged into the ARC tables.
+#: meta keys of the watermark: the id of the last raw log row merged into the ARC tables, and the id
+#: of that raw log (a raw log created anew starts again from row 1).
 _WATERMARK = "merged_up_to"
+_WATERMARK_LOG = "merged_log_id"
 _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
 class StoreError(RuntimeError):
     """The database cannot be opened or is not a collector database."""
+
+
+def raw_log_path(db_path: os.PathLike | str) -> Path:
+    """The raw log beside the ARC database: ``collector.db`` -> ``collector.raw.db``."""
+    path = Path(db_path)
+    return path.with_name(f"{path.stem}.raw{path.suffix}")
 
 
 def default_db_path() -> Path:
@@ -136,14 +147,19 @@ class WriteSet:
     id_ranges: List[Tuple[str, str, List[Tuple[int, int]]]] = field(default_factory=list)
     record_ids: List[Tuple[str, str]] = field(default_factory=list)
     tags: Dict[str, TagCounts] = field(default_factory=dict)
-    #: The id of the last raw row this transaction merges (None: the watermark does not move).
+    #: The id of the last raw row this transaction merges (None: the watermark does not move), and
+    #: the id of the raw log it belongs to.
     watermark: Optional[int] = None
+    log_id: str = ""
     #: Store-specific form of ``arcs`` made by :meth:`ArcStore.freeze`, if the store has one.
     frozen: Any = None
 
 
 class RawLog(abc.ABC):
     """The append-only ingest log: written by the network side, read in id order by the merger."""
+
+    #: A random id given to the log when it is created (the store keeps it with its watermark).
+    log_id: str = ""
 
     @abc.abstractmethod
     def append(self, chunks: Sequence[RawChunk]) -> int:
@@ -187,8 +203,8 @@ class ArcStore(abc.ABC):
         store nothing."""
 
     @abc.abstractmethod
-    def watermark(self) -> int:
-        """The id of the last raw row merged (0: none)."""
+    def watermark(self, log_id: str) -> int:
+        """The id of the last row of raw log ``log_id`` merged (0: none, or another log)."""
 
     #: True when :meth:`write` may run on another thread while the lookups above are called (they
     #: must then see only committed data) and the documents of the write set change again after
@@ -267,15 +283,6 @@ def load_document(blob: bytes) -> Document:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS raw_chunks (
-    id INTEGER PRIMARY KEY,
-    received REAL NOT NULL,
-    tag TEXT NOT NULL,
-    events INTEGER NOT NULL,
-    first_time REAL,
-    last_time REAL,
-    entries BLOB NOT NULL
-);
 CREATE TABLE IF NOT EXISTS arcs (
     user_id TEXT NOT NULL,
     context_id TEXT NOT NULL,
@@ -309,6 +316,21 @@ CREATE TABLE IF NOT EXISTS seen_ids (
 ) WITHOUT ROWID;
 """
 
+# The raw log's file. (Databases written before the split also have a raw_chunks table in the ARC
+# database, all of it merged; queries still read it.)
+_RAW_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS raw_chunks (
+    id INTEGER PRIMARY KEY,
+    received REAL NOT NULL,
+    tag TEXT NOT NULL,
+    events INTEGER NOT NULL,
+    first_time REAL,
+    last_time REAL,
+    entries BLOB NOT NULL
+);
+"""
+
 _UPSERT_ARC = """
 INSERT INTO arcs (user_id, context_id, arc_class, first_export, last_export, export_count, document)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -327,6 +349,11 @@ ON CONFLICT (tag) DO UPDATE SET
     first_time = min(coalesce(first_time, excluded.first_time), coalesce(excluded.first_time, first_time)),
     last_time = max(coalesce(last_time, excluded.last_time), coalesce(excluded.last_time, last_time))
 """
+
+
+def _watermark(db: sqlite3.Connection, log_id: str) -> int:
+    rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (_WATERMARK, _WATERMARK_LOG)))
+    return int(rows.get(_WATERMARK, 0)) if rows.get(_WATERMARK_LOG) == log_id else 0
 
 
 def _class_column(value: Any) -> Any:
@@ -390,20 +417,20 @@ class SQLiteStore(ArcStore):
             raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
 
     def _upgrade(self) -> None:
-        """Set the watermark of a new database (0) or of one written before the raw log was merged
-        separately (every raw row there was merged when it was written)."""
-        db = self._db
-        if db.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone() is None:
-            old = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            merged = db.execute("SELECT coalesce(max(id), 0) FROM raw_chunks").fetchone()[0] if old else 0
-            db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (_WATERMARK, str(merged)))
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),))
+        """Version 1 kept raw events in this file, merged as they were written: they stay as they are
+        (queries still read them); the raw log is a file of its own from version 2 on."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
+        )
 
     # --- merger side ---------------------------------------------------------------------------
 
-    def watermark(self) -> int:
-        row = self._lookups.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone()
-        return int(row[0]) if row else 0
+    def watermark(self, log_id: str) -> int:
+        return _watermark(self._lookups, log_id)
+
+    def raw_log(self) -> "SQLiteRawLog":
+        """The raw log beside this database."""
+        return SQLiteRawLog(raw_log_path(self.path))
 
     def _select_by_pairs(self, sql: str, keys: Sequence[Tuple[str, str]]) -> Iterator[Tuple[Any, ...]]:
         # One indexed lookup per key: SQLite does not use the primary key for a row-value IN list.
@@ -472,10 +499,12 @@ class SQLiteStore(ArcStore):
         db.execute("BEGIN IMMEDIATE")
         try:
             if changes.watermark is not None:
-                (merged,) = db.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone()
-                if int(merged) >= changes.watermark:
+                if _watermark(db, changes.log_id) >= changes.watermark:
                     raise StoreError(f"raw rows up to {changes.watermark} are merged already (by another merger?)")
-                db.execute("UPDATE meta SET value = ? WHERE key = ?", (str(changes.watermark), _WATERMARK))
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [(_WATERMARK, str(changes.watermark)), (_WATERMARK_LOG, changes.log_id)],
+                )
             db.executemany(_UPSERT_ARC, changes.frozen)
             db.executemany("INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", ranges)
             db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", ids)
@@ -517,11 +546,28 @@ class SQLiteStore(ArcStore):
             return self._documents("SELECT document FROM arcs ORDER BY first_export, rowid")
         return self._documents("SELECT document FROM arcs WHERE arc_class = ? ORDER BY first_export, rowid", (arc_class,))
 
+    def _raw_files(self) -> Iterator[sqlite3.Connection]:
+        """Connections to what holds raw events: this file if it was written before the raw log had a
+        file of its own, then the raw log (read-only), if they exist."""
+        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'raw_chunks'").fetchone():
+            yield self._db
+        path = raw_log_path(self.path)
+        if path.exists():
+            raw = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+            try:
+                raw.execute("PRAGMA busy_timeout=5000")
+                yield raw
+            finally:
+                raw.close()
+
     def iter_raw_events(self, tag: Optional[str] = None) -> Iterator[Tuple[str, Event]]:
+        """Every raw event received, in arrival order (resent ones included: duplicates are dropped
+        when merging)."""
         sql = "SELECT tag, entries FROM raw_chunks" + (" WHERE tag = ?" if tag is not None else "") + " ORDER BY id"
-        for chunk_tag, entries in self._db.execute(sql, () if tag is None else (tag,)):
-            for event in iter_entries(entries, max(len(entries), 1)):
-                yield chunk_tag, event
+        for db in self._raw_files():
+            for chunk_tag, entries in db.execute(sql, () if tag is None else (tag,)).fetchall():
+                for event in iter_entries(entries, max(len(entries), 1)):
+                    yield chunk_tag, event
 
     def stats(self) -> Dict[str, Any]:
         db = self._db
@@ -532,11 +578,14 @@ class SQLiteStore(ArcStore):
             )
         }
         first, last = db.execute("SELECT min(first_time), max(last_time) FROM tag_stats").fetchone()
-        # A database written before the raw log was merged separately has no watermark: all merged.
-        (merged,) = db.execute("SELECT value FROM meta WHERE key = ?", (_WATERMARK,)).fetchone() or (2**62,)
-        unmerged_rows, unmerged_events = db.execute(
-            "SELECT count(*), coalesce(sum(events), 0) FROM raw_chunks WHERE id > ?", (int(merged),)
-        ).fetchone()
+        unmerged_rows = unmerged_events = 0
+        for raw in self._raw_files():
+            if raw is not db:  # the raw log (rows in this file were merged as they were written)
+                (log_id,) = raw.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone() or ("",)
+                unmerged_rows, unmerged_events = raw.execute(
+                    "SELECT count(*), coalesce(sum(events), 0) FROM raw_chunks WHERE id > ?",
+                    (_watermark(db, log_id),),
+                ).fetchone()
         classes = {
             ("" if arc_class is None else arc_class): count
             for arc_class, count in db.execute(
@@ -568,10 +617,10 @@ class SQLiteStore(ArcStore):
 
 
 class SQLiteRawLog(RawLog):
-    """The raw log in the collector's SQLite file (table ``raw_chunks``), on a connection of its own.
+    """The raw log: an SQLite file (WAL) of its own, table ``raw_chunks``, created when missing.
 
-    Open the file with :class:`SQLiteStore` first (it creates the tables). ``synchronous`` as there;
-    the default ``FULL`` makes an appended row, hence an ack, survive a power loss.
+    ``path`` is the log's file (see :func:`raw_log_path`). ``synchronous`` as for
+    :class:`SQLiteStore`; the default ``FULL`` makes an appended row, hence an ack, survive a power loss.
     """
 
     def __init__(self, path: os.PathLike | str, synchronous: str = "FULL") -> None:
@@ -579,14 +628,17 @@ class SQLiteRawLog(RawLog):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreError(f"unknown synchronous setting {synchronous!r}")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA busy_timeout=30000")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            self._db.execute("SELECT count(*) FROM raw_chunks").fetchone()
+            self._db.executescript(_RAW_SCHEMA)
+            self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (os.urandom(16).hex(),))
+            (self.log_id,) = self._db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
+            raise StoreError(f"cannot use {self.path} as a collector raw log: {exc}") from None
 
     def append(self, chunks: Sequence[RawChunk]) -> int:
         db = self._db
@@ -626,4 +678,8 @@ class SQLiteRawLog(RawLog):
         return int(last)
 
     def close(self) -> None:
+        try:  # leave a small file behind when nobody else has it open
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
         self._db.close()
