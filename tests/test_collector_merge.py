@@ -117,3 +117,24 @@ def test_events_of_other_tags_are_kept_raw(collector, db_path):
         assert store.list_arcs() == []
     finally:
         store.close()
+
+
+def test_merger_killed_then_restarted_merges_the_rest_once(db_path):
+    with Collector(port=0, db_path=db_path) as first:
+        client = RawClient(first.port)
+        _send(client, [record("k", {"a": 1}, record_id="k:1")], "1")
+        assert first.wait_for_records(1)
+        first._merger.kill()  # the merger process dies; the network side goes on storing and acking
+        _send(client, [record("k", {"b": 2}, BASE + 1, record_id="k:2"), record("k", {"a": 1}, record_id="k:1")], "2")
+        store = SQLiteStore(db_path, readonly=True)
+        try:
+            counts = store.stats()
+            assert (counts["unmerged_rows"], counts["unmerged_events"]) == (1, 2)  # the merge lag
+            assert store.find_arcs("k")[0]["fields"] == {"a": 1}
+        finally:
+            store.close()
+    with Collector(port=0, db_path=db_path):
+        arc = stored_arcs(db_path, "k")[0]  # waits until the new merger caught up
+        assert arc["fields"] == {"a": 1, "b": 2} and arc["export_count"] == 2
+        counts = stats(db_path)
+        assert counts["duplicates"] == 1 and counts["unmerged_events"] == 0
