@@ -23,6 +23,10 @@ setup(
             "hypothesis>=6",
             "gevent>=21.1",
             "fluent-logger>=0.10",
+            "numpy>=1.20",
+            "structlog>=22",
+            "opentelemetry-sdk>=1.20",
+            "psutil>=5",
         ],
         "bench": [
             "fluent-logger>=0.10",
