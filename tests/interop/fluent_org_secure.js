@@ -3,7 +3,8 @@
 // all acked within TIMEOUT_MS (with a wrong key emit() never settles: errors only reach socketOn).
 // usage: node fluent_org_secure.js PORT COUNT CONTEXT SHARED_KEY|- CA_FILE|- [TIMEOUT_MS]
 const fs = require("fs");
-const { FluentClient, EventTime } = require("@fluent-org/logger");
+const { FluentClient } = require("@fluent-org/logger");
+const { sendRecords, exitWhenDone } = require("./send_records");
 
 const [port, count, prefix, sharedKey, caFile, timeoutMs] = process.argv.slice(2);
 const socket = { host: "127.0.0.1", port: Number(port), reconnect: { backoff: 1.5, delay: 100 } };
@@ -22,26 +23,6 @@ setTimeout(() => {
   process.exit(3);
 }, Number(timeoutMs || 20000));
 
-async function main() {
-  const sends = [];
-  for (let i = 0; i < Number(count); i++) {
-    const record = {
-      user_id: "node-user",
-      context: i === 0 ? prefix : `${prefix}.step${i}`,
-      message: i === 0 ? { MONA_ARC_CLASS: "node-secure", score: i } : { score: i },
-      export_timestamp: 1700000000 + i,
-      record_id: `node-secure:${i}`,
-    };
-    sends.push(client.emit("message", record, new EventTime(1700000000 + i, 0)));
-  }
-  await Promise.all(sends);
-  await client.disconnect();
-}
-
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error("failed:", err);
-    process.exit(1);
-  }
+exitWhenDone(
+  sendRecords(client, { count, prefix, arcClass: "node-secure", source: "node-secure", nanoseconds: 0 })
 );

@@ -1,7 +1,8 @@
 // Sends COUNT mona records to the collector with @fluent-org/logger (an independent Forward client):
 // the given event mode, acks required, EventTime timestamps. Exits 0 once every emit is acked.
 // usage: node fluent_org_send.js PORT COUNT MODE CONTEXT_PREFIX
-const { FluentClient, EventTime } = require("@fluent-org/logger");
+const { FluentClient } = require("@fluent-org/logger");
+const { sendRecords, exitWhenDone } = require("./send_records");
 
 const [port, count, mode, prefix] = process.argv.slice(2);
 const client = new FluentClient("mona.client", {
@@ -11,26 +12,6 @@ const client = new FluentClient("mona.client", {
 });
 client.socketOn("error", (err) => console.error("socket error:", err.message));
 
-async function main() {
-  const sends = [];
-  for (let i = 0; i < Number(count); i++) {
-    const record = {
-      user_id: "node-user",
-      context: i === 0 ? prefix : `${prefix}.step${i}`,
-      message: i === 0 ? { MONA_ARC_CLASS: "node-class", score: i } : { score: i },
-      export_timestamp: 1700000000 + i,
-      record_id: `node-src:${i}`,
-    };
-    sends.push(client.emit("message", record, new EventTime(1700000000 + i, 123456789)));
-  }
-  await Promise.all(sends);
-  await client.disconnect();
-}
-
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error("failed:", err);
-    process.exit(1);
-  }
+exitWhenDone(
+  sendRecords(client, { count, prefix, arcClass: "node-class", source: "node-src", nanoseconds: 123456789 })
 );
