@@ -25,12 +25,11 @@ from typing import Iterator, List
 import msgpack
 import pytest
 
-from collector_support import (  # noqa: F401  (fixtures)
+from collector_support import (
     BASE,
     TAG,
     RawClient,
     bin32,
-    db_path,
     entry,
     packed_message,
     record,
@@ -48,6 +47,11 @@ from mona_client.transport import Sender
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_LOG = "mona_client.collector"
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "collector.db"
 
 
 def _chunk(records: list, chunk: str) -> bytes:
@@ -117,13 +121,14 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def _fill(disk: Path, leave: int) -> Path:
     """Fill ``disk`` until about ``leave`` bytes are free; the filler file is returned."""
     filler = disk / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(descriptor, b"\0" * 65536):
             pass
+    except OSError:  # no space left
+        pass
+    finally:
+        os.close(descriptor)
     with open(filler, "r+b") as f:  # give back what should stay free
         f.truncate(max(0, os.path.getsize(filler) - leave))
     return filler

@@ -225,7 +225,7 @@ class MergeLoop:
         """Merge rows that follow the watermark, in one transaction (committed in the background)."""
         try:
             changes = self._prepare(rows)
-        except Exception as exc:  # noqa: BLE001 - e.g. a value the store cannot pack: blame the rows
+        except Exception as exc:  # e.g. a value the store cannot pack: blame the rows
             if is_storage_failure(exc) or not self.flush():
                 raise
             self._failed(WriteSet(watermark=rows[-1].id, log_id=self.raw_log.log_id), exc)
@@ -452,7 +452,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parent = _ParentPipe(commands)
     try:
         _run_worker(args, commands, parent)
-    except Exception as exc:  # noqa: BLE001 - said once, to the log and to the collector, which restarts it
+    except Exception as exc:  # said once, to the log and to the collector, which restarts it
         if is_storage_failure(exc) or isinstance(exc, StoreError):
             log.error("collector merger: stopped, the storage failed: %s", exc)
         else:
@@ -567,7 +567,7 @@ class MergerProcess:
         #: Deaths of the merger process since start, and the last error it reported.
         self.restarts = 0
         self.last_error: Optional[str] = None
-        self._process: Optional[subprocess.Popen] = None
+        self._process: Optional[subprocess.Popen[bytes]] = None
         self._reader: Optional[threading.Thread] = None
         self._supervisor: Optional[threading.Thread] = None
         self._lock = threading.Lock()
@@ -605,7 +605,7 @@ class MergerProcess:
         self._reader = threading.Thread(target=self._read, args=(process,), name="mona-merger-progress", daemon=True)
         self._reader.start()
 
-    def _read(self, process: subprocess.Popen) -> None:
+    def _read(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
             kind, _, rest = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
@@ -691,7 +691,7 @@ class MergerProcess:
             self._process = None
         return clean
 
-    def _stop_process(self, process: subprocess.Popen, last_id: int, timeout: float) -> bool:
+    def _stop_process(self, process: subprocess.Popen[bytes], last_id: int, timeout: float) -> bool:
         self._send(f"stop {last_id}\n")
         with self._lock:
             try:
@@ -739,13 +739,16 @@ class MergerThread:
         self.restarts = 0
         self.last_error: Optional[str] = None
         self._commands: "queue.Queue[Tuple[str, int]]" = queue.Queue()
-        self._new_loop = lambda: MergeLoop(store, raw_log, self.progress.update, cache_bytes=cache_bytes,
-                                           max_depth=max_depth)
-        self._loop = self._new_loop()
+        self._store = store
+        self._options: Dict[str, int] = dict(cache_bytes=cache_bytes, max_depth=max_depth)
         self._raw_log = raw_log
+        self._loop = self._new_loop()
         self._max_backoff = max_backoff
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mona-merger", daemon=True)
+
+    def _new_loop(self) -> MergeLoop:
+        return MergeLoop(self._store, self._raw_log, self.progress.update, **self._options)
 
     def start(self, timeout: float = 60.0) -> None:
         self.progress.update(self._loop.watermark, 0)
@@ -758,7 +761,7 @@ class MergerThread:
                 try:
                     _serve(self._loop, self._commands, self._raw_log)
                     return
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # whatever stopped it: logged, then started again
                     self.restarts += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.error("collector: the merger stopped (%s); starting it again in %g s (restart %d)",
@@ -770,7 +773,7 @@ class MergerThread:
         finally:
             try:
                 self._loop.close()
-            except Exception:  # noqa: BLE001 - a storage that failed may fail again here
+            except Exception:  # a storage that failed may fail again here
                 pass
             self.progress.end()
 

@@ -379,7 +379,7 @@ def _freeze_document(
         if path and path not in rows:
             rows[path] = -1  # the row exists: only its node is replaced
     for path, order in rows.items():
-        blob = pack_document(subs[path])  # type: ignore[arg-type]
+        blob = _DOCUMENT_PACKER.pack(subs[path])
         node_bytes += len(blob)
         nodes.append((user, context, db_text(path), order, blob))
     header = _pack_header(document)
