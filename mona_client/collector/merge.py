@@ -362,9 +362,12 @@ class ArcMerger:
         return document
 
     def _remember(self, key: ArcKey, document: Document) -> None:
-        self._cache[key] = document
-        self._charge(key, document)
-        self._evict()
+        cache = self._cache
+        cache[key] = document
+        if SIZE_KEY in document:  # a new document has no size yet: nothing to charge
+            self._charge(key, document)
+        if len(cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
+            self._evict()
 
     def _charge(self, key: ArcKey, document: Document) -> None:
         size = document.get(SIZE_KEY, 0)
@@ -417,6 +420,9 @@ class ArcMerger:
         dirty = self._dirty
         changed_nodes = self._changed
         max_depth = self.max_depth
+        # A context with more separators than max_depth is at least this long: shorter ones are not
+        # even counted (len() is nearly free, counting is not).
+        deep_length = 2 * max_depth
         changed: Set[str] = set()
         admit = ids.admit
         ids.begin(events, 1)
@@ -475,7 +481,7 @@ class ArcMerger:
                 result.rejected += 1
                 result.reject_reason = result.reject_reason or "the record's message is not a map"
                 continue
-            if context.count(CONTEXT_SEPARATOR) > max_depth:
+            if len(context) > deep_length and context.count(CONTEXT_SEPARATOR) > max_depth:
                 result.rejected += 1
                 result.reject_reason = result.reject_reason or (
                     f"its context is nested {context.count(CONTEXT_SEPARATOR)} levels deep, more than the "

@@ -348,6 +348,10 @@ def _assemble(db: sqlite3.Connection, user: Any, context: Any, blob: bytes) -> D
     return document
 
 
+def _without_bookkeeping(document: Document) -> Document:
+    return {key: value for key, value in document.items() if not key.startswith("_")}
+
+
 def _pack_header(document: Document) -> bytes:
     header = {key: value for key, value in document.items() if key != "subs" and not key.startswith("_")}
     header["v"] = _HEADER_VERSION
@@ -365,7 +369,7 @@ def _freeze_document(
     columns = (user, context, _class_column(document["node"][CLASS]), document["first_export"],
                document["last_export"], document["export_count"])
     if not stored:
-        whole = pack_document({key: value for key, value in document.items() if not key.startswith("_")})
+        whole = pack_document(_without_bookkeeping(document) if SIZE_KEY in document else document)
         if len(whole) <= INLINE_DOCUMENT_BYTES:
             document[SIZE_KEY] = len(whole)
             return columns + (whole,)
