@@ -26,6 +26,7 @@ import threading
 from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
 
 from ..forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
+from .merge import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_DEPTH_LIMIT
 from .service import Collector
 from .store import SQLiteStore, StoreError, default_db_path, dump_json
 from .timeparse import format_time, parse_since
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM); needs --tls-key")
     collect.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     collect.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
+    collect.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH,
+                         help=f"refuse records of sub-contexts nested deeper below their root (0-{MAX_DEPTH_LIMIT})")
+    collect.add_argument("--merge-cache-bytes", type=int, default=DEFAULT_CACHE_BYTES,
+                         help="bytes of ARC documents the merger keeps in memory")
+    collect.add_argument("--merger-max-backoff", type=float, default=30.0,
+                         help="longest wait, in seconds, before restarting a merger that died")
 
     arcs = commands.add_parser("arcs", help="query ARC documents").add_subparsers(dest="arcs_command", required=True)
     listing = arcs.add_parser("list", help="ARCs, most recently exported first")
@@ -119,6 +126,9 @@ def _collect(args: argparse.Namespace) -> int:
             tls_cert_file=args.tls_cert,
             tls_key_file=args.tls_key,
             tls_ca_file=args.tls_client_ca,
+            max_depth=args.max_depth,
+            merge_cache_bytes=args.merge_cache_bytes,
+            merger_max_backoff=args.merger_max_backoff,
         )
     except (OSError, ValueError) as exc:
         print(f"mona: {exc}", file=sys.stderr)
@@ -239,6 +249,9 @@ def _stats(store: SQLiteStore, args: argparse.Namespace) -> int:
     print(f"first event   {format_time(stats['first_event_time'])}")
     print(f"last event    {format_time(stats['last_event_time'])}")
     print(f"not merged    {stats['unmerged_events']} events in {stats['unmerged_rows']} raw rows  (merge lag)")
+    print(f"merger        {stats['merger_restarts']} restart(s)" + (
+        f", last error at {format_time(stats['merger_last_error_time'])}: {stats['merger_last_error']}"
+        if stats["merger_last_error"] else ""))
     print(f"ARCs          {stats['arcs']}")
     for arc_class, count in stats["arcs_by_class"].items():
         print(f"  {arc_class or '(no class)':<20} {count}")

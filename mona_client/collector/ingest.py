@@ -38,6 +38,8 @@ class Submission(NamedTuple):
     entries: bytes  # a plain PackedForward entries blob
     events: int
     done: Callable[[IngestResult], None]
+    #: The user name the connection authenticated with (None without user authentication).
+    user: Optional[str] = None
 
 
 class Ingestor:
@@ -109,7 +111,7 @@ class Ingestor:
 
     def _write_group(self, group: List[Submission]) -> None:
         now = time.time()
-        chunks = [RawChunk(s.tag, now, s.events, None, None, s.entries) for s in group]
+        chunks = [RawChunk(s.tag, now, s.events, None, None, s.entries, s.user) for s in group]
         try:
             last_id = self.raw_log.append(chunks)
         except Exception as exc:  # the database failed: nothing of this group is stored or acked

@@ -6,8 +6,13 @@ One ARC document exists per ``(user_id, root context id)``. A record exported in
 a later export wins by ``export_timestamp`` and, on a tie, by arrival order, even when an older export
 arrives hours late.
 
-The merger keeps a bounded LRU cache of hot documents and collects the documents a batch touched, so
-the store can write each touched document once per transaction instead of once per record.
+The merger keeps an LRU cache of hot documents, bounded in documents and in bytes, and collects the
+documents a batch touched, with the nodes it changed in each, so that the store can write each touched
+document once per transaction instead of once per record, and only its changed nodes.
+
+Sub-contexts deeper than ``max_depth`` levels below the root (``"run.a.b"`` is 2 levels deep) are
+refused record by record (counted as rejected): the cost of a record stays linear in its size and
+every document stays shallow enough to be shown and exported.
 
 Internal form (what the store keeps, packed with msgpack; :func:`public_document` turns it into the
 documented shape)::
@@ -16,6 +21,8 @@ documented shape)::
      "globals": {...}, "globals_t": {key: time},
      "node": NODE,                     # the root context
      "subs": {"a": NODE, "a.b": NODE}} # every sub-context by its dotted path, parents first
+
+Keys starting with ``_`` are bookkeeping of the store (e.g. :data:`SIZE_KEY`), never shown.
 
     NODE = [arc_class, arc_class_time, fields, field_times, newest]
 
@@ -30,7 +37,7 @@ from __future__ import annotations
 
 import struct
 from collections import OrderedDict, deque
-from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..record import (
     ARC_CLASS_KEY,
@@ -50,6 +57,14 @@ Node = List[Any]
 Loader = Callable[[List[ArcKey]], Dict[ArcKey, Document]]
 
 FORMAT_VERSION = 2
+
+#: The default and the largest allowed depth limit of sub-contexts (levels below the root context).
+DEFAULT_MAX_DEPTH = 64
+MAX_DEPTH_LIMIT = 256
+#: The default bound of the merger's document cache, in bytes of the documents' stored form.
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+#: A document's approximate stored size in bytes, kept in it by the store (absent: unknown).
+SIZE_KEY = "_bytes"
 
 # Positions in a NODE list.
 CLASS, CLASS_TIME, FIELDS, FIELD_TIMES, NEWEST = range(5)
@@ -114,7 +129,12 @@ def _public_node(node: Node) -> Document:
 
 
 def public_document(document: Document) -> Document:
-    """The documented shape of ``document``, without the internal bookkeeping."""
+    """The documented shape of ``document``, without the internal bookkeeping.
+
+    Nodes are nested at most :data:`MAX_DEPTH_LIMIT` levels deep, so that any reader (JSON, CSV)
+    can walk the result; a deeper node (only a database written before depths were limited has
+    them) is shown in the ``sub_arcs`` of its ancestor at that depth, under the rest of its path.
+    """
     root = _public_node(document["node"])
     out: Document = {
         "user_id": document["user_id"],
@@ -130,7 +150,14 @@ def public_document(document: Document) -> Document:
     shown: Dict[str, Document] = {}
     for path, node in document["subs"].items():  # parents come before their children
         parent, separator, name = path.rpartition(CONTEXT_SEPARATOR)
+        if separator and parent not in shown:  # below the deepest level shown
+            names = path.split(CONTEXT_SEPARATOR)
+            parent = CONTEXT_SEPARATOR.join(names[:MAX_DEPTH_LIMIT])
+            name = CONTEXT_SEPARATOR.join(names[MAX_DEPTH_LIMIT:])
         siblings = shown[parent]["sub_arcs"] if separator else out["sub_arcs"]
+        if path.count(CONTEXT_SEPARATOR) >= MAX_DEPTH_LIMIT:
+            siblings[name] = _public_node(node)  # not a parent of anything shown
+            continue
         shown[path] = siblings[name] = _public_node(node)
     return out
 
@@ -169,16 +196,21 @@ def _key(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def _add_path(document: Document, path: str) -> Node:
-    """The node of a sub-context seen for the first time, its missing parents created first."""
+def _add_path(document: Document, path: str, changed: Set[str]) -> Node:
+    """The node of a sub-context seen for the first time, its missing parents created first (and
+    all of them noted in ``changed``). Walks up only as far as the nearest existing parent."""
     subs = document["subs"]
-    names = path.split(CONTEXT_SEPARATOR)
-    for depth in range(1, len(names)):
-        parent = CONTEXT_SEPARATOR.join(names[:depth])
-        if parent not in subs:
-            subs[parent] = new_node()
-    node = subs[path] = new_node()
-    return node
+    missing = [path]
+    parent = path
+    while True:
+        parent, separator, _ = parent.rpartition(CONTEXT_SEPARATOR)
+        if not separator or parent in subs:
+            break
+        missing.append(parent)
+    for created in reversed(missing):
+        subs[created] = new_node()
+        changed.add(created)
+    return subs[path]
 
 
 def _merge_slowly(document: Document, node: Node, message: Dict[Any, Any], when: float) -> None:
@@ -280,13 +312,32 @@ class ArcMerger:
     Documents not in the cache are started empty and looked up in the store all at once by
     :meth:`take_dirty` (one query per transaction instead of one per new ARC); a stored one is then
     combined with what this transaction merged.
+
+    The cache holds at most ``cache_size`` documents and about ``cache_bytes`` bytes of them (as the
+    store measured them, see :data:`SIZE_KEY`; the document used last always stays).
+    ``on_pressure(cached_bytes, limit)`` is called when a document is evicted for the byte bound.
+    Records of a context more than ``max_depth`` levels below its root are refused.
     """
 
-    def __init__(self, loader: Loader, cache_size: int = 5000) -> None:
+    def __init__(
+        self,
+        loader: Loader,
+        cache_size: int = 5000,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        on_pressure: Optional[Callable[[int, int], None]] = None,
+    ) -> None:
         self._loader = loader
         self._cache_size = cache_size
+        self._cache_bytes = cache_bytes
+        self.max_depth = max_depth
+        self._on_pressure = on_pressure
         self._cache: "OrderedDict[ArcKey, Document]" = OrderedDict()
+        self._charged: Dict[ArcKey, int] = {}  # the size each cached document counts for
+        self._cached_bytes = 0
         self._dirty: Dict[ArcKey, Document] = {}
+        # The paths of the nodes each dirty document had changed or created ("" is the root).
+        self._changed: Dict[ArcKey, Set[str]] = {}
         self._unresolved: List[ArcKey] = []  # dirty documents started without looking in the store
         # Documents taken for transactions that are not committed yet, oldest first: the store does
         # not have them yet, so they must not be looked up there even if the cache let them go.
@@ -294,8 +345,10 @@ class ArcMerger:
 
     def _touch(self, key: ArcKey, when: float) -> Document:
         """The document of ``key`` for this transaction (first touch of the key in it)."""
-        document = self._cache.pop(key, None)
-        if document is None:
+        document = self._cache.get(key)
+        if document is not None:
+            self._cache.move_to_end(key)  # the newest entry is the last one
+        else:
             for taken in reversed(self._in_flight):
                 document = taken.get(key)
                 if document is not None:
@@ -303,29 +356,59 @@ class ArcMerger:
             else:
                 document = new_document(key[0], key[1], when)
                 self._unresolved.append(key)
-        self._remember(key, document)
+            self._remember(key, document)
         self._dirty[key] = document
+        self._changed[key] = set()
         return document
 
     def _remember(self, key: ArcKey, document: Document) -> None:
         cache = self._cache
-        cache[key] = document  # the newest entry is the last one
-        while len(cache) > self._cache_size:
-            # An evicted document that is still dirty stays reachable through _dirty until written.
-            cache.popitem(last=False)
+        cache[key] = document
+        if SIZE_KEY in document:  # a new document has no size yet: nothing to charge
+            self._charge(key, document)
+        if len(cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
+            self._evict()
+
+    def _charge(self, key: ArcKey, document: Document) -> None:
+        size = document.get(SIZE_KEY, 0)
+        self._cached_bytes += size - self._charged.get(key, 0)
+        self._charged[key] = size
+
+    def _evict(self) -> None:
+        # An evicted document that is still dirty stays reachable through _dirty until written, and
+        # through _in_flight until committed.
+        cache = self._cache
+        pressed = False
+        while len(cache) > 1 and (len(cache) > self._cache_size or self._cached_bytes > self._cache_bytes):
+            pressed = pressed or self._cached_bytes > self._cache_bytes
+            key, _ = cache.popitem(last=False)
+            self._cached_bytes -= self._charged.pop(key, 0)
+        if pressed and self._on_pressure is not None:
+            self._on_pressure(self._cached_bytes, self._cache_bytes)
+
+    def sized(self, documents: Iterable[Tuple[ArcKey, Document]]) -> None:
+        """The store measured these documents again (after :meth:`take_dirty`): count their new
+        sizes against the byte bound, evicting the least recently used documents beyond it."""
+        for key, document in documents:
+            if key in self._cache:
+                self._charge(key, document)
+        self._evict()
 
     def merge_events(self, events: Iterable[Tuple[int, int, Any]], ids: Any) -> MergeResult:
         """:meth:`merge_entries` for decoded events ``(seconds, nanoseconds, record)``."""
         return self.merge_entries([(seconds + nanos / 1e9 if nanos else seconds, record) for seconds, nanos, record in events], ids)
 
-    def merge_entries(self, events: List[Any], ids: Any) -> MergeResult:
+    def merge_entries(self, events: List[Any], ids: Any, owner: Optional[str] = None) -> MergeResult:
         """Drop duplicates (with ``ids``, a :class:`~.dedup.RecordIdFilter`) and merge the other
         records of one message of the mona tag, in order. ``events`` are its ``[time, record]``
         entries (see :func:`event_seconds` for the time); the time is only read when a record has no
         usable ``export_timestamp``.
 
         A record that cannot be merged (not a map, no context id, a message that is not a map, no
-        usable time, anything unexpected) is counted as rejected and the others are merged.
+        usable time, a context nested deeper than :attr:`max_depth`, a ``user_id`` other than
+        ``owner`` when the sender authenticated as ``owner``, anything unexpected) is counted as
+        rejected and the others are merged. Duplicates are found per user, so a record refused for
+        its user never takes an id of that user.
 
         This is the collector's hot loop (once per record): the checks, the duplicate test and the
         merge are written out inline with local variables. The fast paths: the next sequential id of
@@ -335,6 +418,12 @@ class ArcMerger:
         result = MergeResult()
         dropped = result.dropped
         dirty = self._dirty
+        changed_nodes = self._changed
+        max_depth = self.max_depth
+        # A context with more separators than max_depth is at least this long: shorter ones are not
+        # even counted (len() is nearly free, counting is not).
+        deep_length = 2 * max_depth
+        changed: Set[str] = set()
         admit = ids.admit
         ids.begin(events, 1)
         # The stream of sequential ids seen last: the id that would come next, from which user.
@@ -358,6 +447,12 @@ class ArcMerger:
             user = record.get(USER_ID)
             if type(user) is not str:
                 user = "" if user is None else str(user)
+            if owner is not None and user != owner:
+                result.rejected += 1
+                result.reject_reason = result.reject_reason or (
+                    f"user_id {user[:100]!r} is not the user the sender authenticated as ({owner[:100]!r})"
+                )
+                continue
 
             # --- duplicates ---
             record_id = record.get(RECORD_ID)
@@ -386,6 +481,13 @@ class ArcMerger:
                 result.rejected += 1
                 result.reject_reason = result.reject_reason or "the record's message is not a map"
                 continue
+            if len(context) > deep_length and context.count(CONTEXT_SEPARATOR) > max_depth:
+                result.rejected += 1
+                result.reject_reason = result.reject_reason or (
+                    f"its context is nested {context.count(CONTEXT_SEPARATOR)} levels deep, more than the "
+                    f"limit of {max_depth}"
+                )
+                continue
             when = record.get(EXPORT_TIMESTAMP)
             if type(when) is not int or not -_TIME_LIMIT < when < _TIME_LIMIT:
                 try:
@@ -404,6 +506,7 @@ class ArcMerger:
                     last_root = None
                     key = (user, root)
                     document = dirty.get(key) or self._touch(key, when)
+                    changed = changed_nodes[key]
                     subs = document["subs"]
                     root_node = document["node"]
                     first, last, count = document["first_export"], document["last_export"], document["export_count"]
@@ -421,9 +524,10 @@ class ArcMerger:
                     node = subs.get(path)
                     if node is None:
                         if CONTEXT_SEPARATOR in path:
-                            node = _add_path(document, path)
+                            node = _add_path(document, path, changed)
                         else:
                             node = subs[path] = [None, None, {}, None, None]
+                changed.add(path)
                 newest = node[NEWEST]
                 if (newest is not None and when < newest) or GLOBALS_KEY in message:
                     _merge_slowly(document, node, message, when)
@@ -476,6 +580,12 @@ class ArcMerger:
         self._dirty = {}
         return dirty
 
+    def take_changed_nodes(self) -> Dict[ArcKey, Set[str]]:
+        """The paths of the nodes changed or created in each document :meth:`take_dirty` returned
+        ("" is the root); call right after it."""
+        changed, self._changed = self._changed, {}
+        return changed
+
     def committed(self) -> None:
         """The oldest transaction taken by :meth:`take_dirty` is in the store now."""
         if self._in_flight:
@@ -484,6 +594,9 @@ class ArcMerger:
     def forget(self) -> None:
         """Drop every cached document (after a failed write, so that the store is the truth again)."""
         self._cache.clear()
+        self._charged.clear()
+        self._cached_bytes = 0
         self._dirty.clear()
+        self._changed.clear()
         self._in_flight.clear()
         self._unresolved = []

@@ -233,6 +233,8 @@ class ForwardConnection(asyncio.Protocol):
         self.authenticated = self.settings.shared_key is None
         self.nonce = b""
         self.auth_salt = b""
+        # The user name of a valid PING when users are configured: what this connection may write.
+        self.user: Optional[str] = None
 
     # --- asyncio callbacks ---------------------------------------------------------------------
 
@@ -337,7 +339,7 @@ class ForwardConnection(asyncio.Protocol):
                 self.fail(f"not a Forward event message: {exc}")
                 return
             done = self._done_callback(message.chunk, message.events)
-            self._submit(Submission(message.tag, message.entries, message.events, done))
+            self._submit(Submission(message.tag, message.entries, message.events, done, self.user))
         if not self.authenticated and decoder.pending_bytes > MAX_HANDSHAKE_BYTES:
             self.refuse("invalid ping message", f"sent more than {MAX_HANDSHAKE_BYTES} bytes without a PING", "size")
 
@@ -356,6 +358,8 @@ class ForwardConnection(asyncio.Protocol):
             self.refuse(check.reason, f"{check.reason} (client hostname {check.hostname!r})")
             return False
         self.authenticated = True
+        if settings.users:
+            self.user = frame[4]  # check_ping checked it is a configured user name
         assert self.transport is not None
         digest = shared_key_digest(check.salt, settings.hostname, self.nonce, settings.shared_key)
         self.transport.write(pack_pong(True, "", settings.hostname, digest))

@@ -19,6 +19,7 @@ from typing import Any, Dict, Optional, Union
 
 from ..forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 from .ingest import Ingestor
+from .merge import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_DEPTH_LIMIT
 from .merger import MergerProcess, MergerThread
 from .server import ForwardServer, ServerSettings
 from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path, raw_log_path
@@ -40,6 +41,11 @@ class Collector:
     to password, adds user authentication; ``hostname`` is the name the collector gives in PONG).
     ``tls_cert_file`` and ``tls_key_file`` turn on TLS; ``tls_ca_file`` then requires client
     certificates signed by that CA. See docs/collector.md, "Security".
+
+    ``max_depth`` (0 to 256) refuses records of sub-contexts nested deeper below their root;
+    ``merge_cache_bytes`` bounds the merger's document cache (and the raw rows of one merge
+    transaction) in bytes; a merger process that dies is restarted after a delay that doubles up to
+    ``merger_max_backoff`` seconds. See docs/collector.md, "Limits".
     """
 
     def __init__(
@@ -59,7 +65,19 @@ class Collector:
         tls_cert_file: Optional[Union[str, os.PathLike]] = None,
         tls_key_file: Optional[Union[str, os.PathLike]] = None,
         tls_ca_file: Optional[Union[str, os.PathLike]] = None,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+        merge_cache_bytes: int = DEFAULT_CACHE_BYTES,
+        merger_max_backoff: float = 30.0,
     ) -> None:
+        if not 0 <= max_depth <= MAX_DEPTH_LIMIT:
+            raise ValueError(f"the maximum context depth must be between 0 and {MAX_DEPTH_LIMIT}, not {max_depth}")
+        if merge_cache_bytes < 1024 * 1024:
+            raise ValueError(f"the merge cache needs at least 1 MiB (1048576 bytes), not {merge_cache_bytes}")
+        if not merger_max_backoff > 0:
+            raise ValueError(f"the merger's maximum restart delay must be above 0 seconds, not {merger_max_backoff}")
+        self._merger_options: Dict[str, Any] = dict(
+            max_depth=max_depth, cache_bytes=merge_cache_bytes, max_backoff=merger_max_backoff
+        )
         self.bind = bind
         self.requested_port = port
         self.db_path = Path(db_path) if db_path is not None else default_db_path()
@@ -95,12 +113,12 @@ class Collector:
         if self._given_store is None:
             SQLiteStore(self.db_path, synchronous=self._synchronous).close()  # creates or upgrades the file
             self._raw_log = SQLiteRawLog(raw_log_path(self.db_path), synchronous=self._synchronous)
-            self._merger = MergerProcess(self.db_path, self._synchronous)
+            self._merger = MergerProcess(self.db_path, self._synchronous, **self._merger_options)
         else:
             self._store = self._given_store
             raw_log = getattr(self._given_store, "raw_log", None)
             self._raw_log = raw_log() if callable(raw_log) else SQLiteRawLog(raw_log_path(self.db_path), self._synchronous)
-            self._merger = MergerThread(self._given_store, self._raw_log)
+            self._merger = MergerThread(self._given_store, self._raw_log, **self._merger_options)
         try:
             self._merger.start()
         except BaseException:
@@ -196,6 +214,11 @@ class Collector:
     def received_records(self) -> int:
         """Records appended to the raw log (and acked) since start."""
         return self._ingestor.stored_events if self._ingestor is not None else 0
+
+    @property
+    def merger_restarts(self) -> int:
+        """How many times the merger died and was started again since start."""
+        return self._merger.restarts if self._merger is not None else 0
 
     def wait_for_records(self, count: int, timeout: Optional[float] = 10.0) -> bool:
         """Block until :attr:`processed_records` reaches ``count``; False on timeout."""

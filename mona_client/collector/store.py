@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import os
 import sqlite3
+import time
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 import msgpack
 
 from ..forward import Event, iter_entries
-from .merge import CLASS, ArcKey, Document, public_document, upgrade_document
+from .merge import CLASS, FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document, upgrade_document
+
+log = logging.getLogger("mona_client.collector")
 
 __all__ = [
     "ArcStore",
@@ -38,6 +43,7 @@ __all__ = [
     "SQLiteRawLog",
     "SQLiteStore",
     "StoreError",
+    "StoreUnavailable",
     "raw_log_path",
     "TagCounts",
     "WriteSet",
@@ -55,6 +61,21 @@ _WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 class StoreError(RuntimeError):
     """The database cannot be opened or is not a collector database."""
+
+
+class StoreUnavailable(StoreError):
+    """The storage cannot take a write now (disk full, I/O error, locked, unreadable), whatever was
+    being written: what failed must be written again later, never skipped as if it were bad data."""
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the storage failed rather than the data written (SQLite's own errors
+    other than constraint, size and programming errors, and the operating system's)."""
+    if isinstance(exc, StoreUnavailable) or isinstance(exc, OSError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    return type(exc) is sqlite3.DatabaseError  # e.g. "database disk image is malformed"
 
 
 def raw_log_path(db_path: os.PathLike | str) -> Path:
@@ -83,6 +104,9 @@ class RawChunk:
     first_time: Optional[float]
     last_time: Optional[float]
     entries: bytes
+    #: The user name the connection authenticated with (None: no user authentication); the merger
+    #: then merges only records whose ``user_id`` is this name.
+    auth_user: Optional[str] = None
 
 
 class RawRow(NamedTuple):
@@ -92,6 +116,7 @@ class RawRow(NamedTuple):
     tag: str
     events: int
     entries: bytes
+    auth_user: Optional[str] = None
 
 
 def db_text(value: str) -> Any:
@@ -153,6 +178,9 @@ class WriteSet:
     log_id: str = ""
     #: Store-specific form of ``arcs`` made by :meth:`ArcStore.freeze`, if the store has one.
     frozen: Any = None
+    #: For each ARC of ``arcs``, the dotted paths of the sub-context nodes this transaction changed
+    #: or created ("" is the root); a store may write only those (an ARC not in it: every node).
+    changed_nodes: Dict[ArcKey, Set[str]] = field(default_factory=dict)
 
 
 class RawLog(abc.ABC):
@@ -167,9 +195,9 @@ class RawLog(abc.ABC):
         of the last one; raise and store nothing on failure."""
 
     @abc.abstractmethod
-    def read(self, after: int, max_events: int) -> List[RawRow]:
-        """Rows with an id above ``after``, in id order, about ``max_events`` events' worth (at least
-        one row when there is one)."""
+    def read(self, after: int, max_events: int, max_bytes: Optional[int] = None) -> List[RawRow]:
+        """Rows with an id above ``after``, in id order, about ``max_events`` events' worth and, when
+        given, about ``max_bytes`` of entries (at least one row when there is one)."""
 
     @abc.abstractmethod
     def last_id(self) -> int:
@@ -275,10 +303,93 @@ def pack_document(document: Document) -> bytes:
     return _DOCUMENT_PACKER.pack(document)
 
 
+def _unpack(blob: bytes) -> Any:
+    return msgpack.unpackb(blob, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
+
+
 def load_document(blob: bytes) -> Document:
-    """An ARC document in the current internal form (see :mod:`.merge`), from its stored form."""
-    document = msgpack.unpackb(blob, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
-    return upgrade_document(document)
+    """An ARC document in the current internal form (see :mod:`.merge`), from a stored form that
+    holds every node (version 1 or 2; see :func:`_assemble` for the form with node rows)."""
+    return upgrade_document(_unpack(blob))
+
+
+#: A document whose whole packed form stays below this many bytes is kept in one blob (rewriting
+#: it costs no more than writing a few rows); a larger one has its sub-context nodes as rows of
+#: ``arc_nodes``, and a merge then writes the header and only the nodes it changed.
+INLINE_DOCUMENT_BYTES = 16 * 1024
+
+_NODES_OF_ARC = "SELECT path, node FROM arc_nodes WHERE user_id = ? AND context_id = ? ORDER BY ord"
+
+
+def _text_of(value: Any) -> str:
+    """A key column read back: text, or the bytes :func:`db_text` bound for text that was not UTF-8."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _assemble(db: sqlite3.Connection, user: Any, context: Any, blob: bytes) -> Document:
+    """The internal document of an ``arcs`` row (``user`` and ``context`` as stored), with its node
+    rows when it has them, and this store's bookkeeping (see ``_STORED``)."""
+    header = _unpack(blob)
+    node_bytes = 0
+    if header.get("v") == _HEADER_VERSION:
+        subs: Dict[str, Any] = {}
+        for path, node in db.execute(_NODES_OF_ARC, (user, context)):
+            subs[_text_of(path)] = _unpack(node)
+            node_bytes += len(node)
+        header["v"] = FORMAT_VERSION
+        header["subs"] = subs
+        document = header
+        stored = len(subs)
+    else:
+        document = upgrade_document(header)
+        stored = 0
+    document[_STORED] = [stored, node_bytes]
+    document[SIZE_KEY] = len(blob) + node_bytes
+    return document
+
+
+def _without_bookkeeping(document: Document) -> Document:
+    return {key: value for key, value in document.items() if not key.startswith("_")}
+
+
+def _pack_header(document: Document) -> bytes:
+    header = {key: value for key, value in document.items() if key != "subs" and not key.startswith("_")}
+    header["v"] = _HEADER_VERSION
+    return pack_document(header)
+
+
+def _freeze_document(
+    key: ArcKey, document: Document, changed: Optional[Set[str]], nodes: List[Tuple[Any, ...]]
+) -> Tuple[Any, ...]:
+    """The ``arcs`` row of ``document`` and, appended to ``nodes``, the ``arc_nodes`` rows to write:
+    the nodes created since the last write and those in ``changed`` (None: all)."""
+    user, context = db_text(key[0]), db_text(key[1])
+    subs = document["subs"]
+    stored, node_bytes = document.get(_STORED) or (0, 0)
+    columns = (user, context, _class_column(document["node"][CLASS]), document["first_export"],
+               document["last_export"], document["export_count"])
+    if not stored:
+        whole = pack_document(_without_bookkeeping(document) if SIZE_KEY in document else document)
+        if len(whole) <= INLINE_DOCUMENT_BYTES:
+            document[SIZE_KEY] = len(whole)
+            return columns + (whole,)
+    total = len(subs)
+    rows: Dict[str, int] = {}
+    if total > stored:  # new nodes are the last ones of the dict (it keeps insertion order)
+        created = list(islice(reversed(subs), total - stored))
+        for offset, path in enumerate(reversed(created)):
+            rows[path] = stored + offset
+    for path in subs if changed is None else changed:
+        if path and path not in rows:
+            rows[path] = -1  # the row exists: only its node is replaced
+    for path, order in rows.items():
+        blob = _DOCUMENT_PACKER.pack(subs[path])
+        node_bytes += len(blob)
+        nodes.append((user, context, db_text(path), order, blob))
+    header = _pack_header(document)
+    document[_STORED] = [total, node_bytes]
+    document[SIZE_KEY] = len(header) + node_bytes
+    return columns + (header,)
 
 
 _SCHEMA = """
@@ -290,8 +401,17 @@ CREATE TABLE IF NOT EXISTS arcs (
     first_export REAL NOT NULL,
     last_export REAL NOT NULL,
     export_count INTEGER NOT NULL,
-    document BLOB NOT NULL,  -- msgpack, see pack_document
+    document BLOB NOT NULL,  -- msgpack, see pack_document: everything but the sub-context nodes
     PRIMARY KEY (user_id, context_id)
+);
+-- One row per sub-context node of an ARC, so that a merge rewrites only the nodes it changed.
+CREATE TABLE IF NOT EXISTS arc_nodes (
+    user_id TEXT NOT NULL,
+    context_id TEXT NOT NULL,
+    path TEXT NOT NULL,       -- the dotted path below the root context
+    ord INTEGER NOT NULL,     -- creation order within the ARC (parents before their children)
+    node BLOB NOT NULL,       -- msgpack of the internal node, see .merge
+    UNIQUE (user_id, context_id, path)
 );
 CREATE INDEX IF NOT EXISTS arcs_by_context ON arcs (context_id);
 CREATE INDEX IF NOT EXISTS arcs_by_last_export ON arcs (last_export);
@@ -327,7 +447,8 @@ CREATE TABLE IF NOT EXISTS raw_chunks (
     events INTEGER NOT NULL,
     first_time REAL,
     last_time REAL,
-    entries BLOB NOT NULL
+    entries BLOB NOT NULL,
+    auth_user TEXT  -- the user the connection authenticated as (NULL: no user authentication)
 );
 """
 
@@ -339,6 +460,24 @@ ON CONFLICT (user_id, context_id) DO UPDATE SET
     last_export = excluded.last_export, export_count = excluded.export_count,
     document = excluded.document
 """
+
+_UPSERT_NODE = """
+INSERT INTO arc_nodes (user_id, context_id, path, ord, node) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (user_id, context_id, path) DO UPDATE SET node = excluded.node
+"""
+
+#: ``arcs.document`` without the sub-context nodes (which are rows of ``arc_nodes``). Version 2
+#: documents held them all (a whole document rewritten on every merge); they are read as they are
+#: and moved to rows by their next write.
+_HEADER_VERSION = 3
+#: Internal bookkeeping of this store kept in a document while it is in memory (never written):
+#: ``[sub-context nodes already stored as rows, bytes of those rows]``.
+_STORED = "_stored"
+
+#: meta keys of the raw log about the merger process, kept by the network side.
+MERGER_RESTARTS = "merger_restarts"
+MERGER_LAST_ERROR = "merger_last_error"
+MERGER_LAST_ERROR_TIME = "merger_last_error_time"
 
 _UPSERT_TAG = """
 INSERT INTO tag_stats (tag, events, rejected, duplicates, first_time, last_time)
@@ -456,7 +595,11 @@ class SQLiteStore(ArcStore):
         found += self._select_by_pairs(
             "SELECT user_id, context_id, document FROM arcs WHERE user_id = ? AND context_id = ?", one_by_one
         )
-        return {wanted[(user, context)]: load_document(blob) for user, context, blob in found if (user, context) in wanted}
+        return {
+            wanted[(user, context)]: _assemble(self._lookups, user, context, blob)
+            for user, context, blob in found
+            if (user, context) in wanted
+        }
 
     def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
         sql = "SELECT ranges FROM seen_ranges WHERE user_id = ? AND source = ?"
@@ -473,22 +616,16 @@ class SQLiteStore(ArcStore):
         return {key for key in keys if execute(sql, (db_text(key[0]), db_text(key[1]))).fetchone() is not None}
 
     def freeze(self, changes: WriteSet) -> None:
-        changes.frozen = [
-            (
-                db_text(user),
-                db_text(context),
-                _class_column(document["node"][CLASS]),
-                document["first_export"],
-                document["last_export"],
-                document["export_count"],
-                pack_document(document),
-            )
-            for (user, context), document in changes.arcs
+        nodes: List[Tuple[Any, ...]] = []
+        arcs = [
+            _freeze_document(key, document, changes.changed_nodes.get(key), nodes) for key, document in changes.arcs
         ]
+        changes.frozen = (arcs, nodes)
 
     def write(self, changes: WriteSet) -> None:
         if changes.frozen is None:
             self.freeze(changes)
+        arcs, nodes = changes.frozen
         db = self._db
         ranges = [(db_text(user), db_text(source), json.dumps(r)) for user, source, r in changes.id_ranges]
         ids = [(db_text(user), db_text(record_id)) for user, record_id in changes.record_ids]
@@ -496,6 +633,15 @@ class SQLiteStore(ArcStore):
             (label_text(tag), c.events, c.rejected, c.duplicates, _finite(c.first_time), _finite(c.last_time))
             for tag, c in changes.tags.items()
         ]
+        try:
+            self._write(changes, arcs, nodes, ranges, ids, tags)
+        except sqlite3.Error as exc:
+            if is_storage_failure(exc):
+                raise StoreUnavailable(f"cannot write to {self.path}: {exc}") from exc
+            raise
+
+    def _write(self, changes: WriteSet, arcs: Any, nodes: Any, ranges: Any, ids: Any, tags: Any) -> None:
+        db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
             if changes.watermark is not None:
@@ -505,7 +651,8 @@ class SQLiteStore(ArcStore):
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                     [(_WATERMARK, str(changes.watermark)), (_WATERMARK_LOG, changes.log_id)],
                 )
-            db.executemany(_UPSERT_ARC, changes.frozen)
+            db.executemany(_UPSERT_ARC, arcs)
+            db.executemany(_UPSERT_NODE, nodes)
             db.executemany("INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", ranges)
             db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", ids)
             db.executemany(_UPSERT_TAG, tags)
@@ -518,8 +665,9 @@ class SQLiteStore(ArcStore):
     # --- query side ----------------------------------------------------------------------------
 
     def _documents(self, sql: str, params: Sequence[Any] = ()) -> Iterator[Document]:
-        for (blob,) in self._db.execute(sql, params):
-            yield public_document(load_document(blob))
+        """The public documents of the ``arcs`` rows ``sql`` selects (``user_id, context_id, document``)."""
+        for user, context, blob in self._db.execute(sql, params):
+            yield public_document(_assemble(self._db, user, context, blob))
 
     def list_arcs(
         self, arc_class: Optional[str] = None, since: Optional[float] = None, limit: Optional[int] = None
@@ -534,17 +682,17 @@ class SQLiteStore(ArcStore):
             params.append(since)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         params.append(-1 if limit is None else limit)
-        sql = f"SELECT document FROM arcs {where} ORDER BY last_export DESC, rowid DESC LIMIT ?"
+        sql = f"SELECT user_id, context_id, document FROM arcs {where} ORDER BY last_export DESC, rowid DESC LIMIT ?"
         return list(self._documents(sql, params))
 
     def find_arcs(self, context_id: str) -> List[Document]:
         root = context_id.split(".", 1)[0]
-        return list(self._documents("SELECT document FROM arcs WHERE context_id = ? ORDER BY user_id", (root,)))
+        return list(self._documents("SELECT user_id, context_id, document FROM arcs WHERE context_id = ? ORDER BY user_id", (root,)))
 
     def iter_arcs(self, arc_class: Optional[str] = None) -> Iterator[Document]:
         if arc_class is None:
-            return self._documents("SELECT document FROM arcs ORDER BY first_export, rowid")
-        return self._documents("SELECT document FROM arcs WHERE arc_class = ? ORDER BY first_export, rowid", (arc_class,))
+            return self._documents("SELECT user_id, context_id, document FROM arcs ORDER BY first_export, rowid")
+        return self._documents("SELECT user_id, context_id, document FROM arcs WHERE arc_class = ? ORDER BY first_export, rowid", (arc_class,))
 
     def _raw_files(self) -> Iterator[sqlite3.Connection]:
         """Connections to what holds raw events: this file if it was written before the raw log had a
@@ -579,9 +727,11 @@ class SQLiteStore(ArcStore):
         }
         first, last = db.execute("SELECT min(first_time), max(last_time) FROM tag_stats").fetchone()
         unmerged_rows = unmerged_events = 0
+        merger: Dict[str, Any] = {}
         for raw in self._raw_files():
             if raw is not db:  # the raw log (rows in this file were merged as they were written)
-                (log_id,) = raw.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone() or ("",)
+                merger = dict(raw.execute("SELECT key, value FROM meta"))
+                log_id = merger.get("log_id", "")
                 unmerged_rows, unmerged_events = raw.execute(
                     "SELECT count(*), coalesce(sum(events), 0) FROM raw_chunks WHERE id > ?",
                     (_watermark(db, log_id),),
@@ -603,6 +753,9 @@ class SQLiteStore(ArcStore):
             "last_event_time": last,
             "unmerged_rows": unmerged_rows,
             "unmerged_events": unmerged_events,
+            "merger_restarts": int(merger.get(MERGER_RESTARTS, 0)),
+            "merger_last_error": merger.get(MERGER_LAST_ERROR),
+            "merger_last_error_time": float(merger[MERGER_LAST_ERROR_TIME]) if MERGER_LAST_ERROR_TIME in merger else None,
         }
 
     def close(self) -> None:
@@ -635,6 +788,9 @@ class SQLiteRawLog(RawLog):
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             self._db.executescript(_RAW_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(raw_chunks)")}
+            if "auth_user" not in columns:  # a raw log written before users were recorded
+                self._db.execute("ALTER TABLE raw_chunks ADD COLUMN auth_user TEXT")
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (os.urandom(16).hex(),))
             (self.log_id,) = self._db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -645,9 +801,11 @@ class SQLiteRawLog(RawLog):
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT INTO raw_chunks (received, tag, events, first_time, last_time, entries) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO raw_chunks (received, tag, events, first_time, last_time, entries, auth_user)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (c.received, label_text(c.tag), c.events, _finite(c.first_time), _finite(c.last_time), c.entries)
+                    (c.received, label_text(c.tag), c.events, _finite(c.first_time), _finite(c.last_time), c.entries,
+                     None if c.auth_user is None else db_text(c.auth_user))
                     for c in chunks
                 ],
             )
@@ -659,15 +817,18 @@ class SQLiteRawLog(RawLog):
             raise
         return int(last or 0)
 
-    def read(self, after: int, max_events: int) -> List[RawRow]:
+    def read(self, after: int, max_events: int, max_bytes: Optional[int] = None) -> List[RawRow]:
         rows: List[RawRow] = []
-        events = 0
-        cursor = self._db.execute("SELECT id, tag, events, entries FROM raw_chunks WHERE id > ? ORDER BY id", (after,))
+        events = size = 0
+        cursor = self._db.execute(
+            "SELECT id, tag, events, entries, auth_user FROM raw_chunks WHERE id > ? ORDER BY id", (after,)
+        )
         try:
-            for row in cursor:
-                rows.append(RawRow(*row))
-                events += row[2]
-                if events >= max_events:
+            for row_id, tag, count, entries, auth_user in cursor:
+                rows.append(RawRow(row_id, tag, count, entries, None if auth_user is None else _text_of(auth_user)))
+                events += count
+                size += len(entries)
+                if events >= max_events or (max_bytes is not None and size >= max_bytes):
                     break
         finally:
             cursor.close()
@@ -683,3 +844,24 @@ class SQLiteRawLog(RawLog):
         except sqlite3.Error:
             pass
         self._db.close()
+
+
+def note_merger_failure(raw_path: os.PathLike | str, error: str) -> None:
+    """Count a death of the merger process and keep its error in the raw log's ``meta`` (what
+    ``mona stats`` shows). Best effort, on a connection of its own: with the disk full this fails too,
+    and the collector's log line is what tells."""
+    try:
+        db = sqlite3.connect(str(raw_path), isolation_level=None, timeout=5.0)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            (restarts,) = db.execute("SELECT value FROM meta WHERE key = ?", (MERGER_RESTARTS,)).fetchone() or (0,)
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [(MERGER_RESTARTS, str(int(restarts) + 1)), (MERGER_LAST_ERROR, error),
+                 (MERGER_LAST_ERROR_TIME, repr(time.time()))],
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        log.debug("collector: could not record the merger's failure in %s: %s", raw_path, exc)
