@@ -40,6 +40,9 @@ class Collector:
     to password, adds user authentication; ``hostname`` is the name the collector gives in PONG).
     ``tls_cert_file`` and ``tls_key_file`` turn on TLS; ``tls_ca_file`` then requires client
     certificates signed by that CA. See docs/collector.md, "Security".
+
+    ``max_connections``, ``idle_timeout`` and ``max_buffered_bytes`` limit what clients can hold (see
+    :class:`~mona_client.collector.server.ServerSettings` and docs/collector.md, "Limits").
     """
 
     def __init__(
@@ -50,6 +53,9 @@ class Collector:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         stall_timeout: float = 30.0,
+        max_connections: int = 1024,
+        idle_timeout: float = 300.0,
+        max_buffered_bytes: int = 256 * 1024 * 1024,
         udp_heartbeat: bool = True,
         synchronous: str = "FULL",
         store: Optional[ArcStore] = None,
@@ -66,6 +72,9 @@ class Collector:
         self.settings = ServerSettings(
             max_frame_bytes=max_frame_bytes,
             stall_timeout=stall_timeout,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            max_buffered_bytes=max_buffered_bytes,
             udp_heartbeat=udp_heartbeat,
             shared_key=shared_key,
             users=users,
