@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+import struct
 
 import msgpack
 
@@ -182,3 +183,35 @@ def test_giant_frame_and_stalled_client_are_closed(tmp_path):
         stalled_after_the_tag.wait_closed()
         good.send(msgpack.packb([TAG, BASE, record("fine", {}), {"chunk": "fine"}]))
         assert good.answer() == {"ack": "fine"}
+
+
+def test_float_times_are_accepted_in_every_mode_and_non_finite_ones_refused(collector, db_path):
+    """Floats are outside the Forward spec, but fluent-logger's emit_with_time(float) sends them and
+    Fluentd takes them: the collector stores them (it is the end of the line, and mona records carry
+    their own export time). A time that is not a finite number has no meaning and is refused."""
+    client = RawClient(collector.port)
+    float32, float64 = b"\xca" + struct.pack(">f", BASE), b"\xcb" + struct.pack(">d", BASE + 0.25)
+    for name, time_bytes in (("f32", float32), ("f64", float64)):
+        rec = msgpack.packb(record(f"float-{name}", {"t": name}), use_bin_type=True)
+        client.send(b"\x94" + msgpack.packb(TAG) + time_bytes + rec + msgpack.packb({"chunk": name}))
+        assert client.answer() == {"ack": name}
+    client.send(msgpack.packb([TAG, [[BASE + 0.5, record("float-fwd", {"t": "fwd"})]], {"chunk": "fwd"}]))
+    assert client.answer() == {"ack": "fwd"}
+    blob = b"\x92" + float64 + msgpack.packb(record("float-packed", {"t": "packed"}), use_bin_type=True)
+    client.send(packed_message(TAG, bin32(blob), {"chunk": "packed"}))
+    assert client.answer() == {"ack": "packed"}
+    json_client = RawClient(collector.port)  # a connection speaks msgpack or JSON, as its first byte says
+    json_client.send(json.dumps([TAG, BASE + 0.75, record("float-json", {"t": "json"}), {"chunk": "json"}]).encode())
+    assert json_client.answer() == {"ack": "json"}
+    for context in ("float-f32", "float-f64", "float-fwd", "float-packed", "float-json"):
+        assert stored_arcs(db_path, context), context
+    for bad_time in (float("nan"), float("inf"), float("-inf")):
+        refused = RawClient(collector.port)
+        refused.send(msgpack.packb([TAG, bad_time, record("never", {}), {"chunk": "bad"}]))
+        refused.wait_closed()
+        assert not refused.answers
+    bad_entry = b"\x92\xcb" + struct.pack(">d", float("nan")) + msgpack.packb(record("never", {}))
+    refused = RawClient(collector.port)
+    refused.send(packed_message(TAG, bin32(bad_entry), {"chunk": "bad"}))
+    refused.wait_closed()
+    assert not stored_arcs(db_path, "never")

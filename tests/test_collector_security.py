@@ -380,3 +380,45 @@ def test_fluent_org_logger_with_a_wrong_key_stores_nothing(node_ready, db, caplo
         assert len(refusal_lines(caplog, "shared_key mismatch")) == 1
         assert collector.processed_records == 0
     assert stats(db)["events"] == 0
+
+
+# --- the TLS set-up docs/collector.md documents -----------------------------------------------------
+
+
+def _doc_block(containing: str) -> str:
+    text = (ROOT / "docs" / "collector.md").read_text()
+    blocks = [b for b in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S) if containing in b]
+    assert len(blocks) == 1, f"one documented block with {containing!r}"
+    return blocks[0]
+
+
+def _setting(block: str, key: str) -> str:
+    match = re.search(rf"^\s*{key} (\S+)$", block, re.M)
+    assert match, f"no {key} in the documented example"
+    return match.group(1)
+
+
+def test_the_documented_certificate_verifies_by_ip_and_by_the_fluentd_server_name(db, tmp_path):
+    """Fluentd checks the certificate against the <server> name when host is an IP; the mona client
+    against MONA_HOST. The certificate made exactly as documented must pass both, as Python's ssl
+    (the same OpenSSL check) sees it."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make the documented certificate")
+    subprocess.run(["bash", "-e", "-c", _doc_block("openssl req -x509")], cwd=tmp_path, check=True,
+                   capture_output=True, timeout=60)
+    fluentd = _doc_block("transport tls")
+    assert re.search(r"^\s*tls_verify_hostname true$", fluentd, re.M)
+    name, host = (_setting(fluentd, key) for key in ("name", "host"))
+    assert host == "127.0.0.1" and name != host
+    with start(db, tls_cert_file=tmp_path / "server.pem", tls_key_file=tmp_path / "server.key") as collector:
+        for number, server_hostname in enumerate((name, host, "localhost")):
+            context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            client = RawClient(collector.port)
+            client.sock = context.wrap_socket(client.sock, server_hostname=server_hostname)
+            client.send(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record(f"doc-tls-{number}", {}))),
+                                       {"chunk": str(number)}))
+            assert client.answer() == {"ack": str(number)}, server_hostname
+            client.close()
+        context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+        with pytest.raises(ssl.SSLCertVerificationError):
+            context.wrap_socket(RawClient(collector.port).sock, server_hostname="mona-collector")

@@ -9,9 +9,16 @@ Each TCP connection decodes its byte stream into frames (msgpack, or JSON when t
 happens afterwards, in the merger process.
 
 A connection that sends something that is not a Forward message, a frame above the size limit, or
-stops mid-frame for longer than the stall timeout is closed with one log line; the others carry on.
-A connection whose messages wait to be written stops being read (TCP backpressure), which keeps
-memory bounded. Connection resets are normal (Fluentd closes with RST) and are not errors.
+does not complete a frame within the stall timeout of its first byte is closed with one log line; the
+others carry on. A connection whose messages wait to be written stops being read (TCP backpressure),
+which keeps memory bounded. Connection resets are normal (Fluentd closes with RST) and are not errors.
+
+Limits against clients that hold resources without sending anything useful (see :class:`ServerSettings`):
+a cap on open connections (beyond it a new connection is closed at once), an idle timeout (no complete
+frame for that long, including a connection that never sent a byte), and a cap on the bytes held in
+incomplete frames across all connections (beyond it the connection holding the most is closed). When
+``accept()`` runs out of file descriptors, asyncio stops accepting for a second and retries. Each of
+these is logged in one line per kind at most once a minute, with a count of the occurrences left out.
 
 Security, both optional and usable together (the handshake then runs inside TLS):
 
@@ -33,7 +40,9 @@ import codecs
 import json
 import logging
 import os
+import math
 import re
+import resource
 import socket
 import ssl
 import time
@@ -64,8 +73,17 @@ class ServerSettings:
 
     #: Largest frame, and largest incomplete frame a connection may buffer, in bytes.
     max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
-    #: A connection that stops mid-frame for this many seconds is closed.
+    #: A frame must be complete this many seconds after its first byte arrived (measured from the
+    #: start of the frame, not reset by each byte: a client dribbling bytes cannot hold memory for long).
     stall_timeout: float = 30.0
+    #: At most this many connections are open at once; a new one beyond it is closed at once.
+    max_connections: int = 1024
+    #: A connection that completes no frame for this many seconds is closed (one that never sends a
+    #: byte too). Connections waiting for their events to be stored are not idle.
+    idle_timeout: float = 300.0
+    #: Bytes held in incomplete frames across all connections; beyond it the connection holding the
+    #: most (the oldest frame among equals) is closed.
+    max_buffered_bytes: int = 256 * 1024 * 1024
     #: A connection is not read while this many of its events wait to be committed.
     max_pending_events: int = 50000
     #: Accept JSON frames (first byte ``{`` or ``[``) as Fluentd does.
@@ -86,6 +104,7 @@ class ServerSettings:
     tls_ca_file: Optional[Union[str, "os.PathLike[str]"]] = None
 
     def __post_init__(self) -> None:
+        self._check_limits()
         if self.hostname is None:
             self.hostname = f"mona-collector.{socket.gethostname()}"
         if self.shared_key is not None and not self.shared_key:
@@ -96,6 +115,22 @@ class ServerSettings:
             raise ValueError("a client CA file needs TLS (a certificate and a key) too")
         if self.users and self.shared_key is None:
             raise ValueError("user authentication needs a shared key")
+
+    def _check_limits(self) -> None:
+        """Refuse limits that would make the server useless or that are not numbers at all."""
+        for name in ("max_frame_bytes", "max_connections", "max_buffered_bytes", "max_pending_events"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
+        for name in ("stall_timeout", "idle_timeout"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (0 < value < math.inf):
+                raise ValueError(f"{name} must be a number of seconds above 0, not {value!r}")
+        if self.max_buffered_bytes < self.max_frame_bytes:
+            raise ValueError(
+                f"max_buffered_bytes ({self.max_buffered_bytes}) is below max_frame_bytes ({self.max_frame_bytes}): "
+                "a frame of the largest size could never be received"
+            )
 
     @property
     def tls(self) -> bool:
@@ -148,6 +183,34 @@ class RefusalLog:
         if last is not None and last[1]:
             line += f" (and {last[1]} more time(s) since the last such line)"
         log.warning(line, *args)
+
+
+class LimitLog:
+    """One log line per kind of limit reached, then at most one per ``interval`` with a count of the
+    occurrences left out: a limit that is hit thousands of times a second must not flood the log."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._last: Dict[str, float] = {}
+        self._left_out: Dict[str, int] = {}
+
+    def log(self, level: int, kind: str, line: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self.interval:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        left_out = self._left_out.pop(kind, 0)
+        if left_out:
+            line += f" ({left_out} more time(s) since the last such line)"
+        log.log(level, line, *args)
+
+
+#: asyncio's message when accept() fails for lack of file descriptors, buffers or memory.
+_ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
+#: File descriptors the collector needs besides its connections (databases, WAL files, pipes, logs).
+_RESERVED_DESCRIPTORS = 64
 
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -221,12 +284,17 @@ class ForwardConnection(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.peer = "?"
         self.decoder: Optional[Union[FrameDecoder, JsonFrameDecoder]] = None
-        self.last_activity = time.monotonic()
         self.pending_events = 0
         self.paused = False
         self.closed = False
         self.host = "?"
         self.connected_at = time.monotonic()
+        #: When the last complete frame arrived (the connection's start before the first one).
+        self.last_frame_at = self.connected_at
+        #: When the first byte of the incomplete frame arrived (None: no incomplete frame).
+        self.frame_started_at: Optional[float] = None
+        #: Bytes of the incomplete frame, as counted in the server's total.
+        self.buffered_bytes = 0
         # TLS: False until the TLS handshake completed (True at once without TLS).
         self.secured = server.ssl_context is None
         # Shared key: False until a valid PING was answered (True at once without a key).
@@ -245,6 +313,15 @@ class ForwardConnection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.host = str(peer[0])
             self.peer = f"{peer[0]}:{peer[1]}"
+        if len(self.server.connections) >= self.settings.max_connections:
+            self.server.limits.log(
+                logging.WARNING, "connections",
+                "collector: %d connections open, the limit (--max-connections): closing new connections at once "
+                "(this one from %s)", len(self.server.connections), self.peer,
+            )
+            self.closed = True
+            transport.close()
+            return
         self.server.connections.add(self)
         if not self.secured:
             transport.pause_reading()  # start_tls takes the socket over
@@ -294,11 +371,28 @@ class ForwardConnection(asyncio.Protocol):
 
     def _drop(self) -> None:
         self.closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Give back what this connection holds in the server: its place and its buffered bytes."""
         self.server.connections.discard(self)
+        self._set_buffered(0)
+        self.decoder = None
+
+    def _set_buffered(self, count: int) -> None:
+        self.server.buffered_bytes += count - self.buffered_bytes
+        self.buffered_bytes = count
+
+    def close_silently(self) -> None:
+        """Close without a word to the client; what it holds is given back at once."""
+        self.closed = True
+        self._release()
+        if self.transport is not None:
+            self.transport.close()
 
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self.closed = True
-        self.server.connections.discard(self)
+        self._release()
         if not self.secured:
             return  # a failed TLS handshake: _start_tls says why
         if exc is not None and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
@@ -307,7 +401,6 @@ class ForwardConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.last_activity = time.monotonic()
         decoder = self.decoder
         if decoder is None:
             stripped = data.lstrip()
@@ -326,6 +419,7 @@ class ForwardConnection(asyncio.Protocol):
             else:
                 self.fail(str(exc))
             return
+        self._track_frames(bool(frames), decoder.pending_bytes)
         for frame in frames:
             if frame is None:  # keepalive
                 continue
@@ -342,6 +436,21 @@ class ForwardConnection(asyncio.Protocol):
             self._submit(Submission(message.tag, message.entries, message.events, done, self.user))
         if not self.authenticated and decoder.pending_bytes > MAX_HANDSHAKE_BYTES:
             self.refuse("invalid ping message", f"sent more than {MAX_HANDSHAKE_BYTES} bytes without a PING", "size")
+            return
+        if self.server.buffered_bytes > self.settings.max_buffered_bytes:
+            self.server.shed_buffered()
+
+    def _track_frames(self, completed: bool, pending: int) -> None:
+        """After a read: restart the idle clock if a frame was completed, start the stall clock when a
+        new frame began (it is not reset by later bytes of that frame), count the bytes held."""
+        now = time.monotonic()
+        if completed:
+            self.last_frame_at = now
+        if not pending:
+            self.frame_started_at = None
+        elif completed or self.frame_started_at is None:
+            self.frame_started_at = now
+        self._set_buffered(pending)
 
     # --- shared-key handshake ------------------------------------------------------------------
 
@@ -370,13 +479,12 @@ class ForwardConnection(asyncio.Protocol):
         ``kind`` of refusal, which defaults to the reason)."""
         if self.closed:
             return
-        self.closed = True
         self.server.refusals.log(
             self.host, kind or reason, "collector: refused connection from %s: %s; nothing from it is stored", self.peer, detail
         )
         if self.transport is not None:
             self.transport.write(pack_pong(False, reason, "", ""))
-            self.transport.close()
+        self.close_silently()
 
     # --- ingest --------------------------------------------------------------------------------
 
@@ -407,33 +515,38 @@ class ForwardConnection(asyncio.Protocol):
             self.transport.write(pack_ack(chunk))
         if self.paused and self.pending_events <= self.settings.max_pending_events // 2:
             self.paused = False
+            if self.frame_started_at is not None:  # the frame was not read on, through no fault of the client
+                self.frame_started_at = time.monotonic()
             self.transport.resume_reading()
 
     def fail(self, reason: str) -> None:
         """Close this connection because of what it sent, with one log line."""
         if self.closed:
             return
-        self.closed = True
         log.warning("collector: closing connection from %s: %s", self.peer, reason)
-        if self.transport is not None:
-            self.transport.close()
+        self.close_silently()
 
-    def check_stall(self, now: float) -> None:
-        if not self.authenticated and self.secured and now - self.connected_at > self.settings.stall_timeout:
+    def check_timers(self, now: float) -> None:
+        """Close this connection if it is past the handshake, stall or idle timeout."""
+        settings = self.settings
+        if not self.authenticated and self.secured and now - self.connected_at > settings.stall_timeout:
             # Connected and never authenticated: close without a warning (it may just be idle).
-            log.info("collector: closing connection from %s: no PING within %g s", self.peer, self.settings.stall_timeout)
-            self.closed = True
-            if self.transport is not None:
-                self.transport.close()
+            log.info("collector: closing connection from %s: no PING within %g s", self.peer, settings.stall_timeout)
+            self.close_silently()
             return
-        decoder = self.decoder
-        if (
-            decoder is not None
-            and not self.paused
-            and decoder.pending_bytes
-            and now - self.last_activity > self.settings.stall_timeout
-        ):
-            self.fail(f"stalled mid-frame for more than {self.settings.stall_timeout:g} s")
+        if self.paused or not self.secured:  # waiting for the database, or in the TLS handshake (timed by asyncio)
+            return
+        if self.frame_started_at is not None:
+            if now - self.frame_started_at > settings.stall_timeout:
+                self.fail(f"a frame still incomplete {settings.stall_timeout:g} s after its first byte (--stall-timeout)")
+            return
+        if self.pending_events == 0 and now - self.last_frame_at > settings.idle_timeout:
+            self.server.limits.log(
+                logging.INFO, "idle",
+                "collector: closing connection from %s: no complete message for %g s (--idle-timeout)",
+                self.peer, settings.idle_timeout,
+            )
+            self.close_silently()
 
 
 def _tls_reason(exc: BaseException) -> str:
@@ -467,6 +580,9 @@ class ForwardServer:
         self._sweeper: Optional[asyncio.Task[None]] = None
         self.port = 0
         self.refusals = RefusalLog()
+        self.limits = LimitLog()
+        #: Bytes held in incomplete frames, summed over the connections.
+        self.buffered_bytes = 0
         self.ssl_context: Optional[ssl.SSLContext] = None
         if self.settings.tls:
             assert self.settings.tls_cert_file and self.settings.tls_key_file
@@ -483,6 +599,8 @@ class ForwardServer:
     async def start(self, bind: str, port: int) -> int:
         """Listen on ``bind:port`` (0 picks a free port) and return the port."""
         self._loop = asyncio.get_running_loop()
+        self._chain_exception_handler()
+        self._check_descriptor_limit()
         self._server = await self.loop.create_server(lambda: ForwardConnection(self), bind, port)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.udp_heartbeat:
@@ -495,13 +613,62 @@ class ForwardServer:
         self._sweeper = self.loop.create_task(self._sweep())
         return self.port
 
+    def _chain_exception_handler(self) -> None:
+        """Log accept() running out of file descriptors in one rate-limited line: asyncio reports it
+        with a traceback, up to a hundred times per attempt, and pauses accepting for a second."""
+        previous = self.loop.get_exception_handler()
+
+        def handle(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+            if context.get("message") == _ACCEPT_OUT_OF_RESOURCES:
+                self.limits.log(
+                    logging.WARNING, "accept",
+                    "collector: cannot accept connections: %s; %d open; retrying in a second "
+                    "(raise the file descriptor limit, `ulimit -n`, or lower --max-connections)",
+                    context.get("exception"), len(self.connections),
+                )
+            elif previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        self.loop.set_exception_handler(handle)
+
+    def _check_descriptor_limit(self) -> None:
+        """Say at start when the process may run out of file descriptors before --max-connections."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = self.settings.max_connections + _RESERVED_DESCRIPTORS
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            log.warning(
+                "collector: the file descriptor limit (%d) is below --max-connections (%d) + %d: "
+                "accepting pauses when it runs out; raise `ulimit -n` or lower --max-connections",
+                soft, self.settings.max_connections, _RESERVED_DESCRIPTORS,
+            )
+
+    def shed_buffered(self) -> None:
+        """Close the connections holding the most bytes in incomplete frames (the oldest frame among
+        equals) until the total is within --max-buffered-bytes."""
+        limit = self.settings.max_buffered_bytes
+        while self.buffered_bytes > limit:
+            holders = [c for c in self.connections if c.buffered_bytes and not c.closed]
+            if not holders:
+                return
+            victim = max(holders, key=lambda c: (c.buffered_bytes, -(c.frame_started_at or 0.0)))
+            self.limits.log(
+                logging.WARNING, "buffered",
+                "collector: %d bytes held in incomplete frames, above --max-buffered-bytes (%d): "
+                "closing the connection from %s, which holds %d",
+                self.buffered_bytes, limit, victim.peer, victim.buffered_bytes,
+            )
+            victim.close_silently()
+
     async def _sweep(self) -> None:
-        interval = max(0.05, min(1.0, self.settings.stall_timeout / 4))
+        settings = self.settings
+        interval = max(0.05, min(1.0, settings.stall_timeout / 4, settings.idle_timeout / 4))
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for connection in list(self.connections):
-                connection.check_stall(now)
+                connection.check_timers(now)
 
     async def close(self, drain_timeout: float = 30.0) -> None:
         """Stop accepting, store what was received, send its acks, then close every connection."""

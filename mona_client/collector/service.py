@@ -46,6 +46,8 @@ class Collector:
     ``merge_cache_bytes`` bounds the merger's document cache (and the raw rows of one merge
     transaction) in bytes; a merger process that dies is restarted after a delay that doubles up to
     ``merger_max_backoff`` seconds. See docs/collector.md, "Limits".
+    ``max_connections``, ``idle_timeout`` and ``max_buffered_bytes`` limit what clients can hold (see
+    :class:`~mona_client.collector.server.ServerSettings` and docs/collector.md, "Limits").
     """
 
     def __init__(
@@ -56,6 +58,9 @@ class Collector:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         stall_timeout: float = 30.0,
+        max_connections: int = 1024,
+        idle_timeout: float = 300.0,
+        max_buffered_bytes: int = 256 * 1024 * 1024,
         udp_heartbeat: bool = True,
         synchronous: str = "FULL",
         store: Optional[ArcStore] = None,
@@ -84,6 +89,9 @@ class Collector:
         self.settings = ServerSettings(
             max_frame_bytes=max_frame_bytes,
             stall_timeout=stall_timeout,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            max_buffered_bytes=max_buffered_bytes,
             udp_heartbeat=udp_heartbeat,
             shared_key=shared_key,
             users=users,

@@ -28,7 +28,11 @@ def parse_since(text: str, now: Optional[float] = None) -> float:
 
 
 def format_time(seconds: Optional[float]) -> str:
-    """An epoch time as ISO 8601 UTC to the second, or "-"."""
+    """An epoch time as ISO 8601 UTC to the second, "-" for none, or the number itself when no
+    calendar date has it (NaN, or beyond year 9999): a display never fails on a stored value."""
     if seconds is None:
         return "-"
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return repr(seconds)
