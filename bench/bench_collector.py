@@ -77,7 +77,7 @@ def decode_rate(frames: List[Tuple[bytes, str]], records: int) -> float:
 
 
 def run_collector(db_path: str, synchronous: str, port_pipe: "multiprocessing.connection.Connection") -> None:
-    from mona_client.collector import Collector
+    from mona_collector import Collector
 
     collector = Collector(port=0, db_path=db_path, synchronous=synchronous)
     port_pipe.send(collector.start())

@@ -154,7 +154,7 @@ class CollectorProcess:
             [
                 sys.executable,
                 "-c",
-                "import sys; from mona_client.collector.cli import main; sys.exit(main(sys.argv[1:]))",
+                "import sys; from mona_collector.cli import main; sys.exit(main(sys.argv[1:]))",
                 "collect",
                 "--port",
                 str(self.port),

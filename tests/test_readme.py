@@ -21,7 +21,7 @@ def test_readme_starts_with_the_two_set_up_commands():
     assert first_block, "the README must open with the set-up commands"
     commands = [line for line in first_block.group(1).splitlines() if line.strip()]
     assert len(commands) == 2
-    assert "mona_client.demo" in commands[0] and "pytest" in commands[1]
+    assert "mona_collector.demo" in commands[0] and "pytest" in commands[1]
     ci = (README.parent / ".ci" / "run").read_text()
     assert "python3 -m pytest" in ci and "python3 -m pip install -q -e \".[test]\"" in ci
 

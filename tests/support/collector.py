@@ -1,0 +1,162 @@
+"""Helpers for the collector tests: crafted Forward bytes and a raw socket client.
+
+The bytes are written out by hand where the encoding is the point (fixext8 vs ext8 times, str32
+entries), so the tests do not depend on how msgpack-python chooses to encode.
+"""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import struct
+import time
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import msgpack
+import pytest
+
+from mona_client.forward import FrameDecoder
+from mona_client.record import TAG
+from mona_collector import Collector, SQLiteStore
+from mona_collector.store import raw_log_path
+
+BASE = 1_700_000_000
+
+
+def record(context: str, message: dict, ts: int = BASE, user: str = "u1", record_id: Optional[str] = None) -> dict:
+    out = {"user_id": user, "context": context, "message": message, "export_timestamp": ts}
+    if record_id is not None:
+        out["record_id"] = record_id
+    return out
+
+
+def time_fixext8(seconds: int, nanoseconds: int) -> bytes:
+    return b"\xd7\x00" + struct.pack(">II", seconds, nanoseconds)
+
+
+def time_ext8(seconds: int, nanoseconds: int) -> bytes:
+    return b"\xc7\x08\x00" + struct.pack(">II", seconds, nanoseconds)
+
+
+def entry(time_bytes: bytes, rec: Any) -> bytes:
+    """One packed ``[time, record]`` with the time's bytes as given."""
+    return b"\x92" + time_bytes + msgpack.packb(rec, use_bin_type=True)
+
+
+def str32(data: bytes) -> bytes:
+    return b"\xdb" + struct.pack(">I", len(data)) + data
+
+
+def bin32(data: bytes) -> bytes:
+    return b"\xc6" + struct.pack(">I", len(data)) + data
+
+
+def packed_message(tag: str, entries_field: bytes, option: Optional[dict]) -> bytes:
+    """``[tag, <entries field bytes as given>, option?]``."""
+    items = [msgpack.packb(tag), entries_field]
+    if option is not None:
+        items.append(msgpack.packb(option, use_bin_type=True))
+    return bytes([0x90 + len(items)]) + b"".join(items)
+
+
+class RawClient:
+    """A plain TCP client: sends bytes, reads msgpack answers, notices when it is closed."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = FrameDecoder()
+        self.answers: List[Any] = []
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self) -> Any:
+        """The next answer (an ack); fails the test if the connection closes first."""
+        while not self.answers:
+            data = self.sock.recv(65536)
+            assert data, "the collector closed the connection instead of answering"
+            self.answers.extend(self.decoder.feed(data))
+        return self.answers.pop(0)
+
+    def wait_closed(self) -> None:
+        """Block until the collector closes this connection (EOF or reset)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "collector.db"
+
+
+@pytest.fixture
+def collector(db_path: Path) -> Iterator[Collector]:
+    with Collector(port=0, db_path=db_path, stall_timeout=1.0, synchronous="NORMAL") as running:
+        yield running
+
+
+def wait_merged(db_path: Path, timeout: float = 20.0) -> None:
+    """Wait until the merger has merged every raw row (acks come once a row is stored raw; the ARCs
+    follow a moment later)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        store = SQLiteStore(db_path, readonly=True)
+        try:
+            if store.stats()["unmerged_rows"] == 0:
+                return
+        finally:
+            store.close()
+        assert time.monotonic() < deadline, "the merger did not catch up"
+        time.sleep(0.01)
+
+
+def stored_arcs(db_path: Path, context_id: str) -> List[dict]:
+    wait_merged(db_path)
+    store = SQLiteStore(db_path, readonly=True)
+    try:
+        return store.find_arcs(context_id)
+    finally:
+        store.close()
+
+
+def stats(db_path: Path) -> dict:
+    wait_merged(db_path)
+    store = SQLiteStore(db_path, readonly=True)
+    try:
+        return store.stats()
+    finally:
+        store.close()
+
+
+def raw_event_count(db_path: Path) -> int:
+    """Events in the raw log, read with a connection of its own (what another process would see)."""
+    with sqlite3.connect(raw_log_path(db_path)) as db:
+        return db.execute("SELECT coalesce(sum(events), 0) FROM raw_chunks").fetchone()[0]
+
+
+__all__ = [
+    "BASE",
+    "TAG",
+    "RawClient",
+    "bin32",
+    "collector",
+    "db_path",
+    "entry",
+    "packed_message",
+    "raw_event_count",
+    "record",
+    "stats",
+    "stored_arcs",
+    "wait_merged",
+    "str32",
+    "time_ext8",
+    "time_fixext8",
+]
