@@ -11,10 +11,12 @@ and :mod:`mona_client.forward` instead:
   chunks of up to ``chunk_records`` entries and never more than ``chunk_bytes`` (one record larger than
   that travels alone), each with a unique ``chunk`` id, and keeps up to ``max_inflight`` chunks on the
   wire before it waits for their acks.
-* A chunk on which the peer closes the connection is sent again alone; one it refuses
-  ``MAX_REFUSALS`` times is set aside in the spool's ``dead-letter`` folder (counted in
+* A chunk on which the peer closes the connection is sent again alone. One it refuses
+  ``MAX_REFUSALS`` times waits aside while the others go on; as soon as the peer acks another chunk,
+  it is set aside for good in the spool's ``dead-letter`` folder (counted in
   ``stats()["dead_lettered"]``, logged), so that one chunk the peer cannot take (a frame above its size
-  cap) does not stop everything behind it.
+  cap) does not stop everything behind it. A peer that closes the connection on every chunk (a
+  client certificate it wants, a broken peer) acks nothing: then nothing is set aside.
 * A chunk leaves memory only when the peer acked it, or when it is safe in the disk spool.
   On a refused connection, a reset or an ack that does not come, the connection is dropped and what
   is not acked goes to the spool (without a spool: stays in memory to be sent again). Spooled chunks
@@ -175,6 +177,9 @@ class Sender:
         self._decoder: Optional[forward.FrameDecoder] = None
         self._inflight: Deque[_Chunk] = deque()
         self._retry: Deque[_Chunk] = deque()
+        # A chunk refused MAX_REFUSALS times, waiting for the peer to ack another one (which shows
+        # that the fault is this chunk's, not the peer's) before it goes to the dead-letter folder.
+        self._suspect: Optional[_Chunk] = None
         self._backoff = 0.0
         self._next_attempt = 0.0
 
@@ -299,17 +304,22 @@ class Sender:
 
     def pending(self) -> int:
         """Records not yet acked: queued, in flight, waiting to be resent, or in the spool."""
+        return self._in_memory() + (self.spool.pending_records() if self.spool is not None else 0)
+
+    def _in_memory(self) -> int:
+        """Records in memory: queued, in flight, waiting to be resent or waiting aside."""
         in_memory = (
             len(self._queue) + sum(c.count for c in self._inflight) + sum(c.count for c in self._retry)
         )
-        return in_memory + (self.spool.pending_records() if self.spool is not None else 0)
+        suspect = self._suspect
+        return in_memory + (suspect.count if suspect is not None else 0)
 
     def stats(self) -> SenderStats:
         spool = self.spool
         return {
             "queued": len(self._queue),
             "queued_bytes": self._queued_bytes,
-            "inflight": sum(c.count for c in self._inflight) + sum(c.count for c in self._retry),
+            "inflight": self._in_memory() - len(self._queue),
             "sent": self.sent_records,
             "acked": self.acked_records,
             "spooled": spool.spooled_records if spool else 0,
@@ -365,7 +375,7 @@ class Sender:
                     refused = self._note_refusal(exc)
                     self._fail(f"{type(exc).__name__}: {exc}")
                     if refused is not None:
-                        self._dead_letter(refused)
+                        self._hold_suspect(refused)
                     return
                 if not self._has_work():
                     self._backoff = 0.0
@@ -487,10 +497,25 @@ class Sender:
         if time.monotonic() > self._io_deadline:
             raise _Interrupted()
 
+    def _hold_suspect(self, chunk: _Chunk) -> None:
+        """Keep a chunk refused MAX_REFUSALS times aside until the peer shows it takes other chunks."""
+        if self._suspect is None:
+            self._suspect = chunk
+            return
+        # A second chunk refused as often while the first waits: the peer refuses everything, the
+        # chunks are not to blame. Both go back in line, oldest first, with their counts cleared.
+        first, self._suspect = self._suspect, None
+        first.refusals = chunk.refusals = 0
+        self._retry.extendleft((chunk, first))
+
     def _acked(self, chunk: _Chunk) -> None:
         self.acked_records += chunk.count
         if chunk.spooled is not None and self.spool is not None:
             self.spool.done(chunk.spooled)
+        suspect = self._suspect
+        if suspect is not None:  # the peer takes other chunks: the one it refuses is at fault
+            self._suspect = None
+            self._dead_letter(suspect)
 
     def _send(self, data: bytes) -> None:
         """sendall in slices, spilling a growing queue between them; raises after send_timeout."""
@@ -561,6 +586,9 @@ class Sender:
         with self._drain_lock:
             if everything:
                 self._disconnect()
+            if everything and self._suspect is not None:
+                self._retry.appendleft(self._suspect)  # leaves memory now; the next process tries again
+                self._suspect = None
             kept: List[_Chunk] = []
             while self._retry and (everything or self._sock is None):
                 chunk = self._retry.popleft()

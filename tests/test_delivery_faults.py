@@ -124,6 +124,46 @@ def test_a_spooled_file_the_peer_keeps_refusing_is_set_aside_by_the_next_process
     assert len(lines) == 1 and str(MAX_REFUSALS) in lines[0].getMessage()
 
 
+def test_a_peer_that_closes_on_every_chunk_gets_nothing_set_aside(tmp_path):
+    # As a collector wanting a client certificate does: every chunk is refused, none is at fault.
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    closes = [0]
+    stopping = threading.Event()
+
+    def refuse_everything() -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(5)
+            try:
+                conn.recv(65536)
+            except OSError:
+                pass
+            conn.close()
+            closes[0] += 1
+
+    server = threading.Thread(target=refuse_everything, daemon=True)
+    server.start()
+    spool = Spool(str(tmp_path), 1 << 30)
+    sender = Sender(port=listener.getsockname()[1], spool=spool, max_backoff=0.05, chunk_bytes=2000)
+    try:
+        for i in range(30):  # several chunks
+            sender.put(entry(i, pad=500))
+        assert wait_until(lambda: closes[0] >= 5 * MAX_REFUSALS, timeout=60)
+        assert sender.stats()["dead_lettered"] == 0
+        assert sender.flush(0.2) is False
+    finally:
+        sender.close(0.2)
+        stopping.set()
+        server.join(5)
+        listener.close()
+    assert not os.path.exists(tmp_path / DEAD_LETTER_DIR)
+    assert spool.pending_records() == 30  # all kept for a later try
+
+
 def test_the_chunk_cap_is_a_setting(monkeypatch):
     from mona_client.config import settings_from_env
 
