@@ -22,11 +22,13 @@ records are the ones kept.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
+import threading
 import time
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, TypeVar, cast
 
 from .logs import RateLimitedLog, logger
 
@@ -37,6 +39,21 @@ DEAD_LETTER_DIR = "dead-letter"
 _SUFFIX = ".chunk"
 _RESCAN_SECONDS = 1.0
 _CLAIMED = ".claimed"
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run a method under the spool's lock: the sender thread and a caller whose queue is full may
+    both write, and a rescan must not overwrite the counts of a write it did not see."""
+
+    @functools.wraps(method)
+    def locked(self: "Spool", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(_F, locked)
 
 
 class SpooledChunk:
@@ -57,6 +74,8 @@ class Spool:
         self.directory = directory
         self.max_bytes = max_bytes
         self._sequence = itertools.count()
+        # Re-entrant: a SIGTERM handler that spools may interrupt this thread inside a spool call.
+        self._lock = threading.RLock()
         self._log = RateLimitedLog()
         self.spooled_records = 0
         self.replayed_records = 0
@@ -126,6 +145,7 @@ class Spool:
         self._scanned_at = time.monotonic()
         return names
 
+    @_locked
     def rescan(self) -> None:
         """Look at the folder now: files another process wrote a moment ago count at once."""
         self._scan()
@@ -134,11 +154,13 @@ class Spool:
         if time.monotonic() - self._scanned_at > _RESCAN_SECONDS:
             self._scan()
 
+    @_locked
     def size_bytes(self) -> int:
         """Bytes of all spool files (as of the last scan, plus this process's changes since)."""
         self._refresh()
         return self._bytes
 
+    @_locked
     def pending_records(self) -> int:
         """Records in files not yet claimed by anyone (another process's claims are its own)."""
         self._refresh()
@@ -146,6 +168,7 @@ class Spool:
 
     # --- writing ---------------------------------------------------------------------------------
 
+    @_locked
     def write(self, entries: bytes, count: int) -> bool:
         """Store one chunk's entries; False (and counted as dropped) when it cannot be stored."""
         if not self._prepare():
@@ -179,6 +202,7 @@ class Spool:
 
     # --- replaying -------------------------------------------------------------------------------
 
+    @_locked
     def claim_next(self) -> Optional[SpooledChunk]:
         """Claim the oldest unclaimed file, or None when nothing waits."""
         if self.pending_records() <= 0:
@@ -203,6 +227,7 @@ class Spool:
             return SpooledChunk(claimed, entries, count)
         return None
 
+    @_locked
     def done(self, chunk: SpooledChunk) -> None:
         """The chunk was acked: its file goes."""
         self.replayed_records += chunk.count
@@ -212,6 +237,7 @@ class Spool:
         except FileNotFoundError:
             pass
 
+    @_locked
     def dead_letter(self, entries: bytes, count: int, claimed: Optional[SpooledChunk]) -> Optional[str]:
         """Keep a chunk the peer refuses in the dead-letter folder; its path, or None when that failed.
 
@@ -232,6 +258,7 @@ class Spool:
             self._log.log(logging.ERROR, "dead-letter", "mona-client cannot write to %s: %s", folder, exc)
             return None
 
+    @_locked
     def release(self, chunk: SpooledChunk) -> None:
         """Give a claimed file back (for this or another process to send later)."""
         original = _unclaimed_path(chunk.path)
