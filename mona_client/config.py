@@ -183,6 +183,8 @@ class Settings:
     tls_key_file: Optional[str] = None
     tls_verify: bool = True
     handle_sigterm: bool = True
+    max_chunk_bytes: int = 2**20
+    max_queue_bytes: int = 64 * 2**20
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -211,6 +213,8 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         tls_key_file=_path(get("MONA_TLS_KEY_FILE")),
         tls_verify=parse_bool("MONA_TLS_VERIFY", get("MONA_TLS_VERIFY"), d.tls_verify),
         handle_sigterm=parse_bool("MONA_HANDLE_SIGTERM", get("MONA_HANDLE_SIGTERM"), d.handle_sigterm),
+        max_chunk_bytes=parse_size("MONA_MAX_CHUNK_BYTES", get("MONA_MAX_CHUNK_BYTES"), d.max_chunk_bytes),
+        max_queue_bytes=parse_size("MONA_MAX_QUEUE_BYTES", get("MONA_MAX_QUEUE_BYTES"), d.max_queue_bytes),
     )
 
 

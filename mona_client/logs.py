@@ -8,9 +8,11 @@ repeat a million times a second; :class:`RateLimitedLog` says it once per interv
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
+import weakref
 from typing import Dict, Tuple
 
 LOGGER_NAME = "mona-logger"
@@ -43,20 +45,32 @@ def configure_logging(level: str = "INFO", print_logs: bool = True) -> None:
 
 
 class RateLimitedLog:
-    """Logs a given (level, key) at most once per ``interval`` seconds, counting what it held back."""
+    """Logs a given (level, key) at most once per ``interval`` seconds, counting what it held back.
+
+    It never waits for its lock: a line that finds the lock taken is dropped. That lock is taken
+    by ``export()`` and may be held when a signal handler calls ``export()`` on the same thread (it
+    would wait for ever) or when another thread forks (the child would find it taken for ever). A
+    forked child also gets fresh locks (see ``_new_locks_after_fork``).
+    """
 
     def __init__(self, interval: float = 10.0) -> None:
         self.interval = interval
         self._lock = threading.Lock()
         self._last: Dict[Tuple[int, str], Tuple[float, int]] = {}
+        _instances.add(self)
 
     def reset(self) -> None:
-        with self._lock:
-            self._last.clear()
+        if self._lock.acquire(blocking=False):
+            try:
+                self._last.clear()
+            finally:
+                self._lock.release()
 
     def log(self, level: int, key: str, message: str, *args: object) -> None:
         now = time.monotonic()
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            return  # a line lost rather than a wait: see the class docstring
+        try:
             if len(self._last) > 1000:  # many distinct keys: forget them rather than grow
                 self._last.clear()
             last, held = self._last.get((level, key), (float("-inf"), 0))
@@ -64,10 +78,24 @@ class RateLimitedLog:
                 self._last[(level, key)] = (last, held + 1)
                 return
             self._last[(level, key)] = (now, 0)
+        finally:
+            self._lock.release()
         if held:
             message += " (%d similar lines held back)"
             args = args + (held,)
         logger.log(level, message, *args)
 
+
+_instances: "weakref.WeakSet[RateLimitedLog]" = weakref.WeakSet()
+
+
+def _new_locks_after_fork() -> None:
+    """In a forked child: a lock that another thread of the parent held at the fork stays taken."""
+    for instance in list(_instances):
+        instance._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 rate_limited = RateLimitedLog()

@@ -2,7 +2,10 @@
 
 It ties the parts together: settings from the environment, the hot-reloaded config file (the
 ``disable_all`` kill switch), the context stack, the encoder and the sender. It starts lazily on first
-use, flushes at interpreter exit within a bound, and gives a forked child its own sender.
+use, flushes at interpreter exit within a bound, and gives a forked child its own sender and locks.
+Children of :mod:`multiprocessing` started by fork or forkserver end with ``os._exit`` (no atexit): they
+flush within the same bound from a ``multiprocessing.util.Finalize`` hook, which those children run
+just before they end.
 
 Error policy: a monitoring library must not break the program it monitors. Every public operation
 catches its own failures, logs a clear line on ``mona-logger`` and returns a falsy value, unless
@@ -18,9 +21,10 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
-from typing import Any, Dict, Iterable, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Set
 
 from . import context as ctx
 from .config import ConfigWatcher, Settings, settings_from_env
@@ -55,6 +59,9 @@ class Runtime:
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
         self._exited = False  # after the exit flush nothing starts again
+        self._multiprocessing_hooked = False
+        self._child_exit_flush_pid: Optional[int] = None  # the process whose exit flush is hooked
+        self._spool_problems_logged: Set[str] = set()
         self._new_record_source()
 
     # --- life cycle -----------------------------------------------------------------------------
@@ -90,6 +97,7 @@ class Runtime:
                 atexit.register(self._at_exit)
                 os.register_at_fork(after_in_child=self._after_fork_in_child)
                 self._atexit_registered = True
+            self._hook_multiprocessing()
 
     def ensure_started(self) -> bool:
         if not self.started and not self._exited:
@@ -102,11 +110,23 @@ class Runtime:
                 return False
         return self.active
 
-    @staticmethod
-    def _new_sender(settings: Settings) -> Sender:
+    def _new_sender(self, settings: Settings) -> Sender:
         # One spool folder per destination: records spooled for one forwarder are never replayed
         # to another by a process of a different service.
         spool_dir = os.path.join(settings.spool_dir, f"{settings.host}-{settings.port}")
+        spool: Optional[Spool] = Spool(spool_dir, settings.spool_max_bytes)
+        problem = spool.unusable_reason() if spool is not None else None
+        if problem is not None:
+            if spool_dir not in self._spool_problems_logged:  # once per process and folder, not per call
+                self._spool_problems_logged.add(spool_dir)
+                logger.error(
+                    "mona-client cannot use the spool directory %s (%s); running without a spool: records "
+                    "the forwarder has not taken wait in memory only (set MONA_SPOOL_DIR to a writable "
+                    "directory)",
+                    spool_dir,
+                    problem,
+                )
+            spool = None
         ssl_context = None
         if settings.tls:
             ssl_context = client_ssl_context(
@@ -116,7 +136,9 @@ class Runtime:
             settings.host,
             settings.port,
             blocking=settings.blocking,
-            spool=Spool(spool_dir, settings.spool_max_bytes),
+            spool=spool,
+            chunk_bytes=settings.max_chunk_bytes,
+            max_queue_bytes=settings.max_queue_bytes,
             ssl_context=ssl_context,
             shared_key=settings.shared_key,
         )
@@ -156,17 +178,24 @@ class Runtime:
     def _update_active(self) -> None:
         self.active = self.started and not (self.env_disabled or self.file_disabled)
 
+    def _default_timeout(self, timeout: Optional[float]) -> float:
+        """``timeout``, or MONA_FLUSH_TIMEOUT when None: what is not acked by then is safe in the spool."""
+        if timeout is not None:
+            return timeout
+        return self.settings.flush_timeout if self.settings is not None else Settings.flush_timeout
+
     def flush(self, timeout: Optional[float] = None) -> bool:
+        """Wait until everything was delivered, at most ``timeout`` (default MONA_FLUSH_TIMEOUT) seconds."""
         self.ensure_started()
         sender = self.sender
-        return sender.flush(timeout) if sender is not None else True
+        return sender.flush(self._default_timeout(timeout)) if sender is not None else True
 
     def close(self, timeout: Optional[float] = None) -> bool:
-        """Flush within ``timeout`` and stop; a later API call starts the client again."""
+        """Flush within ``timeout`` (default MONA_FLUSH_TIMEOUT) and stop; a later API call starts again."""
         with self._lock:
             if not self.started:
                 return True
-            delivered = self._stop_parts(timeout)
+            delivered = self._stop_parts(self._default_timeout(timeout))
             self.started = False
             self._update_active()
             return delivered
@@ -194,11 +223,49 @@ class Runtime:
             timeout = self.settings.flush_timeout if self.settings else 5.0
             self.close(timeout)
 
+    def _hook_multiprocessing(self) -> None:
+        """Make children of :mod:`multiprocessing` flush before they end (they skip atexit).
+
+        A forked child (start method fork) runs the after-fork hooks of ``multiprocessing.util`` after
+        clearing its finalizers: the hook registered here adds the exit flush there. A child that
+        started the client itself (forkserver, or fork with a client started late) adds it at start.
+        Nothing is done in a program that does not use multiprocessing.
+        """
+        if "multiprocessing" not in sys.modules:
+            return
+        import multiprocessing.process as process
+        import multiprocessing.util as util
+
+        if not self._multiprocessing_hooked:
+            self._multiprocessing_hooked = True  # inherited by forked children, as the hook is
+            util.register_after_fork(self, Runtime._on_multiprocessing_fork)
+        if process.parent_process() is not None:
+            self._register_child_exit_flush()
+
+    def _on_multiprocessing_fork(self) -> None:
+        if self.started:
+            self._register_child_exit_flush()
+
+    def _register_child_exit_flush(self) -> None:
+        util = sys.modules.get("multiprocessing.util")
+        if util is not None and self._child_exit_flush_pid != os.getpid():
+            self._child_exit_flush_pid = os.getpid()
+            util.Finalize(None, self._at_child_exit, exitpriority=0)
+
+    def _at_child_exit(self) -> None:
+        """The exit flush of a multiprocessing child: bounded by MONA_FLUSH_TIMEOUT, then spooled."""
+        try:
+            self._at_exit()
+        except Exception:  # noqa: BLE001 - the child is ending; its exit code must not change
+            logger.exception("mona-client could not flush at the end of this process")
+
     def _after_fork_in_child(self) -> None:
         # The parent keeps delivering what it queued; the child starts empty, with new locks, its
-        # own record ids and its own sender thread (threads do not survive fork).
+        # own record ids and its own sender thread (threads do not survive fork). Every lock of the
+        # parent may have been held by one of its other threads at the fork: none is reused.
         self._lock = threading.RLock()
         self._new_record_source()
+        self._hook_multiprocessing()  # multiprocessing may have been imported after start()
         if self.started and self.settings is not None:
             self.sender = self._new_sender(self.settings)
             self.sender.replay_spool()

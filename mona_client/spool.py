@@ -11,26 +11,49 @@ wins or fails, so no two processes send the same file. A claim whose process is 
 reused by a new process, as after a container restart) is taken back by the next process that looks.
 A file is deleted only after its chunk was acked.
 
-Bound: ``max_bytes`` for the whole directory. A chunk that does not fit is not written: it is
+A chunk the peer keeps refusing (see :mod:`mona_client.transport`) is moved into the ``dead-letter``
+folder inside the spool directory, in the same file format: it is never sent again by itself, and
+moving a file back into the spool directory sends it again.
+
+Bound: ``max_bytes`` for the whole directory (the ``dead-letter`` folder aside). A chunk that does not fit is not written: it is
 dropped and counted, because a full disk must not stop the program being monitored. The oldest
 records are the ones kept.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
+import threading
 import time
-from typing import List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple, TypeVar, cast
 
 from .logs import RateLimitedLog, logger
 
-__all__ = ["Spool", "SpooledChunk"]
+__all__ = ["Spool", "SpooledChunk", "DEAD_LETTER_DIR"]
+
+DEAD_LETTER_DIR = "dead-letter"
 
 _SUFFIX = ".chunk"
 _RESCAN_SECONDS = 1.0
 _CLAIMED = ".claimed"
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _locked(method: _F) -> _F:
+    """Run a method under the spool's lock: the sender thread and a caller whose queue is full may
+    both write, and a rescan must not overwrite the counts of a write it did not see."""
+
+    @functools.wraps(method)
+    def locked(self: "Spool", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return cast(_F, locked)
 
 
 class SpooledChunk:
@@ -51,6 +74,8 @@ class Spool:
         self.directory = directory
         self.max_bytes = max_bytes
         self._sequence = itertools.count()
+        # Re-entrant: a SIGTERM handler that spools may interrupt this thread inside a spool call.
+        self._lock = threading.RLock()
         self._log = RateLimitedLog()
         self.spooled_records = 0
         self.replayed_records = 0
@@ -72,10 +97,22 @@ class Spool:
         self._ready = True
         return True
 
+    def unusable_reason(self) -> Optional[str]:
+        """None when files can be created in the directory, otherwise why not (checked by writing one)."""
+        probe = os.path.join(self.directory, f".probe-{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            with open(probe, "wb"):
+                pass
+            os.unlink(probe)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+
     def _names(self) -> List[str]:
         try:
             return sorted(os.listdir(self.directory))
-        except FileNotFoundError:
+        except OSError:  # not there yet, or not a directory at all
             return []
 
     def _scan(self) -> List[str]:
@@ -89,6 +126,8 @@ class Spool:
         total = 0
         names = self._names()
         for name in names:
+            if name == DEAD_LETTER_DIR:
+                continue
             path = os.path.join(self.directory, name)
             if name.endswith(_CLAIMED) and self._reclaim_if_orphaned(path, name):
                 name = _unclaimed_path(name)
@@ -106,15 +145,22 @@ class Spool:
         self._scanned_at = time.monotonic()
         return names
 
+    @_locked
+    def rescan(self) -> None:
+        """Look at the folder now: files another process wrote a moment ago count at once."""
+        self._scan()
+
     def _refresh(self) -> None:
         if time.monotonic() - self._scanned_at > _RESCAN_SECONDS:
             self._scan()
 
+    @_locked
     def size_bytes(self) -> int:
         """Bytes of all spool files (as of the last scan, plus this process's changes since)."""
         self._refresh()
         return self._bytes
 
+    @_locked
     def pending_records(self) -> int:
         """Records in files not yet claimed by anyone (another process's claims are its own)."""
         self._refresh()
@@ -122,6 +168,7 @@ class Spool:
 
     # --- writing ---------------------------------------------------------------------------------
 
+    @_locked
     def write(self, entries: bytes, count: int) -> bool:
         """Store one chunk's entries; False (and counted as dropped) when it cannot be stored."""
         if not self._prepare():
@@ -138,30 +185,24 @@ class Spool:
                 count,
             )
             return False
-        name = f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence):08d}-{count}{_SUFFIX}"
-        final = os.path.join(self.directory, name)
-        temporary = final + ".tmp"
+        final = os.path.join(self.directory, self._new_name(count))
         try:
-            with open(temporary, "wb") as f:
-                f.write(entries)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temporary, final)
+            _write_atomically(final, entries)
         except OSError as exc:
             self.dropped_records += count
             self._log.log(logging.ERROR, "spool-write", "mona-client cannot write to spool %s: %s", self.directory, exc)
-            try:
-                os.unlink(temporary)
-            except OSError:
-                pass
             return False
         self.spooled_records += count
         self._pending += count
         self._bytes += len(entries)
         return True
 
+    def _new_name(self, count: int) -> str:
+        return f"{time.time_ns():020d}-{os.getpid()}-{next(self._sequence):08d}-{count}{_SUFFIX}"
+
     # --- replaying -------------------------------------------------------------------------------
 
+    @_locked
     def claim_next(self) -> Optional[SpooledChunk]:
         """Claim the oldest unclaimed file, or None when nothing waits."""
         if self.pending_records() <= 0:
@@ -186,6 +227,7 @@ class Spool:
             return SpooledChunk(claimed, entries, count)
         return None
 
+    @_locked
     def done(self, chunk: SpooledChunk) -> None:
         """The chunk was acked: its file goes."""
         self.replayed_records += chunk.count
@@ -195,6 +237,28 @@ class Spool:
         except FileNotFoundError:
             pass
 
+    @_locked
+    def dead_letter(self, entries: bytes, count: int, claimed: Optional[SpooledChunk]) -> Optional[str]:
+        """Keep a chunk the peer refuses in the dead-letter folder; its path, or None when that failed.
+
+        A claimed spool file is moved there; entries only in memory are written there.
+        """
+        folder = os.path.join(self.directory, DEAD_LETTER_DIR)
+        try:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+            if claimed is not None:
+                target = os.path.join(folder, os.path.basename(_unclaimed_path(claimed.path)))
+                os.rename(claimed.path, target)
+                self._bytes -= len(claimed.entries)
+                return target
+            target = os.path.join(folder, self._new_name(count))
+            _write_atomically(target, entries)
+            return target
+        except OSError as exc:
+            self._log.log(logging.ERROR, "dead-letter", "mona-client cannot write to %s: %s", folder, exc)
+            return None
+
+    @_locked
     def release(self, chunk: SpooledChunk) -> None:
         """Give a claimed file back (for this or another process to send later)."""
         original = _unclaimed_path(chunk.path)
@@ -224,6 +288,23 @@ class Spool:
                 os.unlink(path)
         except OSError:
             pass
+
+
+def _write_atomically(final: str, data: bytes) -> None:
+    """Write, fsync, then rename into place: readers never see half a file."""
+    temporary = final + ".tmp"
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, final)
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
 
 
 def _count_of(name: str) -> int:

@@ -8,8 +8,15 @@ and :mod:`mona_client.forward` instead:
 * ``put()`` is the only thing the caller pays for: a bounded ``deque.append`` of bytes already encoded.
   No lock, no syscall, no wake-up per record.
 * A background thread (a greenlet under gevent's monkey patching) drains the queue into PackedForward
-  chunks of up to ``chunk_records`` entries, each with a unique ``chunk`` id, and keeps up to
-  ``max_inflight`` chunks on the wire before it waits for their acks.
+  chunks of up to ``chunk_records`` entries and never more than ``chunk_bytes`` (one record larger than
+  that travels alone), each with a unique ``chunk`` id, and keeps up to ``max_inflight`` chunks on the
+  wire before it waits for their acks.
+* A chunk on which the peer closes the connection is sent again alone. One it refuses
+  ``MAX_REFUSALS`` times waits aside while the others go on; as soon as the peer acks another chunk,
+  it is set aside for good in the spool's ``dead-letter`` folder (counted in
+  ``stats()["dead_lettered"]``, logged), so that one chunk the peer cannot take (a frame above its size
+  cap) does not stop everything behind it. A peer that closes the connection on every chunk (a
+  client certificate it wants, a broken peer) acks nothing: then nothing is set aside.
 * A chunk leaves memory only when the peer acked it, or when it is safe in the disk spool.
   On a refused connection, a reset or an ack that does not come, the connection is dropped and what
   is not acked goes to the spool (without a spool: stays in memory to be sent again). Spooled chunks
@@ -17,8 +24,9 @@ and :mod:`mona_client.forward` instead:
   ``record_id``, so a resend never duplicates anything.
 * Socket I/O happens in short slices: between two slices the thread moves a growing queue to the
   spool, so a peer that accepts but never reads cannot make the queue overflow.
-* When the queue is full anyway (no spool, or a spool that cannot keep up) the record is dropped and
-  counted (``stats()["dropped"]``) with a rate-limited log line: the caller is never blocked.
+* The queue is bounded in records (``max_queue``) and in bytes (``max_queue_bytes``): past half of
+  either, the thread moves the excess to the spool. When the queue is full anyway (no spool, or a
+  spool that cannot keep up) the record is dropped and counted (``stats()["dropped"]``) with a rate-limited log line: the caller is never blocked.
 
 ``blocking=True`` runs the same drain on the caller's thread right after each ``put`` (for scripts and
 debugging, where you'd rather wait than keep anything in memory).
@@ -45,9 +53,17 @@ __all__ = ["Sender", "SenderStats", "HandshakeError", "client_ssl_context"]
 
 SenderStats = Dict[str, int]
 
-# Records spilled at once go into files of up to this size; replayed, a file is one chunk (below the
-# collector's 8 MiB frame cap and fluent-bit's 6 MB).
-_SPOOL_FILE_BYTES = 4 * 1024 * 1024
+#: Times the peer may close the connection on one chunk before the chunk is set aside (dead-lettered).
+#: The first close may have been caused by another chunk on the same connection, so after it the chunk
+#: travels alone: the later closes are its own.
+MAX_REFUSALS = 3
+
+# Failures that mean "the peer closed the connection on what we sent", as a frame above its size cap
+# does; timeouts, refused connections and handshake failures are something else.
+_REFUSALS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+# How long closing a TLS connection may wait to send its close_notify (a TLS shutdown).
+_TLS_SHUTDOWN_TIMEOUT = 0.2
 
 # How long one blocking socket call may last before the thread looks at its queue again.
 _IO_SLICE = 0.01
@@ -57,8 +73,12 @@ class HandshakeError(ConnectionError):
     """The shared-key handshake failed: wrong key, or a server that is not who it claims."""
 
 
+class _Interrupted(Exception):
+    """Socket I/O given up because the sender is closing or a flush's deadline passed."""
+
+
 class _Chunk:
-    __slots__ = ("chunk_id", "data", "entries", "count", "attempts", "spooled")
+    __slots__ = ("chunk_id", "data", "entries", "count", "attempts", "spooled", "refusals")
 
     def __init__(self, entries: bytes, count: int, spooled: Optional[SpooledChunk] = None) -> None:
         self.entries = entries
@@ -67,6 +87,7 @@ class _Chunk:
         self.chunk_id = ""
         self.data = b""
         self.attempts = 0
+        self.refusals = 0  # times the peer closed the connection while this chunk was the oldest unacked
 
 
 class Sender:
@@ -79,6 +100,7 @@ class Sender:
         *,
         tag: str = TAG,
         max_queue: int = 200_000,
+        max_queue_bytes: int = 64 * 1024 * 1024,
         chunk_records: int = 1000,
         chunk_bytes: int = 1024 * 1024,
         max_inflight: int = 4,
@@ -102,8 +124,9 @@ class Sender:
         self.port = port
         self.tag = tag
         self.max_queue = max_queue
+        self.max_queue_bytes = max(1, max_queue_bytes)
         self.chunk_records = chunk_records
-        self.chunk_bytes = chunk_bytes
+        self.chunk_bytes = max(1, chunk_bytes)
         self.max_inflight = max_inflight if require_ack else 1
         self.flush_interval = flush_interval
         self.require_ack = require_ack
@@ -122,6 +145,10 @@ class Sender:
         self._connect_hook = connect
 
         self._queue: Deque[bytes] = deque()
+        # Bytes of the entries in _queue. Updated with one in-place add of a local integer (put) or
+        # subtraction (the sender): CPython switches threads only at calls and jumps, so neither is
+        # torn by the other.
+        self._queued_bytes = 0
         # Waking the thread per record would cost a lock per export: it is woken once a chunk's worth
         # is queued, otherwise it looks every flush_interval.
         self._wake_at = chunk_records
@@ -130,8 +157,15 @@ class Sender:
         # rest of the queue as headroom for the moments the exporting threads hold the GIL.
         self._spill_at = max(max_queue // 2, 1)
         self._yield_at = max_queue * 3 // 4
-        # put() takes its fast path below this length: the thread runs and needs no wake-up yet.
+        # The same two marks in bytes: big records reach them long before the record count does.
+        self._spill_bytes_at = max(self.max_queue_bytes // 2, 1)
+        self._yield_bytes_at = self.max_queue_bytes * 3 // 4
+        # put() takes its fast path below this length and these bytes: the thread runs and needs no
+        # wake-up yet.
         self._fast_limit = 0
+        self._fast_bytes = 0
+        # A flush in blocking mode gives up socket I/O at this time (monotonic).
+        self._io_deadline = float("inf")
         self._wake = threading.Event()
         self._idle = threading.Event()
         self._idle.set()
@@ -143,6 +177,9 @@ class Sender:
         self._decoder: Optional[forward.FrameDecoder] = None
         self._inflight: Deque[_Chunk] = deque()
         self._retry: Deque[_Chunk] = deque()
+        # A chunk refused MAX_REFUSALS times, waiting for the peer to ack another one (which shows
+        # that the fault is this chunk's, not the peer's) before it goes to the dead-letter folder.
+        self._suspect: Optional[_Chunk] = None
         self._backoff = 0.0
         self._next_attempt = 0.0
 
@@ -152,6 +189,7 @@ class Sender:
         self.dropped_records = 0
         self.resent_chunks = 0
         self.connections = 0
+        self.dead_lettered_records = 0
 
     # --- the caller's side ----------------------------------------------------------------------
 
@@ -161,38 +199,60 @@ class Sender:
         Returns False when the entry was dropped because the queue is full.
         """
         queue = self._queue
-        if len(queue) < self._fast_limit:  # the common case: one comparison and the append
+        size = len(entry)
+        # The common case: two comparisons, the append and an integer add.
+        if len(queue) < self._fast_limit and self._queued_bytes < self._fast_bytes:
             queue.append(entry)
+            self._queued_bytes += size
             return True
-        return self._put_slow(entry)
+        return self._put_slow(entry, size)
 
-    def _put_slow(self, entry: bytes) -> bool:
+    def _put_slow(self, entry: bytes, size: int) -> bool:
         queue = self._queue
         queued = len(queue)
-        if queued >= self.max_queue:
+        full = queued >= self.max_queue or (queued and self._queued_bytes + size > self.max_queue_bytes)
+        if full and not self._spill_oldest():
             self.dropped_records += 1
             self._log.log(
                 logging.WARNING,
                 "queue-full",
-                "mona-client queue is full (%d records): dropping exports until the forwarder at "
-                "%s:%d catches up",
+                "mona-client queue is full (%d records or %d bytes max): dropping exports until the "
+                "forwarder at %s:%d catches up",
                 self.max_queue,
+                self.max_queue_bytes,
                 self.host,
                 self.port,
             )
             return False
         queue.append(entry)
+        self._queued_bytes += size
         if self.blocking:
             self.drain_now()
         elif self._thread is None:
             self._start()
         elif not self._wake.is_set():
             self._wake.set()
-        if queued > self._yield_at and self.spool is not None:
+        if (queued > self._yield_at or self._queued_bytes > self._yield_bytes_at) and self.spool is not None:
             # Near the bound: hand the GIL to the sender thread so that it can move the excess to the
             # spool. A yield, not a wait on the network; without it a thread that exports faster than
             # the disk takes records would fill the queue and lose exports.
             time.sleep(0)
+        return True
+
+    def _spill_oldest(self) -> bool:
+        """The queue is full: move its oldest chunk to the spool on the caller's thread; True if done.
+
+        The sender thread spills past half the queue, but a caller that exports faster than that
+        thread writes to disk reaches the bound anyway. Then the caller pays for one file (the disk,
+        never the network) rather than lose the record.
+        """
+        spool = self.spool
+        if spool is None:
+            return False
+        chunk = self._take_from_queue(max_bytes=self.chunk_bytes)
+        if chunk is None:
+            return False
+        spool.write(chunk.entries, chunk.count)  # when it cannot, those records are counted as dropped
         return True
 
     def replay_spool(self) -> None:
@@ -205,8 +265,14 @@ class Sender:
 
         Records in the spool count as not delivered yet: they are replayed when the peer is back.
         """
+        if self.spool is not None:
+            self.spool.rescan()  # what other processes (children that ended) left counts too
         if self.blocking:
-            self.drain_now()
+            self._io_deadline = float("inf") if timeout is None else time.monotonic() + timeout
+            try:
+                self.drain_now()
+            finally:
+                self._io_deadline = float("inf")
             return self.pending() == 0
         if self._thread is None and not self._queue and not self._spool_has_files():
             return True
@@ -225,8 +291,9 @@ class Sender:
     def close(self, timeout: Optional[float] = None) -> bool:
         """Flush within ``timeout``, spool what is left, stop. True when everything was delivered."""
         delivered = self.flush(timeout)
-        self._closing = True
+        self._closing = True  # also makes the thread give up the socket I/O it is in
         self._fast_limit = 0
+        self._fast_bytes = 0
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.send_timeout + 1)
@@ -237,16 +304,22 @@ class Sender:
 
     def pending(self) -> int:
         """Records not yet acked: queued, in flight, waiting to be resent, or in the spool."""
+        return self._in_memory() + (self.spool.pending_records() if self.spool is not None else 0)
+
+    def _in_memory(self) -> int:
+        """Records in memory: queued, in flight, waiting to be resent or waiting aside."""
         in_memory = (
             len(self._queue) + sum(c.count for c in self._inflight) + sum(c.count for c in self._retry)
         )
-        return in_memory + (self.spool.pending_records() if self.spool is not None else 0)
+        suspect = self._suspect
+        return in_memory + (suspect.count if suspect is not None else 0)
 
     def stats(self) -> SenderStats:
         spool = self.spool
         return {
             "queued": len(self._queue),
-            "inflight": sum(c.count for c in self._inflight) + sum(c.count for c in self._retry),
+            "queued_bytes": self._queued_bytes,
+            "inflight": self._in_memory() - len(self._queue),
             "sent": self.sent_records,
             "acked": self.acked_records,
             "spooled": spool.spooled_records if spool else 0,
@@ -254,6 +327,7 @@ class Sender:
             "dropped": self.dropped_records + (spool.dropped_records if spool else 0),
             "resent_chunks": self.resent_chunks,
             "connections": self.connections,
+            "dead_lettered": self.dead_lettered_records,
         }
 
     # --- the sender's side ----------------------------------------------------------------------
@@ -266,6 +340,7 @@ class Sender:
             self._thread.start()
             if not self.blocking:
                 self._fast_limit = min(self._wake_at, self.max_queue)
+                self._fast_bytes = min(self.chunk_bytes, self._spill_bytes_at)
 
     def _run(self) -> None:
         while not self._closing:
@@ -293,8 +368,14 @@ class Sender:
                     return
                 try:
                     self._pump()
+                except _Interrupted:
+                    self._disconnect()  # what is unacked waits to be resent or spooled
+                    return
                 except (OSError, forward.ForwardProtocolError) as exc:
+                    refused = self._note_refusal(exc)
                     self._fail(f"{type(exc).__name__}: {exc}")
+                    if refused is not None:
+                        self._hold_suspect(refused)
                     return
                 if not self._has_work():
                     self._backoff = 0.0
@@ -309,8 +390,13 @@ class Sender:
     def _pump(self) -> None:
         """Fill the window with chunks, then wait for the oldest ack (raises on any failure)."""
         while len(self._inflight) < self.max_inflight:
+            if self._inflight and self._inflight[-1].refusals:
+                break  # a chunk the peer closed the connection on travels alone
             chunk = self._next_chunk()
             if chunk is None:
+                break
+            if chunk.refusals and self._inflight:
+                self._retry.appendleft(chunk)  # its turn comes when the window is empty
                 break
             if chunk.attempts:
                 self.resent_chunks += 1
@@ -347,10 +433,20 @@ class Sender:
         records = max(self.chunk_records, len(queue) // self.max_inflight)
         if limit is not None:
             records = min(records, limit)
-        while queue and len(entries) < records and size < max_bytes:
-            entry = queue.popleft()
+        # The caller's thread may take from the queue too (_spill_oldest): deque operations are atomic,
+        # and whatever one of the two pops is that one's to send or spool.
+        while queue and len(entries) < records:
+            try:
+                if entries and size + len(queue[0]) > max_bytes:
+                    break  # never above the cap, except a single record larger than it: it goes alone
+                entry = queue.popleft()
+            except IndexError:
+                break
             entries.append(entry)
             size += len(entry)
+        if not entries:
+            return None
+        self._queued_bytes -= size
         return _Chunk(b"".join(entries), len(entries))
 
     def _frame(self, chunk: _Chunk) -> None:
@@ -360,10 +456,66 @@ class Sender:
             self.tag, chunk.entries, chunk.count, chunk.chunk_id or None
         )
 
+    def _note_refusal(self, exc: BaseException) -> Optional[_Chunk]:
+        """Count a connection the peer closed against the oldest unacked chunk.
+
+        Returns that chunk, taken out of the window, once it was refused ``MAX_REFUSALS`` times.
+        """
+        if not isinstance(exc, _REFUSALS) or not self._inflight:
+            return None
+        chunk = self._inflight[0]
+        chunk.refusals += 1
+        if chunk.refusals < MAX_REFUSALS:
+            return None
+        self._inflight.popleft()
+        return chunk
+
+    def _dead_letter(self, chunk: _Chunk) -> None:
+        """Set aside a chunk the peer keeps refusing, so that what follows it is delivered."""
+        self.dead_lettered_records += chunk.count
+        where = "dropped (no spool to keep it in)"
+        if self.spool is not None:
+            path = self.spool.dead_letter(chunk.entries, chunk.count, chunk.spooled)
+            where = f"set aside in {path}" if path is not None else "dropped (it could not be written)"
+        self._log.log(
+            logging.ERROR,
+            "dead-letter",
+            "mona-client: %s:%d closed the connection %d times on a chunk of %d records (%d bytes; its "
+            "size cap may be lower): %s; the records behind it go on",
+            self.host,
+            self.port,
+            MAX_REFUSALS,
+            chunk.count,
+            len(chunk.entries),
+            where,
+        )
+
+    def _check_interrupt(self) -> None:
+        """Between two I/O slices: give up when closing, or when a blocking flush ran out of time."""
+        if self._closing and not self.blocking:
+            raise _Interrupted()
+        if time.monotonic() > self._io_deadline:
+            raise _Interrupted()
+
+    def _hold_suspect(self, chunk: _Chunk) -> None:
+        """Keep a chunk refused MAX_REFUSALS times aside until the peer shows it takes other chunks."""
+        if self._suspect is None:
+            self._suspect = chunk
+            return
+        # A second chunk refused as often while the first waits: the peer refuses everything, the
+        # chunks are not to blame. Both go back in line, oldest first, with their counts cleared.
+        first, self._suspect = self._suspect, None
+        first.refusals = chunk.refusals = 0
+        self._retry.extendleft((chunk, first))
+
     def _acked(self, chunk: _Chunk) -> None:
         self.acked_records += chunk.count
         if chunk.spooled is not None and self.spool is not None:
             self.spool.done(chunk.spooled)
+        suspect = self._suspect
+        if suspect is not None:  # the peer takes other chunks: the one it refuses is at fault
+            self._suspect = None
+            self._dead_letter(suspect)
 
     def _send(self, data: bytes) -> None:
         """sendall in slices, spilling a growing queue between them; raises after send_timeout."""
@@ -376,6 +528,7 @@ class Sender:
             except _SLICE_ENDED:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the peer took nothing for {self.send_timeout:g}s") from None
+                self._check_interrupt()
                 self._spill_if_lagging()
                 continue
             view = view[sent:]
@@ -391,6 +544,7 @@ class Sender:
             except _SLICE_ENDED:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no ack within {self.ack_timeout:g}s") from None
+                self._check_interrupt()
                 self._spill_if_lagging()
                 continue
             if not data:
@@ -414,11 +568,14 @@ class Sender:
     # --- the spool ------------------------------------------------------------------------------
 
     def _spill_if_lagging(self) -> None:
-        if self.spool is not None and len(self._queue) > self._spill_at:
-            self.spill(keep=self._spill_at)
+        if self.spool is not None and (
+            len(self._queue) > self._spill_at or self._queued_bytes > self._spill_bytes_at
+        ):
+            self.spill(keep=self._spill_at, keep_bytes=self._spill_bytes_at)
 
-    def spill(self, keep: int = 0, everything: bool = False) -> None:
-        """Move records from memory to the spool, oldest first, keeping ``keep`` queued.
+    def spill(self, keep: int = 0, everything: bool = False, keep_bytes: int = 0) -> None:
+        """Move records from memory to the spool, oldest first, keeping ``keep`` records and at most
+        ``keep_bytes`` queued (``keep_bytes`` is only looked at when ``keep`` is given).
 
         With ``everything`` (at close) chunks waiting to be resent go too, and claimed spool files are
         given back. Without a spool nothing moves.
@@ -429,22 +586,31 @@ class Sender:
         with self._drain_lock:
             if everything:
                 self._disconnect()
+            if everything and self._suspect is not None:
+                self._retry.appendleft(self._suspect)  # leaves memory now; the next process tries again
+                self._suspect = None
+            kept: List[_Chunk] = []
             while self._retry and (everything or self._sock is None):
                 chunk = self._retry.popleft()
-                if chunk.spooled is not None:
+                if chunk.refusals and not everything:
+                    kept.append(chunk)  # stays in memory: its count of refusals must not be lost
+                elif chunk.spooled is not None:
                     spool.release(chunk.spooled)
                 else:
                     spool.write(chunk.entries, chunk.count)
+            self._retry.extendleft(reversed(kept))
             # What is queued now, not what arrives meanwhile: a caller faster than the disk must not
             # keep this loop (and the sender) busy for ever.
-            to_move = len(self._queue) - keep
-            while to_move > 0:
-                # Big files: each file costs a few system calls, and each call a wait for the GIL.
-                chunk = self._take_from_queue(limit=to_move, max_bytes=_SPOOL_FILE_BYTES)
-                if chunk is None:
+            budget = len(self._queue)
+            keep_bytes = keep_bytes if keep else 0
+            while budget > 0 and (len(self._queue) > keep or self._queued_bytes > keep_bytes):
+                # Files as big as a chunk (a file is replayed as one chunk): each file costs a few
+                # system calls, and each call a wait for the GIL.
+                taken = self._take_from_queue(limit=budget, max_bytes=self.chunk_bytes)
+                if taken is None:
                     break
-                to_move -= chunk.count
-                spool.write(chunk.entries, chunk.count)
+                budget -= taken.count
+                spool.write(taken.entries, taken.count)
 
     # --- connections ----------------------------------------------------------------------------
 
@@ -538,12 +704,24 @@ class Sender:
             self._retry.extendleft(reversed(self._inflight))
             self._inflight.clear()
         if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
+            _close_socket(self._sock)
         self._sock = None
         self._decoder = None
+
+
+def _close_socket(sock: socket.socket) -> None:
+    """Close a connection; a TLS one first says so with a close_notify (a peer such as Fluentd
+    warns about every TLS connection that ends without one). Waits at most _TLS_SHUTDOWN_TIMEOUT."""
+    if isinstance(sock, ssl.SSLSocket):
+        try:
+            sock.settimeout(_TLS_SHUTDOWN_TIMEOUT)
+            sock.unwrap()
+        except (OSError, ValueError):
+            pass  # a peer that is gone or does not answer: the socket is closed anyway
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 # What a socket call says when its I/O slice ended with nothing done.
