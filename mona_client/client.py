@@ -17,11 +17,13 @@ cheap no-op.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import context as _ctx
 from .context import get_full_context_id
 from .export import MonaExportException
+from .logs import logger
 from .runtime import runtime as _runtime
 
 __all__ = [
@@ -58,13 +60,37 @@ def init_client(
     shared_key: Optional[str] = None,
     tls: Optional[bool] = None,
     tls_ca_file: Optional[str] = None,
+    *,
+    mona_host: Optional[str] = None,
+    mona_port: Optional[int] = None,
+    mona_use_ssl: Optional[bool] = None,
+    queue_maxsize: Optional[int] = None,
+    queue_circular: Optional[bool] = None,
 ) -> None:
     """Configure and start the client. Optional: the first API call starts it from the environment.
 
     Each argument left as ``None`` takes its environment variable (``MONA_HOST``, ``MONA_PORT``,
     ``MONA_USER_ID``, ``MONA_CLIENT_CONFIG_FILE``, ...; see docs/configuration.md). Calling it again
     flushes what was queued for the old settings and starts over with the new ones.
+
+    The original client's names still work: ``mona_host``, ``mona_port`` and ``mona_use_ssl`` mean
+    ``host``, ``port`` and ``tls``; ``queue_maxsize`` and ``queue_circular`` no longer apply (records
+    that do not fit in memory go to the spool, none is dropped) and are accepted with a deprecation
+    warning.
     """
+    host = _renamed("host", host, "mona_host", mona_host)
+    port = _renamed("port", port, "mona_port", mona_port)
+    tls = _renamed("tls", tls, "mona_use_ssl", mona_use_ssl)
+    if queue_maxsize is not None:
+        _deprecated(
+            "init_client(queue_maxsize=...) no longer applies and is ignored: the client never drops a "
+            "record, what does not fit in memory goes to the spool (MONA_SPOOL_DIR, MONA_SPOOL_MAX_BYTES)"
+        )
+    if queue_circular is not None:
+        _deprecated(
+            "init_client(queue_circular=...) no longer applies and is ignored: the client drops neither "
+            "the oldest nor the newest record, what does not fit in memory goes to the spool"
+        )
     _runtime.start(
         {
             "host": host,
@@ -82,6 +108,23 @@ def init_client(
             "tls_ca_file": tls_ca_file,
         }
     )
+
+
+def _renamed(name: str, value: Any, old_name: str, old_value: Any) -> Any:
+    """The value of a setting that the original client named ``old_name``; the new name wins."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        logger.warning("init_client(): both %s=%r and %s=%r given; using %s", name, value, old_name, old_value, name)
+        return value
+    return old_value
+
+
+def _deprecated(message: str) -> None:
+    """One line for an argument that no longer applies: a DeprecationWarning and a log line (warnings
+    of that kind are hidden by default outside ``__main__``, a log line is seen)."""
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    logger.warning("mona-client: %s", message)
 
 
 class _Block:
