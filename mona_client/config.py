@@ -190,6 +190,7 @@ class Settings:
     tls_key_file: Optional[str] = None
     tls_verify: bool = True
     handle_sigterm: bool = True
+    max_record_bytes: int = 2**20
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -218,6 +219,7 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         tls_key_file=_path(get("MONA_TLS_KEY_FILE")),
         tls_verify=parse_bool("MONA_TLS_VERIFY", get("MONA_TLS_VERIFY"), d.tls_verify),
         handle_sigterm=parse_bool("MONA_HANDLE_SIGTERM", get("MONA_HANDLE_SIGTERM"), d.handle_sigterm),
+        max_record_bytes=parse_size("MONA_MAX_RECORD_BYTES", get("MONA_MAX_RECORD_BYTES"), d.max_record_bytes),
     )
 
 

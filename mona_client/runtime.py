@@ -75,7 +75,7 @@ class Runtime:
             rate_limited.reset()
             configure_logging(settings.logging_level, settings.print_logs)
             self.user_id = settings.user_id
-            self._encoder = EntryEncoder(settings.user_id)
+            self._encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
             self.should_raise = settings.should_raise_exceptions
             self.env_disabled = settings.disable_all
             self.sender = self._new_sender(settings)
@@ -337,8 +337,11 @@ class Runtime:
             return True
         try:
             checked, _ = check_message(message)
+            # Packed now with the checks of export(): a value export() refuses is refused here, rather
+            # than silently failing the class and globals of every ARC opened afterwards.
+            self._encoder.pack_checked({GLOBALS_KEY: checked})
         except MonaExportException as exc:
-            return self.fail("bad-globals", str(exc))
+            return self.fail("bad-globals", f"set_global_init_message() refused: {exc}")
         self.global_init_message = checked
         return True
 
@@ -351,9 +354,13 @@ class Runtime:
                 if len(self._arc_class_messages) > 10_000:  # classes are few; ids used as classes are not
                     self._arc_class_messages.clear()
                 packed = self._arc_class_messages[arc_class] = pack_message({ARC_CLASS_KEY: arc_class})
-            entry = self._encoder.encode_packed(
-                int(_time()), context_id, packed, f"{self._record_source}{next(self._record_counter)}"
-            )
+            try:
+                entry = self._encoder.encode_packed(
+                    int(_time()), context_id, packed, f"{self._record_source}{next(self._record_counter)}"
+                )
+            except MonaExportException as exc:  # an arc class larger than MONA_MAX_RECORD_BYTES
+                self.fail("bad-arc-class", f"the arc class of a new context is not exported: {exc}")
+                return
             sender = self.sender
             if sender is not None:
                 sender.put(entry)

@@ -202,3 +202,30 @@ def test_one_block_object_shared_by_threads_restores_each_threads_stack(mona):
     for t in threads:
         t.join(10)
     assert results == {"first": "first", "second": "second"}
+
+
+# --- the global init message is checked when set -------------------------------------------
+
+
+def test_a_global_init_message_that_export_refuses_is_refused_when_set(mona, caplog):
+    assert client.set_global_init_message({"model": "v1"}) is True
+    with caplog.at_level(logging.ERROR, logger="mona-logger"):
+        assert client.set_global_init_message({"config": object()}) is False
+        assert client.set_global_init_message({"nested": {(1, 2): "tuple key"}}) is False
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(lines) == 2 and all("set_global_init_message() refused" in line for line in lines)
+    assert "JSON-able" in lines[0] and "keys of nested maps" in lines[1]
+    # The refused messages changed nothing: ARCs keep their class and the last good globals.
+    with client.new_mona_context(arc_class="A") as cid:
+        pass
+    client.set_global_init_message(None)
+    client.flush(10)
+    (record,) = mona.wait_records(1)
+    assert (record["context"], record["message"]) == (cid, {ARC_CLASS_KEY: "A", GLOBALS_KEY: {"model": "v1"}})
+
+
+def test_a_refused_global_init_message_raises_when_raising_is_on(mona):
+    client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
+    with pytest.raises(client.MonaExportException, match="JSON-able"):
+        client.set_global_init_message({"config": object()})
+
