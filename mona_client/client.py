@@ -21,9 +21,9 @@ import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import context as _ctx
-from .context import get_full_context_id
 from .export import MonaExportException
 from .logs import logger
+from .record import CONTEXT_SEPARATOR
 from .runtime import runtime as _runtime
 
 __all__ = [
@@ -152,6 +152,8 @@ class _Block:
             if entry is None:
                 return
         _ctx.pop(entry[0])
+        if _opened_while_off:  # empty unless blocks were opened while the config file had the client off
+            _opened_while_off.pop(id(entry[1]), None)
 
     def _entry_of_this_context(self, last: Tuple[Any, _ctx.Stack]) -> Optional[Tuple[Any, _ctx.Stack]]:
         """The entry this thread or task pushed, when the last one belongs to another."""
@@ -166,6 +168,33 @@ class _Block:
 
 _stack_var = _ctx.stack_var
 _new_context_id = _ctx.new_context_id
+_opened_while_off = _ctx.opened_while_off
+
+
+def get_full_context_id() -> str:
+    """The dotted id of the innermost open context; "" outside any, and while the config file has the
+    client off (blocks then yield "" too, as a disabled client does)."""
+    stack = _stack_var.get()
+    return stack[-1][0] if stack and not _runtime.file_disabled else ""
+
+
+def _may_turn_on_again() -> bool:
+    """Off by the config file only, which may turn the client on again while a block is open."""
+    return _runtime.started and _runtime.file_disabled and not _runtime.env_disabled
+
+
+def _enter_while_off(block: "_Block", stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
+    """Push ``stack`` while the config file has the client off, so that the block carries on in its
+    ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
+    made then. Exports while off are still refused. Yields "" as a disabled client does."""
+    block._entries.append((_stack_var.set(stack), stack))
+    if len(_opened_while_off) < _ctx.MAX_OPENED_WHILE_OFF:
+        key = id(stack)
+        _opened_while_off[key] = (stack, root, export_timestamp)
+        # Turned on meanwhile, perhaps after the runtime looked: whoever takes the entry exports it.
+        if _runtime.active and _opened_while_off.pop(key, None) is not None:
+            _runtime.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
+    return ""
 
 
 class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
@@ -195,14 +224,18 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
 
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
-            self._entries.append(None)
-            return ""
+            if not _may_turn_on_again():
+                self._entries.append(None)
+                return ""
+            context_id = str(self.context_id) if self.context_id else _new_context_id()
+            return _enter_while_off(self, ((context_id, self.arc_class),), True, self.export_timestamp)
         context_id = str(self.context_id) if self.context_id else _new_context_id()
         arc_class = self.arc_class
         stack = ((context_id, arc_class),)
-        self._entries.append((_stack_var.set(stack), stack))
+        # Exported before the push: when raising is on and this raises, no stack is left pushed.
         if arc_class is not None or _runtime.global_init_message is not None:
             _runtime.open_context_exports(context_id, arc_class, True, self.export_timestamp)
+        self._entries.append((_stack_var.set(stack), stack))
         return context_id
 
 
@@ -227,28 +260,50 @@ class new_mona_sub_context(_Block):  # noqa: N801
         self.sub_context_id = sub_context_id
 
     def __enter__(self) -> str:
-        stack = _sub_stack(self.arc_class, self.sub_context_id)
-        if stack is None:
+        if not _runtime.active and not _runtime.ensure_started():
+            return self._enter_while_off()
+        stack = _stack_var.get()
+        if not stack:
+            self._entries.append(None)
+            _runtime.fail(
+                "sub-outside-context",
+                "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
+            )
+            return ""
+        stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+        context_id = stack[-1][0]
+        if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
+            return self._enter_too_deep(stack)
+        if self.arc_class is not None:
+            _runtime.open_context_exports(context_id, self.arc_class, False, None)
+        self._entries.append((_stack_var.set(stack), stack))
+        return context_id
+
+    def _enter_while_off(self) -> str:
+        stack = _stack_var.get()
+        if not stack or not _may_turn_on_again():
             self._entries.append(None)
             return ""
-        self._entries.append((_stack_var.set(stack), stack))
-        if self.arc_class is not None:
-            _runtime.open_context_exports(stack[-1][0], self.arc_class, False, None)
-        return stack[-1][0]
+        stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+        if stack[-1][0].count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
+            self._entries.append(None)
+            return ""
+        return _enter_while_off(self, stack, False, None)
 
+    def _enter_too_deep(self, stack: _ctx.Stack) -> str:
+        """A sub-context deeper than ``MONA_MAX_CONTEXT_DEPTH``: the block runs in its parent context.
 
-def _sub_stack(arc_class: Optional[str], sub_context_id: str) -> Optional[_ctx.Stack]:
-    """The current stack with a sub-context pushed, or None (disabled, or no context to nest in)."""
-    if not _runtime.active and not _runtime.ensure_started():
-        return None
-    stack = _stack_var.get()
-    if not stack:
+        Its exports land in the parent (the deepest context allowed), which is also the id it yields.
+        """
+        self._entries.append(None)
         _runtime.fail(
-            "sub-outside-context",
-            "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
+            "too-deep",
+            # No id or depth in the text: the line is rate-limited by its text, and a deep recursion
+            # must give one line, not one per level.
+            f"new_mona_sub_context() refused: contexts nest at most MONA_MAX_CONTEXT_DEPTH = "
+            f"{_runtime.max_context_depth} ids deep; the block runs in its parent context",
         )
-        return None
-    return _ctx.sub_stack(stack, str(sub_context_id) or _new_context_id(), arc_class)
+        return stack[-2][0]
 
 
 # --- the non-``with`` API ---------------------------------------------------------------------------
@@ -287,12 +342,26 @@ def close_sub_context() -> str:
         _runtime.fail("close-root", "close_sub_context() called with no sub-context open")
         return get_full_context_id()
     _ctx.set_stack(stack[:-1])
-    return stack[-2][0]
+    if _opened_while_off:
+        _forget_opened_while_off(stack[-1:])
+    return get_full_context_id()
 
 
 def reset() -> None:
     """Leave every context of the current thread, greenlet or task: afterwards no context is open."""
+    if _opened_while_off:
+        _forget_opened_while_off(_ctx.current_stack())
     _ctx.set_stack(())
+
+
+def _forget_opened_while_off(frames: _ctx.Stack) -> None:
+    """Contexts left without a block's exit (``reset()``, ``close_sub_context()``) are not completed
+    when the client is turned on again. Frames are shared by a stack and the stacks nested in it, so
+    identity finds them."""
+    leaving = {id(frame) for frame in frames}
+    for key, (stack, _, _) in list(_opened_while_off.items()):
+        if id(stack[-1]) in leaving:
+            _opened_while_off.pop(key, None)
 
 
 # --- exports --------------------------------------------------------------------------------------

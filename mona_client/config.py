@@ -191,6 +191,7 @@ class Settings:
     tls_verify: bool = True
     handle_sigterm: bool = True
     max_record_bytes: int = 2**20
+    max_context_depth: int = 64
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -220,6 +221,7 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         tls_verify=parse_bool("MONA_TLS_VERIFY", get("MONA_TLS_VERIFY"), d.tls_verify),
         handle_sigterm=parse_bool("MONA_HANDLE_SIGTERM", get("MONA_HANDLE_SIGTERM"), d.handle_sigterm),
         max_record_bytes=parse_size("MONA_MAX_RECORD_BYTES", get("MONA_MAX_RECORD_BYTES"), d.max_record_bytes),
+        max_context_depth=parse_int("MONA_MAX_CONTEXT_DEPTH", get("MONA_MAX_CONTEXT_DEPTH"), d.max_context_depth, 1),
     )
 
 

@@ -51,6 +51,7 @@ class Runtime:
         self.env_disabled = False
         self.file_disabled = False
         self.global_init_message: Optional[Dict[str, Any]] = None
+        self.max_context_depth = 64  # MONA_MAX_CONTEXT_DEPTH, read by the sub-context blocks
         self.sender: Optional[Sender] = None
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
@@ -78,6 +79,7 @@ class Runtime:
             self._encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
             self.should_raise = settings.should_raise_exceptions
             self.env_disabled = settings.disable_all
+            self.max_context_depth = settings.max_context_depth
             self.sender = self._new_sender(settings)
             self.sender.replay_spool()
             self.watcher = ConfigWatcher(settings.config_file, self._on_config)
@@ -152,6 +154,20 @@ class Runtime:
             logger.info("mona-client %s by the config file", "disabled" if disabled else "enabled")
         self.file_disabled = disabled
         self._update_active()
+        if self.active and ctx.opened_while_off:
+            self._export_contexts_opened_while_off()
+
+    def _export_contexts_opened_while_off(self) -> None:
+        """Turned on again: the exports of the contexts opened while off whose blocks are still open."""
+        pending = ctx.opened_while_off
+        for key in list(pending):
+            opened = pending.pop(key, None)  # a block may take it at the same time: one of the two does
+            if opened is not None:
+                stack, root, export_timestamp = opened
+                try:
+                    self.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
+                except MonaExportException:  # raising is on: already said; the other contexts go on
+                    continue
 
     def _update_active(self) -> None:
         self.active = self.started and not (self.env_disabled or self.file_disabled)
