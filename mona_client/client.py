@@ -383,7 +383,9 @@ def export_batch(events: Iterable[Mapping[str, Any]]) -> bool:
 def set_global_init_message(message: Optional[Mapping[str, Any]]) -> bool:
     """Export ``message`` as ``MONA_GLOBALS`` with every new root ARC from now on (None stops it).
 
-    Threads that carry an existing ARC do not export it again.
+    Threads that carry an existing ARC do not export it again. A message ``export()`` would refuse
+    (a value that is not JSON-able, a bad nested key, too large) is refused now: False and a line,
+    and the previous message stays.
     """
     return _runtime.set_global_init_message(message)
 
