@@ -180,7 +180,7 @@ def get_full_context_id() -> str:
 
 def _may_turn_on_again() -> bool:
     """Off by the config file only, which may turn the client on again while a block is open."""
-    return _runtime.started and _runtime.file_disabled and not _runtime.env_disabled
+    return _runtime.file_disabled and _runtime.started and not _runtime.env_disabled
 
 
 def _enter_while_off(block: "_Block", stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
@@ -188,13 +188,16 @@ def _enter_while_off(block: "_Block", stack: _ctx.Stack, root: bool, export_time
     ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
     made then. Exports while off are still refused. Yields "" as a disabled client does."""
     block._entries.append((_stack_var.set(stack), stack))
-    if len(_opened_while_off) < _ctx.MAX_OPENED_WHILE_OFF:
-        key = id(stack)
+    key = id(stack)
+    if len(_opened_while_off) < _MAX_OPENED_WHILE_OFF:
         _opened_while_off[key] = (stack, root, export_timestamp)
         # Turned on meanwhile, perhaps after the runtime looked: whoever takes the entry exports it.
         if _runtime.active and _opened_while_off.pop(key, None) is not None:
             _runtime.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
     return ""
+
+
+_MAX_OPENED_WHILE_OFF = _ctx.MAX_OPENED_WHILE_OFF
 
 
 class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
@@ -264,11 +267,12 @@ class new_mona_sub_context(_Block):  # noqa: N801
             return self._enter_while_off()
         stack = _stack_var.get()
         if not stack:
-            self._entries.append(None)
+            # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
             _runtime.fail(
                 "sub-outside-context",
                 "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
             )
+            self._entries.append(None)
             return ""
         stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
         context_id = stack[-1][0]
@@ -295,7 +299,6 @@ class new_mona_sub_context(_Block):  # noqa: N801
 
         Its exports land in the parent (the deepest context allowed), which is also the id it yields.
         """
-        self._entries.append(None)
         _runtime.fail(
             "too-deep",
             # No id or depth in the text: the line is rate-limited by its text, and a deep recursion
@@ -303,6 +306,7 @@ class new_mona_sub_context(_Block):  # noqa: N801
             f"new_mona_sub_context() refused: contexts nest at most MONA_MAX_CONTEXT_DEPTH = "
             f"{_runtime.max_context_depth} ids deep; the block runs in its parent context",
         )
+        self._entries.append(None)
         return stack[-2][0]
 
 

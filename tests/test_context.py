@@ -281,9 +281,15 @@ def test_the_default_depth_limit_is_64_ids_and_dotted_ids_count(mona, caplog):
 def test_a_too_deep_sub_context_raises_when_raising_is_on(mona, monkeypatch):
     monkeypatch.setenv("MONA_MAX_CONTEXT_DEPTH", "2")
     client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
+    too_deep = client.new_mona_sub_context(sub_context_id="b")
     with client.new_mona_context(context_id="r"):
         with client.new_mona_sub_context(sub_context_id="a"):
             with pytest.raises(client.MonaExportException, match="MONA_MAX_CONTEXT_DEPTH = 2"):
-                with client.new_mona_sub_context(sub_context_id="b"):
+                with too_deep:
                     pass
             assert client.get_full_context_id() == "r.a"
+            assert too_deep._entries == []  # no entry left behind by an __enter__ that raised
+        # The refused block object kept nothing: used at an allowed depth, it pushes and pops as usual.
+        with too_deep as b:
+            assert b == client.get_full_context_id() == "r.b"
+        assert client.get_full_context_id() == "r"
