@@ -212,7 +212,7 @@ def test_a_global_init_message_that_export_refuses_is_refused_when_set(mona, cap
     with caplog.at_level(logging.ERROR, logger="mona-logger"):
         assert client.set_global_init_message({"config": object()}) is False
         assert client.set_global_init_message({"nested": {(1, 2): "tuple key"}}) is False
-    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
     assert len(lines) == 2 and all("set_global_init_message() refused" in line for line in lines)
     assert "JSON-able" in lines[0] and "keys of nested maps" in lines[1]
     # The refused messages changed nothing: ARCs keep their class and the last good globals.
@@ -250,7 +250,7 @@ def test_sub_contexts_deeper_than_the_limit_run_in_the_deepest_allowed(mona, cap
                     assert client.get_full_context_id() == b
                     assert client.export({"back": 3})
                 assert client.get_full_context_id() == "r.a"
-    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
     assert len(lines) == 1 and "MONA_MAX_CONTEXT_DEPTH = 3" in lines[0]
     client.flush(10)
     records = mona.wait_records(4)

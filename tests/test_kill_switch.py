@@ -149,7 +149,7 @@ def test_a_block_open_when_the_client_is_turned_on_again_carries_on_in_its_arc(m
                 assert on_step == "long-run.on-step"
                 assert client.export({"in_step": 2}) is True
         assert client.get_full_context_id() == ""
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
     assert client.flush(10)
     records = mona.wait_records(4)
     time.sleep(0.2)  # nothing more comes: the sub-context opened and closed while off made no ARC
