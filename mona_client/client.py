@@ -17,11 +17,13 @@ cheap no-op.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import context as _ctx
-from .context import get_full_context_id
 from .export import MonaExportException
+from .logs import logger
+from .record import CONTEXT_SEPARATOR
 from .runtime import runtime as _runtime
 
 __all__ = [
@@ -58,13 +60,37 @@ def init_client(
     shared_key: Optional[str] = None,
     tls: Optional[bool] = None,
     tls_ca_file: Optional[str] = None,
+    *,
+    mona_host: Optional[str] = None,
+    mona_port: Optional[int] = None,
+    mona_use_ssl: Optional[bool] = None,
+    queue_maxsize: Optional[int] = None,
+    queue_circular: Optional[bool] = None,
 ) -> None:
     """Configure and start the client. Optional: the first API call starts it from the environment.
 
     Each argument left as ``None`` takes its environment variable (``MONA_HOST``, ``MONA_PORT``,
     ``MONA_USER_ID``, ``MONA_CLIENT_CONFIG_FILE``, ...; see docs/configuration.md). Calling it again
     flushes what was queued for the old settings and starts over with the new ones.
+
+    The original client's names still work: ``mona_host``, ``mona_port`` and ``mona_use_ssl`` mean
+    ``host``, ``port`` and ``tls``; ``queue_maxsize`` and ``queue_circular`` no longer apply (records
+    that do not fit in memory go to the spool, none is dropped) and are accepted with a deprecation
+    warning.
     """
+    host = _renamed("host", host, "mona_host", mona_host)
+    port = _renamed("port", port, "mona_port", mona_port)
+    tls = _renamed("tls", tls, "mona_use_ssl", mona_use_ssl)
+    if queue_maxsize is not None:
+        _deprecated(
+            "init_client(queue_maxsize=...) no longer applies and is ignored: the client never drops a "
+            "record, what does not fit in memory goes to the spool (MONA_SPOOL_DIR, MONA_SPOOL_MAX_BYTES)"
+        )
+    if queue_circular is not None:
+        _deprecated(
+            "init_client(queue_circular=...) no longer applies and is ignored: the client drops neither "
+            "the oldest nor the newest record, what does not fit in memory goes to the spool"
+        )
     _runtime.start(
         {
             "host": host,
@@ -82,6 +108,23 @@ def init_client(
             "tls_ca_file": tls_ca_file,
         }
     )
+
+
+def _renamed(name: str, value: Any, old_name: str, old_value: Any) -> Any:
+    """The value of a setting that the original client named ``old_name``; the new name wins."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        logger.warning("init_client(): both %s=%r and %s=%r given; using %s", name, value, old_name, old_value, name)
+        return value
+    return old_value
+
+
+def _deprecated(message: str) -> None:
+    """One line for an argument that no longer applies: a DeprecationWarning and a log line (warnings
+    of that kind are hidden by default outside ``__main__``, a log line is seen)."""
+    warnings.warn(message, DeprecationWarning, stacklevel=3)
+    logger.warning("mona-client: %s", message)
 
 
 class _Block:
@@ -109,6 +152,8 @@ class _Block:
             if entry is None:
                 return
         _ctx.pop(entry[0])
+        if _opened_while_off:  # empty unless blocks were opened while the config file had the client off
+            _opened_while_off.pop(id(entry[1]), None)
 
     def _entry_of_this_context(self, last: Tuple[Any, _ctx.Stack]) -> Optional[Tuple[Any, _ctx.Stack]]:
         """The entry this thread or task pushed, when the last one belongs to another."""
@@ -123,6 +168,36 @@ class _Block:
 
 _stack_var = _ctx.stack_var
 _new_context_id = _ctx.new_context_id
+_opened_while_off = _ctx.opened_while_off
+
+
+def get_full_context_id() -> str:
+    """The dotted id of the innermost open context; "" outside any, and while the config file has the
+    client off (blocks then yield "" too, as a disabled client does)."""
+    stack = _stack_var.get()
+    return stack[-1][0] if stack and not _runtime.file_disabled else ""
+
+
+def _may_turn_on_again() -> bool:
+    """Off by the config file only, which may turn the client on again while a block is open."""
+    return _runtime.file_disabled and _runtime.started and not _runtime.env_disabled
+
+
+def _enter_while_off(block: "_Block", stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
+    """Push ``stack`` while the config file has the client off, so that the block carries on in its
+    ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
+    made then. Exports while off are still refused. Yields "" as a disabled client does."""
+    block._entries.append((_stack_var.set(stack), stack))
+    key = id(stack)
+    if len(_opened_while_off) < _MAX_OPENED_WHILE_OFF:
+        _opened_while_off[key] = (stack, root, export_timestamp)
+        # Turned on meanwhile, perhaps after the runtime looked: whoever takes the entry exports it.
+        if _runtime.active and _opened_while_off.pop(key, None) is not None:
+            _runtime.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
+    return ""
+
+
+_MAX_OPENED_WHILE_OFF = _ctx.MAX_OPENED_WHILE_OFF
 
 
 class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
@@ -152,14 +227,18 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
 
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
-            self._entries.append(None)
-            return ""
+            if not _may_turn_on_again():
+                self._entries.append(None)
+                return ""
+            context_id = str(self.context_id) if self.context_id else _new_context_id()
+            return _enter_while_off(self, ((context_id, self.arc_class),), True, self.export_timestamp)
         context_id = str(self.context_id) if self.context_id else _new_context_id()
         arc_class = self.arc_class
         stack = ((context_id, arc_class),)
-        self._entries.append((_stack_var.set(stack), stack))
+        # Exported before the push: when raising is on and this raises, no stack is left pushed.
         if arc_class is not None or _runtime.global_init_message is not None:
             _runtime.open_context_exports(context_id, arc_class, True, self.export_timestamp)
+        self._entries.append((_stack_var.set(stack), stack))
         return context_id
 
 
@@ -184,28 +263,51 @@ class new_mona_sub_context(_Block):  # noqa: N801
         self.sub_context_id = sub_context_id
 
     def __enter__(self) -> str:
-        stack = _sub_stack(self.arc_class, self.sub_context_id)
-        if stack is None:
+        if not _runtime.active and not _runtime.ensure_started():
+            return self._enter_while_off()
+        stack = _stack_var.get()
+        if not stack:
+            # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
+            _runtime.fail(
+                "sub-outside-context",
+                "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
+            )
             self._entries.append(None)
             return ""
-        self._entries.append((_stack_var.set(stack), stack))
+        stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+        context_id = stack[-1][0]
+        if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
+            return self._enter_too_deep(stack)
         if self.arc_class is not None:
-            _runtime.open_context_exports(stack[-1][0], self.arc_class, False, None)
-        return stack[-1][0]
+            _runtime.open_context_exports(context_id, self.arc_class, False, None)
+        self._entries.append((_stack_var.set(stack), stack))
+        return context_id
 
+    def _enter_while_off(self) -> str:
+        stack = _stack_var.get()
+        if not stack or not _may_turn_on_again():
+            self._entries.append(None)
+            return ""
+        stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+        if stack[-1][0].count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
+            self._entries.append(None)
+            return ""
+        return _enter_while_off(self, stack, False, None)
 
-def _sub_stack(arc_class: Optional[str], sub_context_id: str) -> Optional[_ctx.Stack]:
-    """The current stack with a sub-context pushed, or None (disabled, or no context to nest in)."""
-    if not _runtime.active and not _runtime.ensure_started():
-        return None
-    stack = _stack_var.get()
-    if not stack:
+    def _enter_too_deep(self, stack: _ctx.Stack) -> str:
+        """A sub-context deeper than ``MONA_MAX_CONTEXT_DEPTH``: the block runs in its parent context.
+
+        Its exports land in the parent (the deepest context allowed), which is also the id it yields.
+        """
         _runtime.fail(
-            "sub-outside-context",
-            "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
+            "too-deep",
+            # No id or depth in the text: the line is rate-limited by its text, and a deep recursion
+            # must give one line, not one per level.
+            f"new_mona_sub_context() refused: contexts nest at most MONA_MAX_CONTEXT_DEPTH = "
+            f"{_runtime.max_context_depth} ids deep; the block runs in its parent context",
         )
-        return None
-    return _ctx.sub_stack(stack, str(sub_context_id) or _new_context_id(), arc_class)
+        self._entries.append(None)
+        return stack[-2][0]
 
 
 # --- the non-``with`` API ---------------------------------------------------------------------------
@@ -244,12 +346,26 @@ def close_sub_context() -> str:
         _runtime.fail("close-root", "close_sub_context() called with no sub-context open")
         return get_full_context_id()
     _ctx.set_stack(stack[:-1])
-    return stack[-2][0]
+    if _opened_while_off:
+        _forget_opened_while_off(stack[-1:])
+    return get_full_context_id()
 
 
 def reset() -> None:
     """Leave every context of the current thread, greenlet or task: afterwards no context is open."""
+    if _opened_while_off:
+        _forget_opened_while_off(_ctx.current_stack())
     _ctx.set_stack(())
+
+
+def _forget_opened_while_off(frames: _ctx.Stack) -> None:
+    """Contexts left without a block's exit (``reset()``, ``close_sub_context()``) are not completed
+    when the client is turned on again. Frames are shared by a stack and the stacks nested in it, so
+    identity finds them."""
+    leaving = {id(frame) for frame in frames}
+    for key, (stack, _, _) in list(_opened_while_off.items()):
+        if id(stack[-1]) in leaving:
+            _opened_while_off.pop(key, None)
 
 
 # --- exports --------------------------------------------------------------------------------------
@@ -271,7 +387,9 @@ def export_batch(events: Iterable[Mapping[str, Any]]) -> bool:
 def set_global_init_message(message: Optional[Mapping[str, Any]]) -> bool:
     """Export ``message`` as ``MONA_GLOBALS`` with every new root ARC from now on (None stops it).
 
-    Threads that carry an existing ARC do not export it again.
+    Threads that carry an existing ARC do not export it again. A message ``export()`` would refuse
+    (a value that is not JSON-able, a bad nested key, too large) is refused now: False and a line,
+    and the previous message stays.
     """
     return _runtime.set_global_init_message(message)
 

@@ -38,6 +38,13 @@ DEFAULT_FILE_CONFIG: Mapping[str, Any] = {"disable_all": False}
 POLL_INTERVAL = 0.2
 """Seconds between two looks at the config file when the watcher polls instead of using inotify."""
 
+BACKSTOP_POLL_INTERVAL = 1.0
+"""Seconds between two looks at what the config file's path resolves to, alongside inotify.
+
+inotify watches inodes, not paths: once the directory holding the file is renamed away and made
+again, or a symlink on the path points elsewhere, the watches no longer see the file the path names.
+Two ``stat`` calls a second see every such change within a second, whatever moved."""
+
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _KNOWN_FILE_KEYS: Mapping[str, type] = {"disable_all": bool}
@@ -185,6 +192,8 @@ class Settings:
     handle_sigterm: bool = True
     max_chunk_bytes: int = 2**20
     max_queue_bytes: int = 64 * 2**20
+    max_record_bytes: int = 2**20
+    max_context_depth: int = 64
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -215,6 +224,8 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         handle_sigterm=parse_bool("MONA_HANDLE_SIGTERM", get("MONA_HANDLE_SIGTERM"), d.handle_sigterm),
         max_chunk_bytes=parse_size("MONA_MAX_CHUNK_BYTES", get("MONA_MAX_CHUNK_BYTES"), d.max_chunk_bytes),
         max_queue_bytes=parse_size("MONA_MAX_QUEUE_BYTES", get("MONA_MAX_QUEUE_BYTES"), d.max_queue_bytes),
+        max_record_bytes=parse_size("MONA_MAX_RECORD_BYTES", get("MONA_MAX_RECORD_BYTES"), d.max_record_bytes),
+        max_context_depth=parse_int("MONA_MAX_CONTEXT_DEPTH", get("MONA_MAX_CONTEXT_DEPTH"), d.max_context_depth, 1),
     )
 
 
@@ -289,12 +300,17 @@ def gevent_monkey_patched() -> bool:
 
 
 _CONTENT_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
+_NAME_EVENTS = frozenset({"created", "moved", "deleted"})
 
 
 class _Handler:
-    """Forwards watchdog events about the config file to the watcher; ignores the rest of the directory.
+    """Forwards watchdog events that may change what the config file's path reads to the watcher.
 
-    Opening and reading events are ignored: the watcher reads the file itself and must not wake itself up.
+    Writes to the config file count; writes to other files of its directory do not. Any name created,
+    moved or deleted in a watched directory counts, whatever the name: the path may resolve through a
+    symlink that was just swapped (a Kubernetes ConfigMap renames a ``..data`` symlink over the old one).
+    A reload that finds the same bytes reports nothing, so an unrelated name costs one read. Opening
+    and reading events are ignored: the watcher reads the file itself and must not wake itself up.
     """
 
     def __init__(self, targets: FrozenSet[str], changed: Callable[[], None]) -> None:
@@ -304,6 +320,9 @@ class _Handler:
     def dispatch(self, event: Any) -> None:
         try:
             if event.event_type not in _CONTENT_EVENTS:
+                return
+            if event.event_type in _NAME_EVENTS:
+                self._changed()
                 return
             paths = (event.src_path, getattr(event, "dest_path", "") or "")
             if any(p and os.path.abspath(os.fsdecode(p)) in self._targets for p in paths):
@@ -336,7 +355,8 @@ class _Poller:
         self._stopped.set()
 
     def join(self, timeout: Optional[float] = None) -> None:
-        self.thread.join(timeout)
+        if self.thread is not threading.current_thread():  # stopped from its own change handler
+            self.thread.join(timeout)
 
     def _signature(self) -> Tuple[Optional[Tuple[int, ...]], ...]:
         signature = []
@@ -357,6 +377,25 @@ class _Poller:
                 self._changed()
 
 
+class _NativeWatches:
+    """A watchdog observer on the file's directories, and a once-a-second poll of what the path resolves
+    to (see :data:`BACKSTOP_POLL_INTERVAL`): stopped and joined together."""
+
+    def __init__(self, observer: Any, backstop: _Poller) -> None:
+        self.observer = observer
+        self.backstop = backstop
+
+    def stop(self) -> None:
+        self.backstop.stop()
+        self.observer.stop()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600.0)
+        for thread in (self.observer, self.backstop.thread):
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
+
+
 class ConfigWatcher:
     """Keeps a JSON config file's content current and reports every real change to ``on_change``.
 
@@ -365,7 +404,11 @@ class ConfigWatcher:
     invalid file keeps the last good configuration and logs why, once per distinct problem.
 
     The file's directory is watched rather than the file, so replacing the file atomically
-    (editors, ``os.replace``) or deleting and recreating it is seen. In a process monkey-patched by
+    (editors, ``os.replace``) or deleting and recreating it is seen, and so is every update of a
+    Kubernetes ConfigMap volume (a ``..data`` symlink swapped to a new directory). Alongside the
+    native watches, what the path resolves to is looked at once every :data:`BACKSTOP_POLL_INTERVAL`
+    seconds, which sees the cases inotify cannot (the directory renamed away and made again). In a
+    process monkey-patched by
     gevent, with ``polling=True`` (a network file system that inotify cannot see), or when native
     watching cannot be set up (no directory yet, inotify limits), the file is polled every
     :data:`POLL_INTERVAL` seconds instead. Errors are logged, never raised. ``on_change`` runs on
@@ -415,8 +458,7 @@ class ConfigWatcher:
             return
         try:
             observer.stop()
-            if threading.current_thread() not in (observer, getattr(observer, "thread", None)):
-                observer.join(timeout)
+            observer.join(timeout)
         except Exception:
             logger.exception("error while stopping the watcher of %s", self.path)
 
@@ -433,9 +475,13 @@ class ConfigWatcher:
         changed = lambda: self._load(retry_delay=self.RETRY_DELAY)  # noqa: E731
         if not (gevent_monkey_patched() if self._polling is None else self._polling):
             try:
-                return self._native_observer(targets, changed)
+                observer = self._native_observer(targets, changed)
             except Exception as e:  # no directory yet, inotify limits reached...
                 logger.warning("cannot watch %s natively (%s); polling it every %ss", self.path, e, POLL_INTERVAL)
+            else:
+                backstop = _Poller([self.path], changed, BACKSTOP_POLL_INTERVAL)
+                backstop.start()
+                return _NativeWatches(observer, backstop)
         poller = _Poller(sorted(targets), changed, POLL_INTERVAL)
         poller.start()
         return poller

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 from contextvars import ContextVar, Token
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from .record import CONTEXT_SEPARATOR
 
@@ -27,6 +27,7 @@ __all__ = [
     "sub_stack",
     "push",
     "pop",
+    "opened_while_off",
 ]
 
 #: (full context id, arc class or None)
@@ -73,6 +74,18 @@ def sub_stack(stack: Stack, sub_context_id: str, arc_class: Optional[str]) -> St
     """``stack`` with a sub-context pushed; ids join with "."."""
     parent = stack[-1][0]
     return stack + ((f"{parent}{CONTEXT_SEPARATOR}{sub_context_id}", arc_class),)
+
+
+#: Contexts opened while the config file had the client off, by ``id()`` of their stack:
+#: (stack, whether it is a root, its export timestamp). A block opened while off still pushes its
+#: context; when the file turns the client on before the block ends, the runtime makes the exports the
+#: context would have made when it opened (its arc class, the globals of a root), so the rest of the
+#: block lands in a complete ARC. A block leaving forgets its entry.
+opened_while_off: Dict[int, Tuple[Stack, bool, Optional[float]]] = {}
+
+#: Beyond this many contexts opened while off (blocks left open without end, ``init()`` in a loop),
+#: later ones are not remembered: they carry on without their arc class rather than grow memory.
+MAX_OPENED_WHILE_OFF = 10_000
 
 
 def push(stack: Stack) -> Token:

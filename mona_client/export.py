@@ -25,7 +25,11 @@ list
 ====================================  =================================================
 
 Anything else (arbitrary objects, non-string keys at the top level) is refused with a
-:class:`MonaExportException` that says which value is wrong.
+:class:`MonaExportException` that says which value is wrong. Keys of nested maps may be strings,
+numbers, booleans or None (or a value converted to one of those, such as an Enum or a UUID); a key
+that would travel as an array or a map (a tuple, a frozenset) is refused too, because the collector
+cannot store a map with such a key. A record whose encoding is larger than the encoder's limit
+(``MONA_MAX_RECORD_BYTES``) is refused as well.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import decimal
 import enum
 import math
 import uuid
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 import msgpack
 
@@ -48,7 +52,18 @@ from .record import (
     USER_ID,
 )
 
-__all__ = ["MonaExportException", "EntryEncoder", "encode_entry", "check_message", "check_export_timestamp"]
+__all__ = [
+    "DEFAULT_MAX_RECORD_BYTES",
+    "MonaExportException",
+    "EntryEncoder",
+    "encode_entry",
+    "check_message",
+    "check_nested_keys",
+    "check_export_timestamp",
+]
+
+DEFAULT_MAX_RECORD_BYTES = 2**20
+"""The default largest encoded record ``export()`` accepts (``MONA_MAX_RECORD_BYTES``): 1 MiB."""
 
 
 class MonaExportException(Exception):
@@ -83,16 +98,46 @@ def _convert(value: Any) -> Any:
     raise TypeError(f"a value of type {type(value).__name__} is not JSON-able")
 
 
-def _new_packer() -> msgpack.Packer:
-    # strict_types sends tuples and subclasses (numpy.float64, IntEnum, OrderedDict...) through
-    # _convert, so the rules above hold for every value. use_bin_type=False sends bytes as msgpack
-    # strings, which JSON-minded peers (Fluentd, the collector) read as text.
-    return msgpack.Packer(default=_convert, use_bin_type=False, strict_types=True, autoreset=True)
+class _Packing:
+    """A msgpack Packer with the conversions above, noting when it turned a tuple or frozenset into a list.
+
+    Only a tuple or a frozenset can be a map key that travels as an array (lists, sets and dicts cannot
+    be keys at all), and every one of them passes through the hook: so the nested keys of a message need
+    a look only after the hook saw one, and the flat messages most exports are pay nothing for it.
+    """
+
+    __slots__ = ("pack", "saw_tuple")
+
+    def __init__(self) -> None:
+        self.saw_tuple = False
+        # strict_types sends tuples and subclasses (numpy.float64, IntEnum, OrderedDict...) through
+        # the hook, so the rules above hold for every value. use_bin_type=False sends bytes as msgpack
+        # strings, which JSON-minded peers (Fluentd, the collector) read as text.
+        packer = msgpack.Packer(default=self._default, use_bin_type=False, strict_types=True, autoreset=True)
+        self.pack: Callable[[Any], bytes] = packer.pack
+
+    def _default(self, value: Any) -> Any:
+        if isinstance(value, (tuple, frozenset)):
+            self.saw_tuple = True
+            return list(value)
+        return _convert(value)
+
+    def pack_message(self, message: Mapping[str, Any]) -> bytes:
+        """``message`` packed; raises :class:`MonaExportException` for a value or a nested key it refuses."""
+        try:
+            packed = self.pack(message)
+        except Exception as exc:  # a user object may raise anything while converted
+            self.saw_tuple = False
+            raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
+        if self.saw_tuple:
+            self.saw_tuple = False
+            check_nested_keys(message)
+        return packed
 
 
 # A Packer is not safe to share while it runs Python code (the default hook), so each pack takes one
 # from this pool and gives it back. list.pop/append are atomic under the GIL and never switch greenlets.
-_packers: List[msgpack.Packer] = []
+_packers: List[_Packing] = []
 
 
 _plain = msgpack.Packer(use_bin_type=False).pack  # for the client's own strings and ints
@@ -110,12 +155,13 @@ class EntryEncoder:
     about a third cheaper than packing the whole entry each time.
     """
 
-    def __init__(self, user_id: str) -> None:
+    def __init__(self, user_id: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         # The record is a map of 5: user id, context, export time, message, record id.
         self._record_start = b"\x85" + _plain(USER_ID) + _plain(user_id) + _plain(CONTEXT)
         # (timestamp, context, bytes up to the message): replaced as one tuple, so threads sharing
         # the encoder never see the bytes of one context under the key of another.
         self._head: Tuple[Any, Any, bytes] = (None, None, b"")
+        self.max_record_bytes = max_record_bytes
 
     def _new_head(self, timestamp: int, context: str) -> Tuple[Any, Any, bytes]:
         packed_time = _plain(timestamp)
@@ -125,41 +171,84 @@ class EntryEncoder:
         return timestamp, context, head
 
     def encode_packed(self, timestamp: int, context: str, packed_message: bytes, record_id: str) -> bytes:
-        """An entry around a message packed already (the client's own, repeated ``MONA_*`` messages)."""
+        """An entry around a message packed already (the client's own, repeated ``MONA_*`` messages).
+
+        Raises :class:`MonaExportException` when the entry is larger than ``max_record_bytes``.
+        """
         head = self._head
         if head[0] != timestamp or head[1] is not context:
             head = self._head = self._new_head(timestamp, context)
-        return b"".join((head[2], packed_message, _RECORD_ID_KEY, _plain(record_id)))
+        entry = b"".join((head[2], packed_message, _RECORD_ID_KEY, _plain(record_id)))
+        if len(entry) > self.max_record_bytes:
+            raise MonaExportException(self._too_large(None))
+        return entry
 
     def encode(self, timestamp: int, context: str, message: Mapping[str, Any], record_id: str) -> bytes:
-        """Raises :class:`MonaExportException` when a value of the message cannot be encoded."""
+        """Raises :class:`MonaExportException` when a value or a nested key of the message cannot be
+        encoded, or when the entry is larger than ``max_record_bytes``."""
         head = self._head
         if head[0] != timestamp or head[1] is not context:
             head = self._head = self._new_head(timestamp, context)
         try:
-            packer = _packers.pop()
+            packing = _packers.pop()
         except IndexError:
-            packer = _new_packer()
+            packing = _Packing()
         try:
-            return b"".join((head[2], packer.pack(message), _RECORD_ID_KEY, packer.pack(record_id)))
+            packed = packing.pack(message)
         except Exception as exc:  # noqa: BLE001 - a user object may raise anything while converted
+            packing.saw_tuple = False
             raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
         finally:
-            _packers.append(packer)
+            _packers.append(packing)
+        if packing.saw_tuple:  # rare: a tuple or frozenset somewhere in the message, maybe as a key
+            packing.saw_tuple = False
+            check_nested_keys(message)
+        # The size is that of the bytes just made: checking it costs a len(), not a second encoding.
+        entry = b"".join((head[2], packed, _RECORD_ID_KEY, _plain(record_id)))
+        if len(entry) > self.max_record_bytes:
+            raise MonaExportException(self._too_large(message))
+        return entry
+
+    def pack_checked(self, message: Mapping[str, Any]) -> bytes:
+        """``message`` packed on its own with every check :meth:`encode` makes (values, nested keys, size).
+
+        For messages kept to be exported later (the global init message): refused when set, as
+        ``export()`` would refuse them, rather than each time they are exported.
+        """
+        packed = pack_message(message)
+        # The entry around it adds the head and the record id: a message this close to the limit
+        # would be refused when exported, so it is refused now.
+        if len(packed) + _ENTRY_OVERHEAD > self.max_record_bytes:
+            raise MonaExportException(self._too_large(message))
+        return packed
+
+    def _too_large(self, message: Optional[Mapping[str, Any]]) -> str:
+        # The text names the limit and the message's first keys, not the size: the log line is
+        # rate-limited by its text, and the same oversized export repeated must not flood the log.
+        keys = ""
+        if message:
+            names = [str(key) for key, _ in zip(message, range(5))]
+            keys = f" (keys {', '.join(names)}{', ...' if len(message) > 5 else ''})"
+        return (
+            f"export refused: its encoded record is larger than MONA_MAX_RECORD_BYTES = "
+            f"{self.max_record_bytes} bytes{keys}"
+        )
+
+
+# What an entry holds besides its message, at least: the head and the record id, in bytes.
+_ENTRY_OVERHEAD = 64
 
 
 def pack_message(message: Mapping[str, Any]) -> bytes:
     """A message packed on its own, for :meth:`EntryEncoder.encode_packed`.
 
-    Raises :class:`MonaExportException` when a value cannot be encoded.
+    Raises :class:`MonaExportException` when a value or a nested key cannot be encoded.
     """
-    packer = _packers.pop() if _packers else _new_packer()
+    packing = _packers.pop() if _packers else _Packing()
     try:
-        return packer.pack(message)
-    except Exception as exc:  # noqa: BLE001
-        raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
+        return packing.pack_message(message)
     finally:
-        _packers.append(packer)
+        _packers.append(packing)
 
 
 def encode_entry(timestamp: int, user_id: str, context: str, message: Mapping[str, Any], record_id: str) -> bytes:
@@ -173,6 +262,65 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     except Exception:  # noqa: BLE001
         return type(exc).__name__
+
+
+_SCALAR_KEY_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def check_nested_keys(message: Mapping[str, Any]) -> None:
+    """Raise :class:`MonaExportException` for a key of a nested map that would travel as an array or a map.
+
+    The collector stores maps whose keys are strings, numbers, booleans or None (its JSON output writes
+    them as strings, as ``json.dumps`` does) and refuses a whole record holding a map keyed by an array
+    or a map. The top level of a message is checked elsewhere (string keys only): this walks the values
+    that are containers. Iterative, so a deep message cannot exhaust the stack.
+    """
+    # (path of keys and indexes from the top, container): the path is made into text only for an error.
+    pending: List[Tuple[Tuple[Any, ...], Any]] = [
+        ((key,), value) for key, value in message.items() if _may_hold_maps(value)
+    ]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                if type(key) not in _SCALAR_KEY_TYPES and not _travels_as_scalar(key):
+                    where = "".join(f"[{_short_repr(step)}]" for step in path)
+                    raise MonaExportException(
+                        f"message{where} has the key {_short_repr(key)} ({type(key).__name__}): keys of "
+                        "nested maps must be strings, numbers, booleans or None"
+                    )
+                if _may_hold_maps(item):
+                    pending.append((path + (key,), item))
+        else:
+            pending.extend((path + (index,), item) for index, item in enumerate(value) if _may_hold_maps(item))
+
+
+def _may_hold_maps(value: Any) -> bool:
+    return isinstance(value, _CONTAINERS) or isinstance(value, Mapping)
+
+
+def _travels_as_scalar(key: Any) -> bool:
+    """Whether a key is encoded as a scalar once converted (an Enum, a UUID, a numpy integer...)."""
+    for _ in range(8):  # a conversion may give a value that is converted again (an Enum of UUIDs)
+        if key is None or isinstance(key, (str, bytes, bytearray, memoryview, int, float)):
+            return True
+        if isinstance(key, (list, tuple, set, frozenset, Mapping)):
+            return False
+        try:
+            key = _convert(key)
+        except Exception:  # packing converted it already; a key that fails now is refused
+            return False
+    return False
+
+
+def _short_repr(value: Any) -> str:
+    """A short text of a user's value for an error line, even when its own ``repr`` fails."""
+    try:
+        text = repr(value)
+    except Exception:  # a user's __repr__ may raise anything
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_message(message: Any) -> Tuple[Dict[str, Any], List[str]]:

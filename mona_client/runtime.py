@@ -55,6 +55,7 @@ class Runtime:
         self.env_disabled = False
         self.file_disabled = False
         self.global_init_message: Optional[Dict[str, Any]] = None
+        self.max_context_depth = 64  # MONA_MAX_CONTEXT_DEPTH, read by the sub-context blocks
         self.sender: Optional[Sender] = None
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
@@ -82,9 +83,10 @@ class Runtime:
             rate_limited.reset()
             configure_logging(settings.logging_level, settings.print_logs)
             self.user_id = settings.user_id
-            self._encoder = EntryEncoder(settings.user_id)
+            self._encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
             self.should_raise = settings.should_raise_exceptions
             self.env_disabled = settings.disable_all
+            self.max_context_depth = settings.max_context_depth
             self.sender = self._new_sender(settings)
             self.sender.replay_spool()
             self.watcher = ConfigWatcher(settings.config_file, self._on_config)
@@ -174,6 +176,20 @@ class Runtime:
             logger.info("mona-client %s by the config file", "disabled" if disabled else "enabled")
         self.file_disabled = disabled
         self._update_active()
+        if self.active and ctx.opened_while_off:
+            self._export_contexts_opened_while_off()
+
+    def _export_contexts_opened_while_off(self) -> None:
+        """Turned on again: the exports of the contexts opened while off whose blocks are still open."""
+        pending = ctx.opened_while_off
+        for key in list(pending):
+            opened = pending.pop(key, None)  # a block may take it at the same time: one of the two does
+            if opened is not None:
+                stack, root, export_timestamp = opened
+                try:
+                    self.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
+                except MonaExportException:  # raising is on: already said; the other contexts go on
+                    continue
 
     def _update_active(self) -> None:
         self.active = self.started and not (self.env_disabled or self.file_disabled)
@@ -404,8 +420,11 @@ class Runtime:
             return True
         try:
             checked, _ = check_message(message)
+            # Packed now with the checks of export(): a value export() refuses is refused here, rather
+            # than silently failing the class and globals of every ARC opened afterwards.
+            self._encoder.pack_checked({GLOBALS_KEY: checked})
         except MonaExportException as exc:
-            return self.fail("bad-globals", str(exc))
+            return self.fail("bad-globals", f"set_global_init_message() refused: {exc}")
         self.global_init_message = checked
         return True
 
@@ -418,9 +437,13 @@ class Runtime:
                 if len(self._arc_class_messages) > 10_000:  # classes are few; ids used as classes are not
                     self._arc_class_messages.clear()
                 packed = self._arc_class_messages[arc_class] = pack_message({ARC_CLASS_KEY: arc_class})
-            entry = self._encoder.encode_packed(
-                int(_time()), context_id, packed, f"{self._record_source}{next(self._record_counter)}"
-            )
+            try:
+                entry = self._encoder.encode_packed(
+                    int(_time()), context_id, packed, f"{self._record_source}{next(self._record_counter)}"
+                )
+            except MonaExportException as exc:  # an arc class larger than MONA_MAX_RECORD_BYTES
+                self.fail("bad-arc-class", f"the arc class of a new context is not exported: {exc}")
+                return
             sender = self.sender
             if sender is not None:
                 sender.put(entry)

@@ -523,3 +523,79 @@ def test_gevent_patched_process_sees_change_without_starving_hub(tmp_path: Path)
     # The ticker runs every 10 ms; at least 0.3 s passed before the edit, so a live hub ticked many times.
     assert result["ticks"] >= 10
     assert "Traceback" not in err
+
+
+# --- a Kubernetes ConfigMap volume, and a directory replaced --------------------------------
+
+
+class ConfigMapVolume:
+    """A directory laid out and updated as the kubelet updates a mounted ConfigMap.
+
+    The file is a symlink ``config.json -> ..data/config.json``; ``..data`` is a symlink to a timestamped
+    directory. An update writes a new timestamped directory, points ``..data_tmp`` at it, renames
+    ``..data_tmp`` over ``..data`` (the atomic swap) and removes the old directory.
+    """
+
+    def __init__(self, root: Path, content: Dict[str, Any]) -> None:
+        self.root = root
+        self.updates = 0
+        self.current = self._new_version(content)
+        (root / "..data").symlink_to(self.current.name)
+        (root / "config.json").symlink_to(Path("..data") / "config.json")
+
+    @property
+    def path(self) -> Path:
+        return self.root / "config.json"
+
+    def _new_version(self, content: Dict[str, Any]) -> Path:
+        self.updates += 1
+        version = self.root / f"..2026_01_02_03_04_{self.updates:02d}.{os.getpid()}"
+        version.mkdir()
+        write(version / "config.json", content)
+        return version
+
+    def update(self, content: Dict[str, Any]) -> None:
+        old, self.current = self.current, self._new_version(content)
+        (self.root / "..data_tmp").symlink_to(self.current.name)
+        os.replace(self.root / "..data_tmp", self.root / "..data")
+        (old / "config.json").unlink()
+        old.rmdir()
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
+def test_every_configmap_update_is_seen(tmp_path: Path, polling: bool) -> None:
+    volume = ConfigMapVolume(tmp_path, {"disable_all": False, "version": 0})
+    rec = Recorder()
+    watcher = ConfigWatcher(str(volume.path), rec, polling=polling)
+    try:
+        watcher.start()
+        assert rec.last == {"disable_all": False, "version": 0}
+        for version in range(1, 6):
+            expected = {"disable_all": version % 2 == 1, "version": version}
+            volume.update(expected)
+            assert wait_for(lambda: rec.last == expected), f"update {version} was not seen: {rec.last}"
+    finally:
+        watcher.stop()
+    assert [c["version"] for c in rec.seen] == list(range(6))
+
+
+@pytest.mark.parametrize("polling", [False, True], ids=["native", "polling"])
+def test_a_config_directory_renamed_away_and_recreated_is_seen(tmp_path: Path, polling: bool) -> None:
+    directory = tmp_path / "conf"
+    directory.mkdir()
+    path = directory / "c.json"
+    write(path, {"disable_all": False, "round": 0})
+    rec = Recorder()
+    watcher = ConfigWatcher(str(path), rec, polling=polling)
+    try:
+        watcher.start()
+        for round_ in range(1, 4):
+            directory.rename(tmp_path / f"conf_old{round_}")
+            directory.mkdir()
+            write(path, {"disable_all": True, "round": round_})
+            assert wait_for(lambda: rec.last == {"disable_all": True, "round": round_}), rec.last
+            # ...and later edits in the new directory too.
+            write(path, {"disable_all": False, "round": round_})
+            assert wait_for(lambda: rec.last == {"disable_all": False, "round": round_}), rec.last
+    finally:
+        watcher.stop()

@@ -202,3 +202,94 @@ def test_one_block_object_shared_by_threads_restores_each_threads_stack(mona):
     for t in threads:
         t.join(10)
     assert results == {"first": "first", "second": "second"}
+
+
+# --- the global init message is checked when set -------------------------------------------
+
+
+def test_a_global_init_message_that_export_refuses_is_refused_when_set(mona, caplog):
+    assert client.set_global_init_message({"model": "v1"}) is True
+    with caplog.at_level(logging.ERROR, logger="mona-logger"):
+        assert client.set_global_init_message({"config": object()}) is False
+        assert client.set_global_init_message({"nested": {(1, 2): "tuple key"}}) is False
+    lines = [r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
+    assert len(lines) == 2 and all("set_global_init_message() refused" in line for line in lines)
+    assert "JSON-able" in lines[0] and "keys of nested maps" in lines[1]
+    # The refused messages changed nothing: ARCs keep their class and the last good globals.
+    with client.new_mona_context(arc_class="A") as cid:
+        pass
+    client.set_global_init_message(None)
+    client.flush(10)
+    (record,) = mona.wait_records(1)
+    assert (record["context"], record["message"]) == (cid, {ARC_CLASS_KEY: "A", GLOBALS_KEY: {"model": "v1"}})
+
+
+def test_a_refused_global_init_message_raises_when_raising_is_on(mona):
+    client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
+    with pytest.raises(client.MonaExportException, match="JSON-able"):
+        client.set_global_init_message({"config": object()})
+
+
+# --- the depth of nested contexts -----------------------------------------------------------
+
+
+def test_sub_contexts_deeper_than_the_limit_run_in_the_deepest_allowed(mona, caplog, monkeypatch):
+    monkeypatch.setenv("MONA_MAX_CONTEXT_DEPTH", "3")
+    client.init_client(port=mona.port, user_id="tester", print_logs=False)
+    with caplog.at_level(logging.ERROR, logger="mona-logger"):
+        with client.new_mona_context(context_id="r"):
+            with client.new_mona_sub_context(sub_context_id="a"):
+                with client.new_mona_sub_context(arc_class="B", sub_context_id="b") as b:
+                    assert b == "r.a.b"
+                    with client.new_mona_sub_context(arc_class="C", sub_context_id="c") as c:
+                        assert c == b == client.get_full_context_id()
+                        assert client.export({"deep": 1})
+                        with client.new_mona_sub_context(sub_context_id="d") as d:
+                            assert d == b
+                            assert client.export({"deeper": 2})
+                    assert client.get_full_context_id() == b
+                    assert client.export({"back": 3})
+                assert client.get_full_context_id() == "r.a"
+    lines = [r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
+    assert len(lines) == 1 and "MONA_MAX_CONTEXT_DEPTH = 3" in lines[0]
+    client.flush(10)
+    records = mona.wait_records(4)
+    assert [(r["context"], r["message"]) for r in records] == [
+        ("r.a.b", {ARC_CLASS_KEY: "B"}),
+        ("r.a.b", {"deep": 1}),
+        ("r.a.b", {"deeper": 2}),
+        ("r.a.b", {"back": 3}),
+    ]
+
+
+def test_the_default_depth_limit_is_64_ids_and_dotted_ids_count(mona, caplog):
+    import contextlib
+
+    assert client._runtime.settings.max_context_depth == 64
+    with caplog.at_level(logging.ERROR, logger="mona-logger"):
+        with client.new_mona_context(context_id="root.continued"), contextlib.ExitStack() as blocks:
+            for level in range(100):
+                blocks.enter_context(client.new_mona_sub_context(sub_context_id=str(level)))
+            deepest = client.get_full_context_id()
+            client.export({"at": "bottom"})
+    assert deepest.count(".") + 1 == 64 and deepest.startswith("root.continued.0.1.")
+    assert sum("MONA_MAX_CONTEXT_DEPTH = 64" in r.getMessage() for r in caplog.records) == 1
+    client.flush(10)
+    assert [r["context"] for r in mona.wait_records(1)] == [deepest]
+
+
+def test_a_too_deep_sub_context_raises_when_raising_is_on(mona, monkeypatch):
+    monkeypatch.setenv("MONA_MAX_CONTEXT_DEPTH", "2")
+    client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
+    too_deep = client.new_mona_sub_context(sub_context_id="b")
+    with client.new_mona_context(context_id="r"):
+        with client.new_mona_sub_context(sub_context_id="a"):
+            with pytest.raises(client.MonaExportException, match="MONA_MAX_CONTEXT_DEPTH = 2"):
+                with too_deep:
+                    pass
+            assert client.get_full_context_id() == "r.a"
+            assert too_deep._entries == []  # no entry left behind by an __enter__ that raised
+        # The refused block object kept nothing: used at an allowed depth, it pushes and pops as usual.
+        with too_deep as b:
+            assert b == client.get_full_context_id() == "r.b"
+        assert client.get_full_context_id() == "r"

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from mona_client import client
-from mona_client.export import encode_entry
+from mona_client.export import EntryEncoder
 from mona_client.spool import DEAD_LETTER_DIR, Spool
 from mona_client.transport import MAX_REFUSALS, Sender
 from mona_collector import Collector
@@ -36,8 +36,13 @@ ROOT = Path(__file__).resolve().parents[2]
 MB = 1_000_000
 
 
+# Records above the default MONA_MAX_RECORD_BYTES: what a user who raised it, or an older version's
+# spool, hands the sender.
+_BIG_RECORDS = EntryEncoder("u", max_record_bytes=64 * MB)
+
+
 def entry(i: int, pad: int = 0, context: str = "ctx") -> bytes:
-    return encode_entry(1_700_000_000, "u", context, {"i": i, "pad": "x" * pad}, f"faults:{context}:{i}")
+    return _BIG_RECORDS.encode(1_700_000_000, context, {"i": i, "pad": "x" * pad}, f"faults:{context}:{i}")
 
 
 def fields(db: Path, context: str) -> Dict[str, Any]:
@@ -460,7 +465,7 @@ def test_a_slow_peer_keeps_queued_bytes_bounded_and_loses_nothing(tmp_path):
         peak_queued = 0
         peak_rss = rss_before
         for i in range(5000):  # 100 MB of 20 KB records, far beyond what the slow peer takes meanwhile
-            assert sender.put(encode_entry(1, "u", "slow", {"i": i, "pad": "z" * 20_000}, f"s:{i}"))
+            assert sender.put(_BIG_RECORDS.encode(1, "slow", {"i": i, "pad": "z" * 20_000}, f"s:{i}"))
             if i % 50 == 0:
                 peak_queued = max(peak_queued, sender.stats()["queued_bytes"])
                 peak_rss = max(peak_rss, process.memory_info().rss)

@@ -15,6 +15,8 @@ import pytest
 
 from mona_client import client
 from mona_client.record import INVALID_EXPORT_TIMESTAMP_KEY
+from mona_collector import Collector
+from tests.support.collector import stored_arcs
 
 
 class Color(enum.Enum):
@@ -191,3 +193,115 @@ def test_record_ids_are_unique_per_record(mona):
     client.flush(10)
     ids = [r["record_id"] for r in mona.wait_records(500)]
     assert len(set(ids)) == 500
+
+
+# --- the size of one record -----------------------------------------------------------------
+
+
+def mona_errors(caplog):
+    return [r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
+
+
+def test_a_record_over_the_default_limit_is_refused_and_delivery_goes_on(mona, caplog):
+    assert client._runtime.settings.max_record_bytes == 2**20  # MONA_MAX_RECORD_BYTES's default: 1 MiB
+    with client.new_mona_context(context_id="big"):
+        with caplog.at_level(logging.ERROR, logger="mona-logger"):
+            assert client.export({"blob": "x" * 2**20}) is False
+            assert client.export({"blob": "x" * (10 * 2**20)}) is False
+        assert client.export({"blob": "y" * (2**20 - 300)}) is True  # just under the limit
+        assert client.export({"after": 1}) is True
+    (line,) = mona_errors(caplog)  # the same refusal twice: one line
+    assert "MONA_MAX_RECORD_BYTES" in line and str(2**20) in line and "blob" in line
+    got = exported(mona, 2)
+    assert [list(m) for m in got] == [["blob"], ["after"]] and got[0]["blob"][0] == "y"
+
+
+def test_the_record_limit_holds_for_batches_and_the_clients_own_exports(mona, caplog, monkeypatch):
+    monkeypatch.setenv("MONA_MAX_RECORD_BYTES", "2KiB")
+    client.init_client(port=mona.port, user_id="tester", print_logs=False)
+    assert client._runtime.settings.max_record_bytes == 2048
+    with caplog.at_level(logging.ERROR, logger="mona-logger"):
+        # A global init message that could never be exported is refused when set.
+        assert client.set_global_init_message({"config": "g" * 3000}) is False
+        # An arc class too large is not exported; the block runs on.
+        with client.new_mona_context(arc_class="C" * 3000, context_id="huge-class"):
+            assert client.export({"small": 1}) is True
+        ok = client.export_batch(
+            [
+                {"message": {"large": "z" * 3000}, "context_id": "batch"},
+                {"message": {"fits": 2}, "context_id": "batch"},
+            ]
+        )
+        assert ok is False
+    lines = mona_errors(caplog)
+    assert len(lines) == 3 and all("MONA_MAX_RECORD_BYTES = 2048" in line for line in lines)
+    assert "set_global_init_message" in lines[0] and "arc class" in lines[1] and "large" in lines[2]
+    client.flush(10)
+    records = mona.wait_records(2)
+    assert [(r["context"], r["message"]) for r in records] == [("huge-class", {"small": 1}), ("batch", {"fits": 2})]
+
+
+def test_a_record_over_the_limit_raises_when_raising_is_on(mona, monkeypatch):
+    monkeypatch.setenv("MONA_MAX_RECORD_BYTES", "1000")
+    client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
+    with client.new_mona_context():
+        with pytest.raises(client.MonaExportException, match="MONA_MAX_RECORD_BYTES = 1000"):
+            client.export({"text": "t" * 1000})
+        assert client.export({"text": "t" * 100}) is True
+
+
+# --- keys of nested maps ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"m": {(1, 2): "x"}}, "message['m'] has the key (1, 2) (tuple)"),
+        ({"l": [{"a": {frozenset({1}): 1}}]}, "message['l'][0]['a'] has the key frozenset({1}) (frozenset)"),
+        ({"o": OrderedDict([((3,), 1)])}, "message['o'] has the key (3,) (tuple)"),
+    ],
+)
+def test_nested_keys_the_collector_cannot_store_are_refused(mona, caplog, bad, where):
+    with client.new_mona_context():
+        with caplog.at_level(logging.ERROR, logger="mona-logger"):
+            assert client.export(bad) is False
+        assert client.export({"after": 1})
+    (line,) = mona_errors(caplog)
+    assert where in line and "keys of nested maps" in line
+    assert exported(mona) == [{"after": 1}]
+
+
+def test_nested_keys_raise_when_raising_is_on(mona):
+    client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
+    with client.new_mona_context():
+        with pytest.raises(client.MonaExportException, match="keys of nested maps"):
+            client.export({"m": {(1, 2): "x"}})
+
+
+def test_nested_scalar_keys_are_accepted_and_stored_by_the_collector(tmp_path):
+    db_path = tmp_path / "collector.db"
+    with Collector(port=0, db_path=db_path, stall_timeout=1.0, synchronous="NORMAL") as collector:
+        export_nested_keys(collector.port, tmp_path)
+    (arc,) = stored_arcs(db_path, "nested-keys")
+    assert arc["fields"] == {
+        "by_int": {1: "a", 2.5: "b", None: "c", False: "d", "red": "e", 3: "f"},
+        "values": {"point": [1, 2], "deeper": [{"k": [3]}]},
+    }
+
+
+def export_nested_keys(port, tmp_path):
+    config = tmp_path / "mona_client_config.json"
+    config.write_text('{"disable_all": false}')
+    client.init_client(port=port, user_id="nested", config_file=str(config), print_logs=False)
+    try:
+        with client.new_mona_context(context_id="nested-keys"):
+            assert client.export(
+                {
+                    "by_int": {1: "a", 2.5: "b", None: "c", False: "d", Color.RED: "e", Level.HIGH: "f"},
+                    "values": {"point": (1, 2), "deeper": [{"k": (3,)}]},
+                }
+            )
+        assert client.flush(10)
+    finally:
+        client.reset()
+        client.close(5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def test_disabled_contexts_yield_empty_ids_and_export_nothing(mona, tmp_path):
             assert client.get_full_context_id() == ""
             assert client.export({"dropped": True}) is False
     assert client.init(arc_class="OFF") == ""
+    client.reset()  # left open, the init() context would carry on in its ARC once the client is on
     write_config(config, disable_all=False)
     assert wait_until(lambda: client.is_active(), timeout=5)
     with client.new_mona_context(context_id="on"):
@@ -124,3 +126,53 @@ def test_an_invalid_boolean_env_var_is_an_error_line_and_the_default(receiver):
     assert out.returncode == 0, out.stderr
     assert "MONA_DISABLE_ALL" in out.stderr and "maybe" in out.stderr
     assert len(receiver.wait_records(2)) == 2
+
+
+def test_a_block_open_when_the_client_is_turned_on_again_carries_on_in_its_arc(mona, caplog):
+    config = client._runtime.settings.config_file
+    # Raising on: a call that found itself "outside any mona context" would fail the test loudly.
+    client.init_client(port=mona.port, user_id="tester", config_file=config, should_raise_exceptions=True,
+                       print_logs=False)
+    write_config(config, disable_all=True)
+    assert wait_until(lambda: not client.is_active(), timeout=5)
+    with caplog.at_level(logging.ERROR, logger="mona-logger"):
+        with client.new_mona_context(arc_class="LONG", context_id="long-run") as cid:
+            assert cid == "" and client.get_full_context_id() == ""
+            assert client.export({"while_off": 1}) is False
+            with client.new_mona_sub_context(arc_class="STEP", sub_context_id="off-step") as off_step:
+                assert off_step == ""
+            write_config(config, disable_all=False)
+            assert wait_until(lambda: client.is_active(), timeout=5)
+            assert client.get_full_context_id() == "long-run"
+            assert client.export({"after_on": 1}) is True
+            with client.new_mona_sub_context(arc_class="STEP", sub_context_id="on-step") as on_step:
+                assert on_step == "long-run.on-step"
+                assert client.export({"in_step": 2}) is True
+        assert client.get_full_context_id() == ""
+    assert not [r for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
+    assert client.flush(10)
+    records = mona.wait_records(4)
+    time.sleep(0.2)  # nothing more comes: the sub-context opened and closed while off made no ARC
+    assert sorted((r["context"], sorted(r["message"].items())) for r in mona.records) == [
+        ("long-run", [("MONA_ARC_CLASS", "LONG")]),
+        ("long-run", [("after_on", 1)]),
+        ("long-run.on-step", [("MONA_ARC_CLASS", "STEP")]),
+        ("long-run.on-step", [("in_step", 2)]),
+    ]
+    assert len(records) == 4
+
+
+def test_sub_contexts_opened_while_off_inside_an_open_arc_carry_on_too(mona):
+    config = client._runtime.settings.config_file
+    with client.new_mona_context(context_id="run"):
+        write_config(config, disable_all=True)
+        assert wait_until(lambda: not client.is_active(), timeout=5)
+        with client.new_mona_sub_context(arc_class="STEP", sub_context_id="s"):
+            write_config(config, disable_all=False)
+            assert wait_until(lambda: client.is_active(), timeout=5)
+            assert client.export({"in_step": 1}) is True
+    assert client.flush(10)
+    assert sorted((r["context"], sorted(r["message"].items())) for r in mona.wait_records(2)) == [
+        ("run.s", [("MONA_ARC_CLASS", "STEP")]),
+        ("run.s", [("in_step", 1)]),
+    ]
