@@ -30,11 +30,11 @@ from typing import List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import msgpack  # noqa: E402
-import psutil  # noqa: E402
+import msgpack
+import psutil
 
-from mona_client import forward  # noqa: E402
-from mona_client.record import TAG  # noqa: E402
+from mona_client import forward
+from mona_client.record import TAG
 
 
 def make_frames(records: int, chunk: int, exports_per_arc: int) -> List[Tuple[bytes, str]]:
@@ -76,7 +76,7 @@ def decode_rate(frames: List[Tuple[bytes, str]], records: int) -> float:
     return records / (time.perf_counter() - started)
 
 
-def run_collector(db_path: str, synchronous: str, port_pipe: "multiprocessing.connection.Connection") -> None:
+def run_collector(db_path: str, synchronous: str, port_pipe: multiprocessing.connection.Connection) -> None:
     from mona_collector import Collector
 
     collector = Collector(port=0, db_path=db_path, synchronous=synchronous)
@@ -147,7 +147,7 @@ def main() -> None:
         if not parent_end.recv():
             raise SystemExit("the merger did not catch up")
         merged_elapsed = time.perf_counter() - started
-        rss = sum(p.memory_info().rss for p in [psutil.Process(process.pid)] + psutil.Process(process.pid).children())
+        rss = sum(p.memory_info().rss for p in [psutil.Process(process.pid), *psutil.Process(process.pid).children()])
         parent_end.send("stop")
         parent_end.recv()
         process.join()
@@ -160,16 +160,20 @@ def main() -> None:
 
     acked = records / elapsed
     stored = records / merged_elapsed
-    print(f"records: {records:,} in chunks of {args.chunk} ({total_bytes / records:.0f} B each on the wire), "
-          f"{args.exports_per_arc} exports per ARC, window {args.window}, synchronous={args.synchronous}")
+    print(
+        f"records: {records:,} in chunks of {args.chunk} ({total_bytes / records:.0f} B each on the wire), "
+        f"{args.exports_per_arc} exports per ARC, window {args.window}, synchronous={args.synchronous}"
+    )
     print(f"{'measure':<52}{'records/s':>14}")
     print(f"{'msgpack decode only (same bytes)':<52}{decode:>14,.0f}")
     print(f"{'collector: acked (stored in the raw log)':<52}{acked:>14,.0f}")
     print(f"{'collector: stored + merged + acked + queryable':<52}{stored:>14,.0f}")
     print(f"{'ratio collector (merged) / decode':<52}{stored / decode:>14.2f}")
     print(f"merge lag at the last ack: {merged_elapsed - elapsed:.2f} s")
-    print(f"collector RSS (both processes) after {records:,} records: {rss / 2**20:.1f} MiB; "
-          f"database {db_size / 2**20:.1f} MiB")
+    print(
+        f"collector RSS (both processes) after {records:,} records: {rss / 2**20:.1f} MiB; "
+        f"database {db_size / 2**20:.1f} MiB"
+    )
     goal = 200_000
     print(f"goal {goal:,} records/s: {'met' if stored >= goal else 'NOT met'}")
 

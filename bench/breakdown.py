@@ -58,8 +58,14 @@ def _export_steps() -> List[Step]:
     def encode(cid: str):
         return (
             "encode(ts, uid, cid, msg, rid)",
-            {"encode": encode_entry, "ts": int(time.time()), "uid": "bench-user", "cid": cid, "msg": MESSAGE,
-             "rid": "3f2a9c0d1e4b5a67:123456"},
+            {
+                "encode": encode_entry,
+                "ts": int(time.time()),
+                "uid": "bench-user",
+                "cid": cid,
+                "msg": MESSAGE,
+                "rid": "3f2a9c0d1e4b5a67:123456",
+            },
             False,
             False,
         )
@@ -68,8 +74,14 @@ def _export_steps() -> List[Step]:
         packer = msgpack.Packer(use_bin_type=False, autoreset=True)
         return (
             "pack([ts, {'user_id': uid, 'context': cid, 'message': msg, 'export_timestamp': ts, 'record_id': rid}])",
-            {"pack": packer.pack, "ts": int(time.time()), "uid": "bench-user", "cid": cid, "msg": MESSAGE,
-             "rid": "3f2a9c0d1e4b5a67:123456"},
+            {
+                "pack": packer.pack,
+                "ts": int(time.time()),
+                "uid": "bench-user",
+                "cid": cid,
+                "msg": MESSAGE,
+                "rid": "3f2a9c0d1e4b5a67:123456",
+            },
             False,
             False,
         )
@@ -90,8 +102,16 @@ def _export_steps() -> List[Step]:
 
     def packb_record(cid: str):
         now = int(time.time())
-        record = [now, {"user_id": "bench-user", "context": cid, "message": MESSAGE, "export_timestamp": now,
-                        "record_id": "3f2a9c0d1e4b5a67:123456"}]
+        record = [
+            now,
+            {
+                "user_id": "bench-user",
+                "context": cid,
+                "message": MESSAGE,
+                "export_timestamp": now,
+                "record_id": "3f2a9c0d1e4b5a67:123456",
+            },
+        ]
         return "packb(record)", {"packb": msgpack.packb, "record": record}, False, False
 
     def put(cid: str):
@@ -101,7 +121,12 @@ def _export_steps() -> List[Step]:
         return "put(entry)", {"put": sender.put, "entry": entry}, True, False
 
     def append(_: str):
-        return "append(entry)\npop()", {"append": (q := collections.deque()).append, "pop": q.pop, "entry": b"x"}, False, False
+        return (
+            "append(entry)\npop()",
+            {"append": (q := collections.deque()).append, "pop": q.pop, "entry": b"x"},
+            False,
+            False,
+        )
 
     return [
         ("export(msg): the whole call", whole),
@@ -162,8 +187,12 @@ def _context_steps() -> List[Step]:
         return "with new_sub():\n    pass", {"new_sub": client.new_mona_sub_context}, True, True
 
     def sub_stack(cid: str):
-        return "sub_stack(stack, new_id(), None)", {"sub_stack": ctx.sub_stack, "stack": ((cid, ARC_CLASS),),
-                                                    "new_id": ctx.new_context_id}, False, False
+        return (
+            "sub_stack(stack, new_id(), None)",
+            {"sub_stack": ctx.sub_stack, "stack": ((cid, ARC_CLASS),), "new_id": ctx.new_context_id},
+            False,
+            False,
+        )
 
     return [
         ("context enter+exit (arc_class): the whole block", whole),
@@ -201,7 +230,7 @@ def measure(repetitions: int, quick: bool) -> List[Tuple[str, Optional[Tuple[flo
                     n = calibrate(loop, target)
                 client.flush(30)
                 steps.append((label, (loop, n, flush, inside)))
-            except Exception:  # noqa: BLE001 - a step that no longer fits the client
+            except Exception:
                 steps.append((label, None))
     results: Dict[str, List[float]] = {label: [] for label, _ in steps}
     for _ in range(repetitions):
@@ -218,6 +247,4 @@ def measure(repetitions: int, quick: bool) -> List[Tuple[str, Optional[Tuple[flo
                 if flush:
                     client.flush(30)
             results[label].append(median(values) - loop_cost)
-    return [
-        (label, (median(results[label]), min(results[label])) if results[label] else None) for label, _ in steps
-    ]
+    return [(label, (median(results[label]), min(results[label])) if results[label] else None) for label, _ in steps]

@@ -40,9 +40,7 @@ def main() -> None:
 
     workdir = tempfile.mkdtemp(prefix="mona-bench-memory-")
     dead_port = free_port()  # bound and closed at once: connecting is refused
-    client.init_client(
-        port=dead_port, user_id="bench-user", spool_dir=os.path.join(workdir, "spool"), print_logs=False
-    )
+    client.init_client(port=dead_port, user_id="bench-user", spool_dir=os.path.join(workdir, "spool"), print_logs=False)
     sender = Sender("127.0.0.1", dead_port, spool=None, max_queue=args.count * 2 + 1000)
     runtime.sender = sender
     export = client.export
@@ -51,7 +49,7 @@ def main() -> None:
     with client.new_mona_context(arc_class=ARC_CLASS):
         for _ in range(1000):  # warm up: the sender thread starts and fails, caches fill
             export(MESSAGE)
-        sender._queue.clear()  # noqa: SLF001 - the bench looks at the queue itself
+        sender._queue.clear()
         gc.collect()
 
         tracemalloc.start()
@@ -61,16 +59,16 @@ def main() -> None:
         gc.collect()
         after_traced, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        traced_queued = len(sender._queue)  # noqa: SLF001
-        entry_bytes = len(sender._queue[0]) if sender._queue else 0  # noqa: SLF001
-        sender._queue.clear()  # noqa: SLF001
+        traced_queued = len(sender._queue)
+        entry_bytes = len(sender._queue[0]) if sender._queue else 0
+        sender._queue.clear()
         gc.collect()
 
         before_rss = process.memory_info().rss
         for _ in range(args.count):
             export(MESSAGE)
         after_rss = process.memory_info().rss
-        rss_queued = len(sender._queue)  # noqa: SLF001
+        rss_queued = len(sender._queue)
 
     stats = sender.stats()
     print(

@@ -99,11 +99,11 @@ class Micro:
             time.sleep(0.001)
 
     def _build(self, sink_port: int) -> List[Contender]:
+        import structlog
         from fluent import asyncsender, sender
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        import structlog
 
         from mona_client import client
 
@@ -246,7 +246,12 @@ class Micro:
                 "disabled",
                 "disabled: context + export",
                 "with new_context(arc_class=arc_class):\n    export(msg)",
-                {"new_context": client.new_mona_context, "arc_class": ARC_CLASS, "export": client.export, "msg": MESSAGE},
+                {
+                    "new_context": client.new_mona_context,
+                    "arc_class": ARC_CLASS,
+                    "export": client.export,
+                    "msg": MESSAGE,
+                },
                 before=lambda: self._set_disabled(True),
             ),
         ]
@@ -274,7 +279,7 @@ class Micro:
 
     # --- measuring ----------------------------------------------------------------------------------
 
-    def measure(self, contender: Contender) -> "tuple[List[float], List[int]]":
+    def measure(self, contender: Contender) -> tuple[List[float], List[int]]:
         """(ns per op of each batch, ns of each sampled call) for one contender, timer costs included."""
         loop = contender.loop
         assert loop is not None
@@ -298,7 +303,7 @@ class Micro:
 
     def repetition(self, order: List[Contender]) -> Dict[str, Figures]:
         """Measure each contender once, in ``order``; loop and timer costs are subtracted."""
-        raw: Dict[str, "tuple[List[float], List[int]]"] = {}
+        raw: Dict[str, tuple[List[float], List[int]]] = {}
         for contender in order:
             raw[contender.key] = self.measure(contender)
         empty_batches, empty_samples = raw["empty"]
@@ -322,5 +327,5 @@ class Micro:
         for closer in reversed(self._closers):
             try:
                 closer()
-            except Exception:  # noqa: BLE001 - closing peers at the end of a bench
+            except Exception:
                 pass

@@ -25,10 +25,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 if __package__ in (None, ""):  # python3 bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import breakdown, e2e  # noqa: E402
-from bench.micro import Figures, Micro  # noqa: E402
-from bench.sinks import CollectorProcess, start_sink  # noqa: E402
-from bench.timing import median  # noqa: E402
+from bench import breakdown, e2e
+from bench.micro import Figures, Micro
+from bench.sinks import start_sink
+from bench.timing import median
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def _machine() -> str:
             from importlib.metadata import version
 
             versions.append(f"{package} {version(package)}")
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
     return (
         f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, "
@@ -226,8 +226,14 @@ def report_e2e(runs: Dict[str, list]) -> Dict[str, float]:
             "",
             "",
             "",
-            _fmt_ratio(median([c * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC / f.exports_per_s
-                               for c, f in zip(collector_rates, fluent_runs)])),
+            _fmt_ratio(
+                median(
+                    [
+                        c * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC / f.exports_per_s
+                        for c, f in zip(collector_rates, fluent_runs)
+                    ]
+                )
+            ),
         ]
     )
     print(
@@ -237,9 +243,7 @@ def report_e2e(runs: Dict[str, list]) -> Dict[str, float]:
             "lrrrrrr",
         )
     )
-    checks = all(
-        m.stored_exports == m.records - m.dropped for m in mona_runs + paced_runs
-    )
+    checks = all(m.stored_exports == m.records - m.dropped for m in mona_runs + paced_runs)
     print()
     print(
         "every run: "
@@ -276,7 +280,7 @@ def run_memory(count: int) -> Dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def run_collector_rss(arcs: int, workdir: str, config_path: str) -> "e2e.MonaRun":
+def run_collector_rss(arcs: int, workdir: str, config_path: str) -> e2e.MonaRun:
     # Paced (a flush every 10,000 ARCs) so that every record reaches the collector.
     return e2e.mona_run(arcs, workdir, config_path, flush_every=10_000, timeout=900)
 
@@ -360,7 +364,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print()
         checks = [
             ("export() median ≤ 1 µs", goals["export"] <= 1000, f"{goals['export']:,.0f} ns"),
-            ("export() ≤ 2.5× packb(record)", goals["export_over_packb"] <= 2.5, _fmt_ratio(goals["export_over_packb"])),
+            (
+                "export() ≤ 2.5× packb(record)",
+                goals["export_over_packb"] <= 2.5,
+                _fmt_ratio(goals["export_over_packb"]),
+            ),
             (
                 "export() ≥ 20× cheaper than fluent-logger async emit",
                 goals["fluent_async_over_export"] >= 20,

@@ -45,7 +45,7 @@ def wait_listening(port: int, timeout: float = 20.0, process: Optional[subproces
 # --- the decode-and-discard sink ---------------------------------------------------------------------
 
 
-def _records_in(frame: Any) -> "tuple[int, Optional[Any]]":
+def _records_in(frame: Any) -> tuple[int, Optional[Any]]:
     """(records, chunk id to ack or None) of one Forward frame."""
     if not isinstance(frame, (list, tuple)) or len(frame) < 2:
         return 0, None
@@ -176,7 +176,7 @@ class CollectorProcess:
         row = self._db.execute("SELECT coalesce(sum(events), 0) FROM tag_stats").fetchone()
         return int(row[0])
 
-    def arcs(self) -> "tuple[int, int]":
+    def arcs(self) -> tuple[int, int]:
         """(ARC documents, sum of their export counts)."""
         assert self._db is not None
         count, exports = self._db.execute("SELECT count(*), coalesce(sum(export_count), 0) FROM arcs").fetchone()
@@ -194,7 +194,7 @@ class CollectorProcess:
                 return False
             time.sleep(poll)
 
-    def rss(self) -> "tuple[int, int]":
+    def rss(self) -> tuple[int, int]:
         """(current RSS, peak RSS) of the collector process, in bytes."""
         import psutil
 

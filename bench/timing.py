@@ -46,7 +46,7 @@ class Loop:
         bind = "\n".join(f"    {name} = _ns[{name!r}]" for name in names) or "    pass"
         source = _TEMPLATE.format(bind=bind, stmt=textwrap.indent(textwrap.dedent(stmt).strip(), " " * 8))
         scope: Dict[str, Any] = {}
-        exec(compile(source, f"<bench loop: {stmt.strip()[:40]}>", "exec"), scope)  # noqa: S102 - our own text
+        exec(compile(source, f"<bench loop: {stmt.strip()[:40]}>", "exec"), scope)
         self._batch: Callable[..., int] = scope["_batch"]
         self._sample: Callable[..., List[int]] = scope["_sample"]
         self._names = names
@@ -76,7 +76,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return float("nan")
-    rank = min(len(ordered) - 1, max(0, int(round(fraction * len(ordered))) - 1))
+    rank = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
     return float(ordered[rank])
 
 

@@ -9,7 +9,7 @@ The API lives in :mod:`mona_client.client` and is re-exported here, so both spel
     mona_client.export({...})
 """
 
-from .client import *  # noqa: F401,F403 - the facade is the package's API
+from .client import *  # noqa: F403 - the facade is the package's API
 from .client import __all__ as _client_all
 from .threads import MonaThread, MonaThreadPoolExecutor, carry_context, in_new_mona_context, spawn_greenlet
 

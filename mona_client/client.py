@@ -28,21 +28,21 @@ from .runtime import runtime as _runtime
 
 __all__ = [
     "MonaExportException",
-    "init_client",
-    "new_mona_context",
-    "new_mona_sub_context",
-    "get_full_context_id",
-    "init",
-    "init_sub_context",
+    "close",
     "close_sub_context",
-    "reset",
     "export",
     "export_batch",
-    "set_global_init_message",
     "flush",
-    "close",
-    "stats",
+    "get_full_context_id",
+    "init",
+    "init_client",
+    "init_sub_context",
     "is_active",
+    "new_mona_context",
+    "new_mona_sub_context",
+    "reset",
+    "set_global_init_message",
+    "stats",
 ]
 
 
@@ -183,7 +183,7 @@ def _may_turn_on_again() -> bool:
     return _runtime.file_disabled and _runtime.started and not _runtime.env_disabled
 
 
-def _enter_while_off(block: "_Block", stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
+def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
     """Push ``stack`` while the config file has the client off, so that the block carries on in its
     ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
     made then. Exports while off are still refused. Yields "" as a disabled client does."""

@@ -49,9 +49,16 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _KNOWN_FILE_KEYS: Mapping[str, type] = {"disable_all": bool}
 _SIZE_UNITS: Mapping[str, int] = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
 }
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$", re.ASCII)
 _INT_RE = re.compile(r"^[+-]?\d+$", re.ASCII)
@@ -263,9 +270,7 @@ def _parse(data: bytes, path: str) -> Dict[str, Any]:
         raise ConfigError(f"config file {path} must hold a JSON object, not {type(config).__name__}")
     for key, expected in _KNOWN_FILE_KEYS.items():
         if key in config and not isinstance(config[key], expected):
-            raise ConfigError(
-                f"config file {path}: {key!r} must be a JSON {expected.__name__}, got {config[key]!r}"
-            )
+            raise ConfigError(f"config file {path}: {key!r} must be a JSON {expected.__name__}, got {config[key]!r}")
     unknown = sorted(set(config) - set(_KNOWN_FILE_KEYS))
     if unknown:
         logger.warning("config file %s has unknown keys %s (kept as they are)", path, ", ".join(unknown))

@@ -24,10 +24,10 @@ __all__ = [
     "current_stack",
     "get_full_context_id",
     "new_context_id",
-    "sub_stack",
-    "push",
-    "pop",
     "opened_while_off",
+    "pop",
+    "push",
+    "sub_stack",
 ]
 
 #: (full context id, arc class or None)
@@ -73,7 +73,7 @@ def new_context_id() -> str:
 def sub_stack(stack: Stack, sub_context_id: str, arc_class: Optional[str]) -> Stack:
     """``stack`` with a sub-context pushed; ids join with "."."""
     parent = stack[-1][0]
-    return stack + ((f"{parent}{CONTEXT_SEPARATOR}{sub_context_id}", arc_class),)
+    return (*stack, (f"{parent}{CONTEXT_SEPARATOR}{sub_context_id}", arc_class))
 
 
 #: Contexts opened while the config file had the client off, by ``id()`` of their stack:

@@ -39,7 +39,7 @@ import decimal
 import enum
 import math
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import msgpack
 
@@ -54,12 +54,12 @@ from .record import (
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
-    "MonaExportException",
     "EntryEncoder",
-    "encode_entry",
+    "MonaExportException",
+    "check_export_timestamp",
     "check_message",
     "check_nested_keys",
-    "check_export_timestamp",
+    "encode_entry",
 ]
 
 DEFAULT_MAX_RECORD_BYTES = 2**20
@@ -166,7 +166,15 @@ class EntryEncoder:
     def _new_head(self, timestamp: int, context: str) -> Tuple[Any, Any, bytes]:
         packed_time = _plain(timestamp)
         head = b"".join(
-            (b"\x92", packed_time, self._record_start, _plain(context), _EXPORT_TIMESTAMP_KEY, packed_time, _MESSAGE_KEY)
+            (
+                b"\x92",
+                packed_time,
+                self._record_start,
+                _plain(context),
+                _EXPORT_TIMESTAMP_KEY,
+                packed_time,
+                _MESSAGE_KEY,
+            )
         )
         return timestamp, context, head
 
@@ -195,7 +203,7 @@ class EntryEncoder:
             packing = _Packing()
         try:
             packed = packing.pack(message)
-        except Exception as exc:  # noqa: BLE001 - a user object may raise anything while converted
+        except Exception as exc:
             packing.saw_tuple = False
             raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
         finally:
@@ -260,7 +268,7 @@ def _describe(exc: BaseException) -> str:
     """The text of an exception raised by user code, even when its own ``str`` fails."""
     try:
         return str(exc)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return type(exc).__name__
 
 
@@ -291,13 +299,13 @@ def check_nested_keys(message: Mapping[str, Any]) -> None:
                         "nested maps must be strings, numbers, booleans or None"
                     )
                 if _may_hold_maps(item):
-                    pending.append((path + (key,), item))
+                    pending.append(((*path, key), item))
         else:
-            pending.extend((path + (index,), item) for index, item in enumerate(value) if _may_hold_maps(item))
+            pending.extend(((*path, index), item) for index, item in enumerate(value) if _may_hold_maps(item))
 
 
 def _may_hold_maps(value: Any) -> bool:
-    return isinstance(value, _CONTAINERS) or isinstance(value, Mapping)
+    return isinstance(value, (_CONTAINERS, Mapping))
 
 
 def _travels_as_scalar(key: Any) -> bool:
@@ -364,7 +372,7 @@ def check_export_timestamp(value: Any, now: int) -> Tuple[int, Optional[Any]]:
         return now, value
     try:
         seconds = float(value)
-    except Exception:  # noqa: BLE001 - whatever __float__ raises, the value is not a time
+    except Exception:
         return now, _jsonable(value)
     if not math.isfinite(seconds) or not _MIN_TIMESTAMP <= seconds < _MAX_TIMESTAMP:
         return now, _jsonable(value)
@@ -376,10 +384,9 @@ def _jsonable(value: Any) -> Any:
     try:
         msgpack.packb(value, default=_convert, strict_types=False)
         return value
-    except Exception:  # noqa: BLE001 - anything unpackable is kept as text
+    except Exception:
         pass
     try:
         return repr(value)
-    except Exception:  # noqa: BLE001 - even its repr may fail
+    except Exception:
         return f"<{type(value).__name__}>"
-

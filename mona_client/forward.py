@@ -56,7 +56,6 @@ class EventTime(NamedTuple):
     nanoseconds: int = 0
 
 
-
 # --- encoding -------------------------------------------------------------------------------------
 
 
@@ -151,9 +150,7 @@ class FrameDecoder:
                 self._unpacker.feed(piece)
                 self._fed += len(piece)
             except msgpack.BufferFull:
-                raise ForwardProtocolError(
-                    f"frame larger than the {self.max_frame_bytes} byte limit"
-                ) from None
+                raise ForwardProtocolError(f"frame larger than the {self.max_frame_bytes} byte limit") from None
             try:
                 for obj in self._unpacker:
                     objects.append(obj)
@@ -209,5 +206,3 @@ def pack_ping(
         user_digest,
     ]
     return msgpack.packb(message, use_bin_type=True), salt
-
-

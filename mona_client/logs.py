@@ -21,7 +21,7 @@ logger = logging.getLogger(LOGGER_NAME)
 # turned MONA_PRINT_LOGS off (without this, Python's last-resort handler would print warnings).
 logger.addHandler(logging.NullHandler())
 
-_print_handler: "logging.Handler | None" = None
+_print_handler: logging.Handler | None = None
 
 
 def configure_logging(level: str = "INFO", print_logs: bool = True) -> None:
@@ -82,11 +82,11 @@ class RateLimitedLog:
             self._lock.release()
         if held:
             message += " (%d similar lines held back)"
-            args = args + (held,)
+            args = (*args, held)
         logger.log(level, message, *args)
 
 
-_instances: "weakref.WeakSet[RateLimitedLog]" = weakref.WeakSet()
+_instances: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()
 
 
 def _new_locks_after_fork() -> None:

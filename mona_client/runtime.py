@@ -76,9 +76,7 @@ class Runtime:
             configure_logging(print_logs=True)
             settings = settings_from_env()
             if overrides:
-                settings = dataclasses.replace(
-                    settings, **{k: v for k, v in overrides.items() if v is not None}
-                )
+                settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
             self.settings = settings
             rate_limited.reset()
             configure_logging(settings.logging_level, settings.print_logs)
@@ -107,7 +105,7 @@ class Runtime:
                 with self._lock:  # two threads' first calls must not start it twice
                     if not self.started:
                         self.start()
-            except Exception:  # noqa: BLE001 - instrumentation must not break the program
+            except Exception:
                 logger.exception("mona-client could not start; exports are dropped")
                 return False
         return self.active
@@ -165,7 +163,7 @@ class Runtime:
         if sender is not None:
             try:
                 sender.spill(everything=True)
-            except Exception:  # noqa: BLE001 - dying anyway: save what can be saved
+            except Exception:
                 logger.exception("mona-client could not spool on SIGTERM")
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
@@ -272,7 +270,7 @@ class Runtime:
         """The exit flush of a multiprocessing child: bounded by MONA_FLUSH_TIMEOUT, then spooled."""
         try:
             self._at_exit()
-        except Exception:  # noqa: BLE001 - the child is ending; its exit code must not change
+        except Exception:
             logger.exception("mona-client could not flush at the end of this process")
 
     def _after_fork_in_child(self) -> None:
@@ -351,10 +349,8 @@ class Runtime:
             )
         except MonaExportException as exc:
             return self.fail("bad-message", str(exc))
-        except Exception as exc:  # noqa: BLE001 - a user's mapping may raise anything; never into the caller
-            return self.fail(
-                "bad-message", f"message is not a mapping of JSON-able values ({type(exc).__name__})"
-            )
+        except Exception as exc:
+            return self.fail("bad-message", f"message is not a mapping of JSON-able values ({type(exc).__name__})")
         sender = self.sender
         return sender.put(entry) if sender is not None else False
 
@@ -399,7 +395,7 @@ class Runtime:
                 ok = self._export_batch_event(event) and ok
         except MonaExportException:
             raise
-        except Exception as exc:  # noqa: BLE001 - a user's iterable may raise anything
+        except Exception as exc:
             return self.fail("bad-batch", f"export_batch() takes an iterable of event mappings ({type(exc).__name__})")
         return ok
 

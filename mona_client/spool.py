@@ -32,7 +32,7 @@ from typing import Any, Callable, List, Optional, Tuple, TypeVar, cast
 
 from .logs import RateLimitedLog, logger
 
-__all__ = ["Spool", "SpooledChunk", "DEAD_LETTER_DIR"]
+__all__ = ["DEAD_LETTER_DIR", "Spool", "SpooledChunk"]
 
 DEAD_LETTER_DIR = "dead-letter"
 
@@ -49,7 +49,7 @@ def _locked(method: _F) -> _F:
     both write, and a rescan must not overwrite the counts of a write it did not see."""
 
     @functools.wraps(method)
-    def locked(self: "Spool", *args: Any, **kwargs: Any) -> Any:
+    def locked(self: Spool, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
             return method(self, *args, **kwargs)
 
@@ -59,7 +59,7 @@ def _locked(method: _F) -> _F:
 class SpooledChunk:
     """A claimed spool file: its entries, ready to send, and what to do once acked."""
 
-    __slots__ = ("path", "entries", "count")
+    __slots__ = ("count", "entries", "path")
 
     def __init__(self, path: str, entries: bytes, count: int) -> None:
         self.path = path

@@ -20,8 +20,8 @@ __all__ = [
     "MonaThread",
     "MonaThreadPoolExecutor",
     "carry_context",
-    "spawn_greenlet",
     "in_new_mona_context",
+    "spawn_greenlet",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,7 +77,9 @@ def spawn_greenlet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 def in_new_mona_context(
-    arc_class: Optional[str] = None, *, ARC_class: Optional[str] = None  # noqa: N803
+    arc_class: Optional[str] = None,
+    *,
+    ARC_class: Optional[str] = None,  # noqa: N803
 ) -> Callable[[F], F]:
     """Decorator: each call of the function runs in a new root ARC of ``arc_class``.
 

@@ -49,7 +49,7 @@ from .logs import RateLimitedLog, logger
 from .record import TAG
 from .spool import Spool, SpooledChunk
 
-__all__ = ["Sender", "SenderStats", "HandshakeError", "client_ssl_context"]
+__all__ = ["HandshakeError", "Sender", "SenderStats", "client_ssl_context"]
 
 SenderStats = Dict[str, int]
 
@@ -78,7 +78,7 @@ class _Interrupted(Exception):
 
 
 class _Chunk:
-    __slots__ = ("chunk_id", "data", "entries", "count", "attempts", "spooled", "refusals")
+    __slots__ = ("attempts", "chunk_id", "count", "data", "entries", "refusals", "spooled")
 
     def __init__(self, entries: bytes, count: int, spooled: Optional[SpooledChunk] = None) -> None:
         self.entries = entries
@@ -308,9 +308,7 @@ class Sender:
 
     def _in_memory(self) -> int:
         """Records in memory: queued, in flight, waiting to be resent or waiting aside."""
-        in_memory = (
-            len(self._queue) + sum(c.count for c in self._inflight) + sum(c.count for c in self._retry)
-        )
+        in_memory = len(self._queue) + sum(c.count for c in self._inflight) + sum(c.count for c in self._retry)
         suspect = self._suspect
         return in_memory + (suspect.count if suspect is not None else 0)
 
@@ -348,7 +346,7 @@ class Sender:
             self._wake.clear()
             try:
                 self.drain_now()
-            except Exception:  # noqa: BLE001 - the sender must outlive any surprise
+            except Exception:
                 logger.exception("mona-client sender failed; it goes on")
                 with self._drain_lock:
                     self._disconnect()
@@ -452,9 +450,7 @@ class Sender:
     def _frame(self, chunk: _Chunk) -> None:
         # A fresh chunk id per attempt: an ack that arrives late for an earlier attempt is ignored.
         chunk.chunk_id = forward.new_chunk_id() if self.require_ack else ""
-        chunk.data = forward.pack_packed_forward(
-            self.tag, chunk.entries, chunk.count, chunk.chunk_id or None
-        )
+        chunk.data = forward.pack_packed_forward(self.tag, chunk.entries, chunk.count, chunk.chunk_id or None)
 
     def _note_refusal(self, exc: BaseException) -> Optional[_Chunk]:
         """Count a connection the peer closed against the oldest unacked chunk.
@@ -568,9 +564,7 @@ class Sender:
     # --- the spool ------------------------------------------------------------------------------
 
     def _spill_if_lagging(self) -> None:
-        if self.spool is not None and (
-            len(self._queue) > self._spill_at or self._queued_bytes > self._spill_bytes_at
-        ):
+        if self.spool is not None and (len(self._queue) > self._spill_at or self._queued_bytes > self._spill_bytes_at):
             self.spill(keep=self._spill_at, keep_bytes=self._spill_bytes_at)
 
     def spill(self, keep: int = 0, everything: bool = False, keep_bytes: int = 0) -> None:
@@ -770,4 +764,3 @@ def client_ssl_context(
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     return context
-

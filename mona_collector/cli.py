@@ -115,17 +115,37 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: loopback)")
     collect.add_argument("--port", type=_port, default=DEFAULT_PORT, help="TCP (and UDP heartbeat) port, 0 to 65535")
     _add_db(collect)
-    collect.add_argument("--max-frame-bytes", type=_count, default=DEFAULT_MAX_FRAME_BYTES,
-                         help=f"largest message in bytes (default: {DEFAULT_MAX_FRAME_BYTES})")
-    collect.add_argument("--stall-timeout", type=_seconds, default=_DEFAULTS.stall_timeout,
-                         help="seconds a message may take from its first byte to its last (default: %(default)g)")
-    collect.add_argument("--idle-timeout", type=_seconds, default=_DEFAULTS.idle_timeout,
-                         help="close a connection that completes no message for this many seconds (default: %(default)g)")
-    collect.add_argument("--max-connections", type=_count, default=_DEFAULTS.max_connections,
-                         help="connections open at once; beyond it new ones are closed at once (default: %(default)d)")
-    collect.add_argument("--max-buffered-bytes", type=_count, default=_DEFAULTS.max_buffered_bytes,
-                         help="bytes of incomplete messages held across connections; beyond it the connection "
-                         "holding the most is closed (default: %(default)d)")
+    collect.add_argument(
+        "--max-frame-bytes",
+        type=_count,
+        default=DEFAULT_MAX_FRAME_BYTES,
+        help=f"largest message in bytes (default: {DEFAULT_MAX_FRAME_BYTES})",
+    )
+    collect.add_argument(
+        "--stall-timeout",
+        type=_seconds,
+        default=_DEFAULTS.stall_timeout,
+        help="seconds a message may take from its first byte to its last (default: %(default)g)",
+    )
+    collect.add_argument(
+        "--idle-timeout",
+        type=_seconds,
+        default=_DEFAULTS.idle_timeout,
+        help="close a connection that completes no message for this many seconds (default: %(default)g)",
+    )
+    collect.add_argument(
+        "--max-connections",
+        type=_count,
+        default=_DEFAULTS.max_connections,
+        help="connections open at once; beyond it new ones are closed at once (default: %(default)d)",
+    )
+    collect.add_argument(
+        "--max-buffered-bytes",
+        type=_count,
+        default=_DEFAULTS.max_buffered_bytes,
+        help="bytes of incomplete messages held across connections; beyond it the connection "
+        "holding the most is closed (default: %(default)d)",
+    )
     collect.add_argument("--synchronous", default="FULL", choices=["FULL", "NORMAL"], help="SQLite durability")
     collect.add_argument("--quiet", action="store_true", help="log warnings only")
     collect.add_argument(
@@ -133,17 +153,31 @@ def _parser() -> argparse.ArgumentParser:
         help="require the Forward shared-key handshake with the key in this file "
         "(default: $MONA_COLLECTOR_SHARED_KEY, if set)",
     )
-    collect.add_argument("--users-file", help="also require a user name and password: lines user:password (needs a shared key)")
+    collect.add_argument(
+        "--users-file", help="also require a user name and password: lines user:password (needs a shared key)"
+    )
     collect.add_argument("--hostname", help="the collector's name in the handshake (default: mona-collector.HOST)")
     collect.add_argument("--tls-cert", help="serve TLS with this certificate chain (PEM); needs --tls-key")
     collect.add_argument("--tls-key", help="the private key of --tls-cert (PEM)")
     collect.add_argument("--tls-client-ca", help="require client certificates signed by this CA (PEM)")
-    collect.add_argument("--max-depth", type=int, default=DEFAULT_MAX_DEPTH,
-                         help=f"refuse records of sub-contexts nested deeper below their root (0-{MAX_DEPTH_LIMIT})")
-    collect.add_argument("--merge-cache-bytes", type=int, default=DEFAULT_CACHE_BYTES,
-                         help="bytes of ARC documents the merger keeps in memory")
-    collect.add_argument("--merger-max-backoff", type=float, default=30.0,
-                         help="longest wait, in seconds, before restarting a merger that died")
+    collect.add_argument(
+        "--max-depth",
+        type=int,
+        default=DEFAULT_MAX_DEPTH,
+        help=f"refuse records of sub-contexts nested deeper below their root (0-{MAX_DEPTH_LIMIT})",
+    )
+    collect.add_argument(
+        "--merge-cache-bytes",
+        type=int,
+        default=DEFAULT_CACHE_BYTES,
+        help="bytes of ARC documents the merger keeps in memory",
+    )
+    collect.add_argument(
+        "--merger-max-backoff",
+        type=float,
+        default=30.0,
+        help="longest wait, in seconds, before restarting a merger that died",
+    )
 
     arcs = commands.add_parser("arcs", help="query ARC documents").add_subparsers(dest="arcs_command", required=True)
     listing = arcs.add_parser("list", help="ARCs, most recently exported first")
@@ -196,7 +230,9 @@ def _query(args: argparse.Namespace) -> int:
         if args.command == "stats":
             return _stats(store, args)
         commands: Dict[str, Callable[[SQLiteStore, argparse.Namespace], int]] = {
-            "list": _list, "show": _show, "export": _export,
+            "list": _list,
+            "show": _show,
+            "export": _export,
         }
         return commands[args.arcs_command](store, args)
     finally:
@@ -218,13 +254,18 @@ def _collect(args: argparse.Namespace) -> int:
     # Everything the collector creates (databases, WAL and SHM files, lock files, folders) is for
     # its user only: the records may hold anything an application exported.
     os.umask(0o077)
-    for option, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key), ("--tls-client-ca", args.tls_client_ca)):
+    for option, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
+    ):
         if path and not os.path.isfile(path):
             raise CliError(f"{option}: no file {path}", 2)
     if args.max_buffered_bytes < args.max_frame_bytes:
         raise CliError(
             f"--max-buffered-bytes ({args.max_buffered_bytes}) is below --max-frame-bytes ({args.max_frame_bytes}): "
-            "a message of the largest size could never be received", 2,
+            "a message of the largest size could never be received",
+            2,
         )
     shared_key = _shared_key(args.shared_key_file)
     users = _read_users(args.users_file) if args.users_file else None
@@ -314,7 +355,9 @@ def _prepare_db_path(path: Path) -> Path:
     except (FileExistsError, NotADirectoryError):
         raise CliError(f"--db {shown}: {_not_a_directory(path)} is not a directory", 2) from None
     except OSError as exc:
-        raise CliError(f"--db {shown}: cannot create the folder {_printable(str(path.parent))}: {exc.strerror}") from None
+        raise CliError(
+            f"--db {shown}: cannot create the folder {_printable(str(path.parent))}: {exc.strerror}"
+        ) from None
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise CliError(f"--db {shown}: the folder {_printable(str(path.parent))} is not writable by this user")
     return path
@@ -351,7 +394,9 @@ def _lock_database(db_path: Path) -> IO[str]:
         ) from None
     if _merger_running(db_path):  # a collector started from Python holds only the merger's lock
         handle.close()
-        raise CliError(f"the database {_printable(str(db_path))} is in use by another collector; stop it or choose another --db")
+        raise CliError(
+            f"the database {_printable(str(db_path))} is in use by another collector; stop it or choose another --db"
+        )
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -503,7 +548,7 @@ def _list(store: SQLiteStore, args: argparse.Namespace) -> int:
 
 
 def _print_table(header: List[str], rows: List[List[Any]]) -> None:
-    cells = [[_printable(cell) for cell in row] for row in [header] + rows]
+    cells = [[_printable(cell) for cell in row] for row in [header, *rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -512,7 +557,10 @@ def _print_table(header: List[str], rows: List[List[Any]]) -> None:
 def _show(store: SQLiteStore, args: argparse.Namespace) -> int:
     documents = store.find_arcs(args.context_id)
     if not documents:
-        print(f"mona: no ARC with context id {_printable(repr(args.context_id))} in {_printable(store.path)}", file=sys.stderr)
+        print(
+            f"mona: no ARC with context id {_printable(repr(args.context_id))} in {_printable(store.path)}",
+            file=sys.stderr,
+        )
         return 1
     # One user: the document; the same id under several users: a list of their documents.
     print(_json(documents[0] if len(documents) == 1 else documents, indent=2))
@@ -604,15 +652,22 @@ def _stats(store: SQLiteStore, args: argparse.Namespace) -> int:
     print(f"first event   {format_time(stats['first_event_time'])}")
     print(f"last event    {format_time(stats['last_event_time'])}")
     print(f"not merged    {stats['unmerged_events']} events in {stats['unmerged_rows']} raw rows  (merge lag)")
-    print(f"merger        {stats['merger_restarts']} restart(s)" + (
-        f", last error at {format_time(stats['merger_last_error_time'])}: {stats['merger_last_error']}"
-        if stats["merger_last_error"] else ""))
+    print(
+        f"merger        {stats['merger_restarts']} restart(s)"
+        + (
+            f", last error at {format_time(stats['merger_last_error_time'])}: {stats['merger_last_error']}"
+            if stats["merger_last_error"]
+            else ""
+        )
+    )
     print(f"ARCs          {stats['arcs']}")
     for arc_class, count in stats["arcs_by_class"].items():
         print(f"  {_printable(arc_class or '(no class)'):<20} {count}")
     print("tags")
     for tag, counts in stats["tags"].items():
-        print(f"  {_printable(tag):<30} {counts['events']} events, {counts['rejected']} rejected, {counts['duplicates']} duplicates")
+        print(
+            f"  {_printable(tag):<30} {counts['events']} events, {counts['rejected']} rejected, {counts['duplicates']} duplicates"
+        )
     return 0
 
 

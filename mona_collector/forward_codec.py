@@ -83,9 +83,7 @@ def pack_ack(chunk: Any) -> bytes:
 
 
 def pack_helo(nonce: bytes, auth_salt: bytes = b"", keepalive: bool = True) -> bytes:
-    return msgpack.packb(
-        ["HELO", {"nonce": nonce, "auth": auth_salt, "keepalive": keepalive}], use_bin_type=True
-    )
+    return msgpack.packb(["HELO", {"nonce": nonce, "auth": auth_salt, "keepalive": keepalive}], use_bin_type=True)
 
 
 def pack_pong(ok: bool, reason: str, hostname: str, digest: str) -> bytes:
@@ -106,7 +104,7 @@ def _decode_time(value: Any) -> Tuple[int, int]:
         if not math.isfinite(value):
             raise ForwardProtocolError(f"event time {value}")
         seconds = int(value)
-        return seconds, int(round((value - seconds) * 1e9))
+        return seconds, round((value - seconds) * 1e9)
     if isinstance(value, msgpack.ExtType):
         raise ForwardProtocolError(f"unknown time extension type {value.code}")
     raise ForwardProtocolError(f"event time of type {type(value).__name__}")
@@ -190,9 +188,7 @@ def parse_event_batch(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Eve
     return decode_event_message(obj, max_bytes)[0]
 
 
-def decode_event_message(
-    obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
-) -> Tuple[EventBatch, Optional[bytes]]:
+def decode_event_message(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Tuple[EventBatch, Optional[bytes]]:
     """Like :func:`parse_event_batch`, and also the plain (decompressed) entries blob of the
     (Compressed)PackedForward modes, or None for Message and Forward.
 
@@ -315,7 +311,9 @@ def split_event_message(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> R
     batch, _ = decode_event_message(obj, max_bytes)
     try:
         entries = b"".join(
-            pack_entry(EventTime(event.seconds, event.nanoseconds) if event.nanoseconds else event.seconds, event.record)
+            pack_entry(
+                EventTime(event.seconds, event.nanoseconds) if event.nanoseconds else event.seconds, event.record
+            )
             for event in batch.events
         )
     except (OverflowError, ValueError, TypeError, struct.error) as exc:

@@ -123,7 +123,7 @@ class Ingestor:
             if self.on_commit is not None:
                 try:
                     self.on_commit(last_id)
-                except Exception:  # noqa: BLE001 - telling the merger must not stop the writer
+                except Exception:
                     log.exception("collector: could not tell the merger about new rows")
         # Callbacks first, so that whoever waits in drain() finds every ack already scheduled.
         for submission, result in zip(group, results):

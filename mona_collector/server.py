@@ -90,10 +90,10 @@ class ServerSettings:
     #: default is not the bare host name, which a client on the same machine would also use).
     hostname: Optional[str] = None
     #: TLS: the server's certificate chain and key (PEM). Both set: TLS only, no plain connections.
-    tls_cert_file: Optional[Union[str, "os.PathLike[str]"]] = None
-    tls_key_file: Optional[Union[str, "os.PathLike[str]"]] = None
+    tls_cert_file: Optional[Union[str, os.PathLike[str]]] = None
+    tls_key_file: Optional[Union[str, os.PathLike[str]]] = None
     #: TLS: require client certificates signed by this CA.
-    tls_ca_file: Optional[Union[str, "os.PathLike[str]"]] = None
+    tls_ca_file: Optional[Union[str, os.PathLike[str]]] = None
 
     def __post_init__(self) -> None:
         self._check_limits()
@@ -137,9 +137,9 @@ class ServerSettings:
 
 
 def server_ssl_context(
-    cert_file: Union[str, "os.PathLike[str]"],
-    key_file: Union[str, "os.PathLike[str]"],
-    ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
+    cert_file: Union[str, os.PathLike[str]],
+    key_file: Union[str, os.PathLike[str]],
+    ca_file: Optional[Union[str, os.PathLike[str]]] = None,
 ) -> ssl.SSLContext:
     """A TLS server context: TLS 1.2 or 1.3; with ``ca_file``, client certificates are required."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -270,7 +270,7 @@ class JsonFrameDecoder:
 class ForwardConnection(asyncio.Protocol):
     """One TCP client of the Forward server."""
 
-    def __init__(self, server: "ForwardServer") -> None:
+    def __init__(self, server: ForwardServer) -> None:
         self.server = server
         self.settings = server.settings
         self.transport: Optional[asyncio.Transport] = None
@@ -307,9 +307,12 @@ class ForwardConnection(asyncio.Protocol):
             self.peer = f"{peer[0]}:{peer[1]}"
         if len(self.server.connections) >= self.settings.max_connections:
             self.server.limits.log(
-                logging.WARNING, "connections",
+                logging.WARNING,
+                "connections",
                 "collector: %d connections open, the limit (--max-connections): closing new connections at once "
-                "(this one from %s)", len(self.server.connections), self.peer,
+                "(this one from %s)",
+                len(self.server.connections),
+                self.peer,
             )
             self.closed = True
             transport.close()
@@ -334,11 +337,14 @@ class ForwardConnection(asyncio.Protocol):
         except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError):
             self._drop()  # connected and left (a TCP heartbeat): nothing to say
             return
-        except Exception as exc:  # noqa: BLE001 - any handshake failure closes only this connection
+        except Exception as exc:
             reason = _tls_reason(exc)
             self.server.refusals.log(
-                self.host, "tls:" + reason, "collector: refused connection from %s: TLS handshake failed: %s",
-                self.peer, reason,
+                self.host,
+                "tls:" + reason,
+                "collector: refused connection from %s: TLS handshake failed: %s",
+                self.peer,
+                reason,
             )
             raw.close()
             self._drop()
@@ -407,7 +413,9 @@ class ForwardConnection(asyncio.Protocol):
             frames = decoder.feed(data)
         except ForwardProtocolError as exc:
             if not self.authenticated:
-                self.refuse("invalid ping message", f"sent bytes that are not msgpack instead of PING: {exc}", "msgpack")
+                self.refuse(
+                    "invalid ping message", f"sent bytes that are not msgpack instead of PING: {exc}", "msgpack"
+                )
             else:
                 self.fail(str(exc))
             return
@@ -472,7 +480,11 @@ class ForwardConnection(asyncio.Protocol):
         if self.closed:
             return
         self.server.refusals.log(
-            self.host, kind or reason, "collector: refused connection from %s: %s; nothing from it is stored", self.peer, detail
+            self.host,
+            kind or reason,
+            "collector: refused connection from %s: %s; nothing from it is stored",
+            self.peer,
+            detail,
         )
         if self.transport is not None:
             self.transport.write(pack_pong(False, reason, "", ""))
@@ -530,13 +542,17 @@ class ForwardConnection(asyncio.Protocol):
             return
         if self.frame_started_at is not None:
             if now - self.frame_started_at > settings.stall_timeout:
-                self.fail(f"a frame still incomplete {settings.stall_timeout:g} s after its first byte (--stall-timeout)")
+                self.fail(
+                    f"a frame still incomplete {settings.stall_timeout:g} s after its first byte (--stall-timeout)"
+                )
             return
         if self.pending_events == 0 and now - self.last_frame_at > settings.idle_timeout:
             self.server.limits.log(
-                logging.INFO, "idle",
+                logging.INFO,
+                "idle",
                 "collector: closing connection from %s: no complete message for %g s (--idle-timeout)",
-                self.peer, settings.idle_timeout,
+                self.peer,
+                settings.idle_timeout,
             )
             self.close_silently()
 
@@ -597,9 +613,7 @@ class ForwardServer:
         self.port = self._server.sockets[0].getsockname()[1]
         if self.settings.udp_heartbeat:
             try:
-                self._udp, _ = await self.loop.create_datagram_endpoint(
-                    HeartbeatProtocol, local_addr=(bind, self.port)
-                )
+                self._udp, _ = await self.loop.create_datagram_endpoint(HeartbeatProtocol, local_addr=(bind, self.port))
             except OSError as exc:
                 log.warning("collector: no UDP heartbeat on port %d: %s", self.port, exc)
         self._sweeper = self.loop.create_task(self._sweep())
@@ -613,10 +627,12 @@ class ForwardServer:
         def handle(loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
             if context.get("message") == _ACCEPT_OUT_OF_RESOURCES:
                 self.limits.log(
-                    logging.WARNING, "accept",
+                    logging.WARNING,
+                    "accept",
                     "collector: cannot accept connections: %s; %d open; retrying in a second "
                     "(raise the file descriptor limit, `ulimit -n`, or lower --max-connections)",
-                    context.get("exception"), len(self.connections),
+                    context.get("exception"),
+                    len(self.connections),
                 )
             elif previous is not None:
                 previous(loop, context)
@@ -633,7 +649,9 @@ class ForwardServer:
             log.warning(
                 "collector: the file descriptor limit (%d) is below --max-connections (%d) + %d: "
                 "accepting pauses when it runs out; raise `ulimit -n` or lower --max-connections",
-                soft, self.settings.max_connections, _RESERVED_DESCRIPTORS,
+                soft,
+                self.settings.max_connections,
+                _RESERVED_DESCRIPTORS,
             )
 
     def shed_buffered(self) -> None:
@@ -646,10 +664,14 @@ class ForwardServer:
                 return
             victim = max(holders, key=lambda c: (c.buffered_bytes, -(c.frame_started_at or 0.0)))
             self.limits.log(
-                logging.WARNING, "buffered",
+                logging.WARNING,
+                "buffered",
                 "collector: %d bytes held in incomplete frames, above --max-buffered-bytes (%d): "
                 "closing the connection from %s, which holds %d",
-                self.buffered_bytes, limit, victim.peer, victim.buffered_bytes,
+                self.buffered_bytes,
+                limit,
+                victim.peer,
+                victim.buffered_bytes,
             )
             victim.close_silently()
 

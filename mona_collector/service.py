@@ -126,7 +126,9 @@ class Collector:
         else:
             self._store = self._given_store
             raw_log = getattr(self._given_store, "raw_log", None)
-            self._raw_log = raw_log() if callable(raw_log) else SQLiteRawLog(raw_log_path(self.db_path), self._synchronous)
+            self._raw_log = (
+                raw_log() if callable(raw_log) else SQLiteRawLog(raw_log_path(self.db_path), self._synchronous)
+            )
             self._merger = MergerThread(self._given_store, self._raw_log, **self._merger_options)
         try:
             self._merger.start()
@@ -204,7 +206,7 @@ class Collector:
             self._raw_log = None
         self._store = None
 
-    def __enter__(self) -> "Collector":
+    def __enter__(self) -> Collector:
         self.start()
         return self
 

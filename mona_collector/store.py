@@ -44,10 +44,10 @@ __all__ = [
     "SQLiteStore",
     "StoreError",
     "StoreUnavailable",
-    "raw_log_path",
     "TagCounts",
     "WriteSet",
     "default_db_path",
+    "raw_log_path",
 ]
 
 ENV_DB = "MONA_COLLECTOR_DB"
@@ -71,7 +71,7 @@ class StoreUnavailable(StoreError):
 def is_storage_failure(exc: BaseException) -> bool:
     """Whether ``exc`` says the storage failed rather than the data written (SQLite's own errors
     other than constraint, size and programming errors, and the operating system's)."""
-    if isinstance(exc, StoreUnavailable) or isinstance(exc, OSError):
+    if isinstance(exc, (StoreUnavailable, OSError)):
         return True
     if isinstance(exc, sqlite3.OperationalError):
         return True
@@ -366,13 +366,19 @@ def _freeze_document(
     user, context = db_text(key[0]), db_text(key[1])
     subs = document["subs"]
     stored, node_bytes = document.get(_STORED) or (0, 0)
-    columns = (user, context, _class_column(document["node"][CLASS]), document["first_export"],
-               document["last_export"], document["export_count"])
+    columns = (
+        user,
+        context,
+        _class_column(document["node"][CLASS]),
+        document["first_export"],
+        document["last_export"],
+        document["export_count"],
+    )
     if not stored:
         whole = pack_document(_without_bookkeeping(document) if SIZE_KEY in document else document)
         if len(whole) <= INLINE_DOCUMENT_BYTES:
             document[SIZE_KEY] = len(whole)
-            return columns + (whole,)
+            return (*columns, whole)
     total = len(subs)
     rows: Dict[str, int] = {}
     if total > stored:  # new nodes are the last ones of the dict (it keeps insertion order)
@@ -389,7 +395,7 @@ def _freeze_document(
     header = _pack_header(document)
     document[_STORED] = [total, node_bytes]
     document[SIZE_KEY] = len(header) + node_bytes
-    return columns + (header,)
+    return (*columns, header)
 
 
 _SCHEMA = """
@@ -521,9 +527,7 @@ class SQLiteStore(ArcStore):
             if readonly:
                 if not self.path.exists():
                     raise StoreError(f"no collector database at {self.path}")
-                self._db = sqlite3.connect(
-                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
-                )
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
@@ -567,7 +571,7 @@ class SQLiteStore(ArcStore):
     def watermark(self, log_id: str) -> int:
         return _watermark(self._lookups, log_id)
 
-    def raw_log(self) -> "SQLiteRawLog":
+    def raw_log(self) -> SQLiteRawLog:
         """The raw log beside this database."""
         return SQLiteRawLog(raw_log_path(self.path))
 
@@ -687,12 +691,19 @@ class SQLiteStore(ArcStore):
 
     def find_arcs(self, context_id: str) -> List[Document]:
         root = context_id.split(".", 1)[0]
-        return list(self._documents("SELECT user_id, context_id, document FROM arcs WHERE context_id = ? ORDER BY user_id", (root,)))
+        return list(
+            self._documents(
+                "SELECT user_id, context_id, document FROM arcs WHERE context_id = ? ORDER BY user_id", (root,)
+            )
+        )
 
     def iter_arcs(self, arc_class: Optional[str] = None) -> Iterator[Document]:
         if arc_class is None:
             return self._documents("SELECT user_id, context_id, document FROM arcs ORDER BY first_export, rowid")
-        return self._documents("SELECT user_id, context_id, document FROM arcs WHERE arc_class = ? ORDER BY first_export, rowid", (arc_class,))
+        return self._documents(
+            "SELECT user_id, context_id, document FROM arcs WHERE arc_class = ? ORDER BY first_export, rowid",
+            (arc_class,),
+        )
 
     def _raw_files(self) -> Iterator[sqlite3.Connection]:
         """Connections to what holds raw events: this file if it was written before the raw log had a
@@ -755,7 +766,9 @@ class SQLiteStore(ArcStore):
             "unmerged_events": unmerged_events,
             "merger_restarts": int(merger.get(MERGER_RESTARTS, 0)),
             "merger_last_error": merger.get(MERGER_LAST_ERROR),
-            "merger_last_error_time": float(merger[MERGER_LAST_ERROR_TIME]) if MERGER_LAST_ERROR_TIME in merger else None,
+            "merger_last_error_time": float(merger[MERGER_LAST_ERROR_TIME])
+            if MERGER_LAST_ERROR_TIME in merger
+            else None,
         }
 
     def close(self) -> None:
@@ -766,7 +779,6 @@ class SQLiteStore(ArcStore):
             except sqlite3.Error:
                 pass  # readers keep it busy: the next start or checkpoint will do it
         self._db.close()
-
 
 
 class SQLiteRawLog(RawLog):
@@ -804,8 +816,15 @@ class SQLiteRawLog(RawLog):
                 "INSERT INTO raw_chunks (received, tag, events, first_time, last_time, entries, auth_user)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (c.received, label_text(c.tag), c.events, _finite(c.first_time), _finite(c.last_time), c.entries,
-                     None if c.auth_user is None else db_text(c.auth_user))
+                    (
+                        c.received,
+                        label_text(c.tag),
+                        c.events,
+                        _finite(c.first_time),
+                        _finite(c.last_time),
+                        c.entries,
+                        None if c.auth_user is None else db_text(c.auth_user),
+                    )
                     for c in chunks
                 ],
             )
@@ -857,8 +876,11 @@ def note_merger_failure(raw_path: os.PathLike | str, error: str) -> None:
             (restarts,) = db.execute("SELECT value FROM meta WHERE key = ?", (MERGER_RESTARTS,)).fetchone() or (0,)
             db.executemany(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                [(MERGER_RESTARTS, str(int(restarts) + 1)), (MERGER_LAST_ERROR, error),
-                 (MERGER_LAST_ERROR_TIME, repr(time.time()))],
+                [
+                    (MERGER_RESTARTS, str(int(restarts) + 1)),
+                    (MERGER_LAST_ERROR, error),
+                    (MERGER_LAST_ERROR_TIME, repr(time.time())),
+                ],
             )
             db.execute("COMMIT")
         finally:

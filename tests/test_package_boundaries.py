@@ -20,7 +20,9 @@ def test_no_client_module_names_the_collector_in_an_import() -> None:
                 names = [node.module or ""]
             else:
                 continue
-            offenders += [f"{path.name}:{node.lineno} {name}" for name in names if name.split(".")[0] == "mona_collector"]
+            offenders += [
+                f"{path.name}:{node.lineno} {name}" for name in names if name.split(".")[0] == "mona_collector"
+            ]
     assert offenders == []
 
 

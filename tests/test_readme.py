@@ -23,15 +23,17 @@ def test_readme_starts_with_the_two_set_up_commands():
     assert len(commands) == 2
     assert "mona_collector.demo" in commands[0] and "pytest" in commands[1]
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "python3 -m pytest" in ci and "python3 -m pip install -q -e \".[test]\"" in ci
+    assert "python3 -m pytest" in ci and 'python3 -m pip install -q -e ".[test]"' in ci
 
 
 def test_readme_snippets_run_verbatim(receiver):
     blocks = python_blocks()
     assert len(blocks) == 2
     # The second snippet continues the first (it uses `client`), as a reader would run them.
-    script = blocks[0] + blocks[1] + "\nimport threading\nfor t in threading.enumerate():\n" \
+    script = (
+        blocks[0] + blocks[1] + "\nimport threading\nfor t in threading.enumerate():\n"
         "    if t is not threading.current_thread() and not t.daemon: t.join()\n"
+    )
     env = dict(os.environ, MONA_PORT=str(receiver.port), MONA_USER_ID="readme", MONA_PRINT_LOGS="false")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

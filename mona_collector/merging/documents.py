@@ -167,6 +167,7 @@ def upgrade_document(document: Document) -> Document:
     """A document in the current internal form, from any form a store may hold."""
     if document.get("v") == FORMAT_VERSION:
         return document
+
     # Version 1: nested nodes {"arc_class", "fields", "sub_arcs", "_t": {"fields", "arc_class"}}.
     def node_of(old: Document) -> Node:
         times = old["_t"]["fields"]
@@ -299,7 +300,7 @@ def _merge_slowly_times(node: Node, values: Dict[str, Any], times: Dict[str, Any
 class MergeResult:
     """What :meth:`ArcMerger.merge_events` did with one message's events."""
 
-    __slots__ = ("dropped", "rejected", "reject_reason")
+    __slots__ = ("dropped", "reject_reason", "rejected")
 
     def __init__(self) -> None:
         self.dropped: List[int] = []  # indices of the events dropped as duplicates
@@ -333,7 +334,7 @@ class ArcMerger:
         self._cache_bytes = cache_bytes
         self.max_depth = max_depth
         self._on_pressure = on_pressure
-        self._cache: "OrderedDict[ArcKey, Document]" = OrderedDict()
+        self._cache: OrderedDict[ArcKey, Document] = OrderedDict()
         self._charged: Dict[ArcKey, int] = {}  # the size each cached document counts for
         self._cached_bytes = 0
         self._dirty: Dict[ArcKey, Document] = {}
@@ -397,7 +398,9 @@ class ArcMerger:
 
     def merge_events(self, events: Iterable[Tuple[int, int, Any]], ids: Any) -> MergeResult:
         """:meth:`merge_entries` for decoded events ``(seconds, nanoseconds, record)``."""
-        return self.merge_entries([(seconds + nanos / 1e9 if nanos else seconds, record) for seconds, nanos, record in events], ids)
+        return self.merge_entries(
+            [(seconds + nanos / 1e9 if nanos else seconds, record) for seconds, nanos, record in events], ids
+        )
 
     def merge_entries(self, events: List[Any], ids: Any, owner: Optional[str] = None) -> MergeResult:
         """Drop duplicates (with ``ids``, a :class:`~.dedup.RecordIdFilter`) and merge the other
@@ -555,7 +558,7 @@ class ArcMerger:
                         node[CLASS_TIME] = when
                     if not fields:
                         node[NEWEST] = newest
-            except Exception as exc:  # noqa: BLE001 - one record never fails the others (no cost unless raised)
+            except Exception as exc:
                 result.rejected += 1
                 result.reject_reason = result.reject_reason or f"cannot be merged: {type(exc).__name__}: {exc}"
         if last_root is not None:

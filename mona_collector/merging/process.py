@@ -82,7 +82,7 @@ def decode_entries(entries: bytes, count: int) -> Tuple[List[Any], int]:
     """
     try:  # as one array: a single call into msgpack's C decoder
         return _unpackb(_ARRAY32.pack(0xDD, count) + entries, **_DECODING), 0
-    except Exception:  # noqa: BLE001 - e.g. a map key that is an array: entry by entry, below
+    except Exception:
         return _decode_one_by_one(entries)
 
 
@@ -96,11 +96,11 @@ def _decode_one_by_one(entries: bytes) -> Tuple[List[Any], int]:
         try:
             skipper.skip()
             end = skipper.tell()
-        except Exception:  # noqa: BLE001 - the rest is unreadable (the network side checked it, though)
+        except Exception:
             return items, bad + 1
         try:
             items.append(_unpackb(entries[start:end], **_DECODING))
-        except Exception:  # noqa: BLE001
+        except Exception:
             bad += 1
         start = end
     return items, bad
@@ -116,7 +116,7 @@ def time_span(items: List[Any]) -> Tuple[Optional[float], Optional[float]]:
         try:
             datas = list(map(_STOP, times))
             return event_seconds(slice(0, min(datas))), event_seconds(slice(0, max(datas)))
-        except Exception:  # noqa: BLE001 - some other extension: the slow way
+        except Exception:
             pass
     seconds = []
     for value in times:
@@ -187,7 +187,7 @@ class MergeLoop:
             committer = ThreadPoolExecutor(1, "mona-merger-commit")
         #: Runs ``store.write`` in the background (an executor: ``submit(fn, changes)``), or None.
         self._committer = committer
-        self._writing: Optional[Tuple["Future[None]", WriteSet, int]] = None
+        self._writing: Optional[Tuple[Future[None], WriteSet, int]] = None
 
     def _new(self) -> None:
         self._merger = ArcMerger(
@@ -219,7 +219,8 @@ class MergeLoop:
             log.warning(
                 "collector: the merger's document cache reached its limit of %d bytes (--merge-cache-bytes); "
                 "the least recently used ARCs are evicted and read back from the database when needed "
-                "(logged once)", limit,
+                "(logged once)",
+                limit,
             )
 
     def merge_rows(self, rows: List[RawRow]) -> int:
@@ -245,7 +246,7 @@ class MergeLoop:
         self._writing = None
         try:
             future.result()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_storage_failure(exc):
                 raise
             self._failed(changes, exc)
@@ -299,7 +300,9 @@ class MergeLoop:
             if result.rejected or undecodable:
                 self.rejected_log.warning(
                     "collector: %d mona record(s) in raw row %d cannot be merged (first: %s); they are kept raw only",
-                    result.rejected + undecodable, row.id, result.reject_reason or "entries that cannot be decoded",
+                    result.rejected + undecodable,
+                    row.id,
+                    result.reject_reason or "entries that cannot be decoded",
                 )
         counts.events += kept + undecodable
         if items:
@@ -310,7 +313,7 @@ class MergeLoop:
         if self._committer is None:
             try:
                 self.store.write(changes)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 if is_storage_failure(exc):
                     raise
                 self._failed(changes, exc)
@@ -331,8 +334,9 @@ class MergeLoop:
         """A transaction failed for its data: start again from what the store holds; rows that fail
         on their own are counted as rejected and skipped, so that one row can never stop the merger.
         A failure of the storage is raised instead: a row is never skipped because the disk is full."""
-        log.error("collector: could not store merged rows up to %s: %s; merging them again one by one",
-                  changes.watermark, exc)
+        log.error(
+            "collector: could not store merged rows up to %s: %s; merging them again one by one", changes.watermark, exc
+        )
         self._new()
         self.watermark = self.store.watermark(self.raw_log.log_id)
         for row in self.raw_log.read(self.watermark, self.batch_events, self.batch_bytes):
@@ -341,13 +345,19 @@ class MergeLoop:
             try:
                 single = self._prepare([row])
                 self.store.write(single)
-            except Exception as row_exc:  # noqa: BLE001
+            except Exception as row_exc:
                 if is_storage_failure(row_exc):
                     raise
-                log.error("collector: raw row %d cannot be merged (%s); its %d event(s) are counted as rejected",
-                          row.id, row_exc, row.events)
+                log.error(
+                    "collector: raw row %d cannot be merged (%s); its %d event(s) are counted as rejected",
+                    row.id,
+                    row_exc,
+                    row.events,
+                )
                 self._new()
-                skip = WriteSet(watermark=row.id, log_id=self.raw_log.log_id, tags={row.tag: TagCounts(rejected=row.events)})
+                skip = WriteSet(
+                    watermark=row.id, log_id=self.raw_log.log_id, tags={row.tag: TagCounts(rejected=row.events)}
+                )
                 self.store.write(skip)  # if even this fails, the store itself is broken: raise
             self._merger.committed()
             self._dedup.committed()
@@ -358,7 +368,7 @@ class MergeLoop:
 # --- running the loop -------------------------------------------------------------------------------
 
 
-def _serve(loop: MergeLoop, commands: "queue.Queue[Tuple[str, int]]", raw_log: RawLog) -> None:
+def _serve(loop: MergeLoop, commands: queue.Queue[Tuple[str, int]], raw_log: RawLog) -> None:
     """Merge as rows come; ``("raw", id)`` says rows up to ``id`` exist, ``("stop", id)`` says to merge
     up to ``id`` and return, ``("eof", 0)`` to return at once."""
     known = raw_log.last_id()
@@ -404,7 +414,7 @@ class _ParentPipe:
     """The merger's report channel to the collector (its stdout). When the collector is gone the pipe
     breaks: that ends the merger quietly (what it merged is committed), never with a traceback."""
 
-    def __init__(self, commands: "queue.Queue[Tuple[str, int]]") -> None:
+    def __init__(self, commands: queue.Queue[Tuple[str, int]]) -> None:
         self._out = sys.stdout.buffer
         self._commands = commands
         self.gone = False
@@ -449,7 +459,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _worker_parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    commands: "queue.Queue[Tuple[str, int]]" = queue.Queue()
+    commands: queue.Queue[Tuple[str, int]] = queue.Queue()
     parent = _ParentPipe(commands)
     try:
         _run_worker(args, commands, parent)
@@ -466,15 +476,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-def _run_worker(args: argparse.Namespace, commands: "queue.Queue[Tuple[str, int]]", parent: _ParentPipe) -> None:
+def _run_worker(args: argparse.Namespace, commands: queue.Queue[Tuple[str, int]], parent: _ParentPipe) -> None:
     lock = _lock(Path(args.db))
     try:
         store = SQLiteStore(args.db, synchronous=args.synchronous)
         try:
             raw_log = SQLiteRawLog(raw_log_path(args.db), synchronous=args.synchronous)
             try:
-                _merge_from_commands(MergeLoop(store, raw_log, parent.report, cache_bytes=args.cache_bytes,
-                                               max_depth=args.max_depth), commands, raw_log, parent)
+                _merge_from_commands(
+                    MergeLoop(store, raw_log, parent.report, cache_bytes=args.cache_bytes, max_depth=args.max_depth),
+                    commands,
+                    raw_log,
+                    parent,
+                )
             finally:
                 raw_log.close()
         finally:
@@ -484,7 +498,7 @@ def _run_worker(args: argparse.Namespace, commands: "queue.Queue[Tuple[str, int]
 
 
 def _merge_from_commands(
-    loop: MergeLoop, commands: "queue.Queue[Tuple[str, int]]", raw_log: RawLog, parent: _ParentPipe
+    loop: MergeLoop, commands: queue.Queue[Tuple[str, int]], raw_log: RawLog, parent: _ParentPipe
 ) -> None:
     def read_commands() -> None:
         # Plain reads of the descriptor: a daemon thread blocked in a buffered reader would hold its
@@ -596,10 +610,24 @@ class MergerProcess:
         """Start a merger process (the caller holds ``_lock``)."""
         level = logging.getLevelName(min(log.getEffectiveLevel(), logging.WARNING))
         process = subprocess.Popen(
-            [sys.executable, "-m", "mona_collector.merging", "--db", str(self.db_path),
-             "--synchronous", self.synchronous, "--log-level", str(level),
-             "--max-depth", str(self.max_depth), "--cache-bytes", str(self.cache_bytes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True,
+            [
+                sys.executable,
+                "-m",
+                "mona_collector.merging",
+                "--db",
+                str(self.db_path),
+                "--synchronous",
+                self.synchronous,
+                "--log-level",
+                str(level),
+                "--max-depth",
+                str(self.max_depth),
+                "--cache-bytes",
+                str(self.cache_bytes),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
         )
         self._process = process
         self._reported_error = None
@@ -652,7 +680,10 @@ class MergerProcess:
         self.last_error = error
         log.error(
             "collector: the merger process died (%s): records are still stored and acked but not merged "
-            "until it runs again; restarting it in %g s (restart %d)", error, self._delay, self.restarts,
+            "until it runs again; restarting it in %g s (restart %d)",
+            error,
+            self._delay,
+            self.restarts,
         )
         note_merger_failure(raw_log_path(self.db_path), error)
 
@@ -704,8 +735,11 @@ class MergerProcess:
             process.wait(timeout)
             return process.returncode == 0
         except subprocess.TimeoutExpired:
-            log.warning("collector: the merger did not finish within %g s; it is stopped (what it had not "
-                        "committed is merged at the next start)", timeout)
+            log.warning(
+                "collector: the merger did not finish within %g s; it is stopped (what it had not "
+                "committed is merged at the next start)",
+                timeout,
+            )
             process.kill()
             process.wait()
             return False
@@ -739,7 +773,7 @@ class MergerThread:
         self.progress = _Progress()
         self.restarts = 0
         self.last_error: Optional[str] = None
-        self._commands: "queue.Queue[Tuple[str, int]]" = queue.Queue()
+        self._commands: queue.Queue[Tuple[str, int]] = queue.Queue()
         self._store = store
         self._options: Dict[str, int] = dict(cache_bytes=cache_bytes, max_depth=max_depth)
         self._raw_log = raw_log
@@ -765,8 +799,12 @@ class MergerThread:
                 except Exception as exc:  # whatever stopped it: logged, then started again
                     self.restarts += 1
                     self.last_error = f"{type(exc).__name__}: {exc}"
-                    log.error("collector: the merger stopped (%s); starting it again in %g s (restart %d)",
-                              self.last_error, delay, self.restarts)
+                    log.error(
+                        "collector: the merger stopped (%s); starting it again in %g s (restart %d)",
+                        self.last_error,
+                        delay,
+                        self.restarts,
+                    )
                     if self._stopping.wait(delay):
                         return
                     delay = min(delay * 2, self._max_backoff)

@@ -21,7 +21,7 @@ from ..forward_codec import Event
 class RangeSet:
     """A set of non-negative integers kept as sorted, disjoint, non-adjacent inclusive ranges."""
 
-    __slots__ = ("starts", "ends")
+    __slots__ = ("ends", "starts")
 
     def __init__(self, ranges: Optional[List[Tuple[int, int]]] = None) -> None:
         # Ranges come from to_list() of an earlier set: already sorted, disjoint and non-adjacent.
@@ -102,7 +102,7 @@ class RecordIdFilter:
         self._load_ranges = load_ranges
         self._known_ids = known_ids
         self._cache_size = cache_size
-        self._ranges: "OrderedDict[Tuple[str, str], RangeSet]" = OrderedDict()
+        self._ranges: OrderedDict[Tuple[str, str], RangeSet] = OrderedDict()
         self._dirty: Dict[Tuple[str, str], RangeSet] = {}
         self._pending_ids: Set[Tuple[str, str]] = set()
         self._events: Sequence[Any] = ()

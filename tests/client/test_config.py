@@ -63,8 +63,18 @@ def _log_level(caplog: pytest.LogCaptureFixture) -> None:
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("true", True), ("TRUE", True), (" yes\n", True), ("1", True), ("Yes", True),
-     ("false", False), ("False", False), ("no", False), ("0", False), ("  NO ", False)],
+    [
+        ("true", True),
+        ("TRUE", True),
+        (" yes\n", True),
+        ("1", True),
+        ("Yes", True),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("0", False),
+        ("  NO ", False),
+    ],
 )
 def test_parse_bool_valid(raw: str, expected: bool, caplog: pytest.LogCaptureFixture) -> None:
     assert parse_bool("MONA_X", raw, not expected) is expected
@@ -87,9 +97,18 @@ def test_parse_bool_unset_or_empty_is_default_without_log(raw: Any, caplog: pyte
 
 @pytest.mark.parametrize(
     "raw, expected, logged",
-    [("8080", 8080, False), (" 1 ", 1, False), ("65535", 65535, False), ("0", 24224, True),
-     ("65536", 24224, True), ("-5", 24224, True), ("80a", 24224, True), ("8.0", 24224, True),
-     ("1_000", 24224, True), ("", 24224, False)],
+    [
+        ("8080", 8080, False),
+        (" 1 ", 1, False),
+        ("65535", 65535, False),
+        ("0", 24224, True),
+        ("65536", 24224, True),
+        ("-5", 24224, True),
+        ("80a", 24224, True),
+        ("8.0", 24224, True),
+        ("1_000", 24224, True),
+        ("", 24224, False),
+    ],
 )
 def test_parse_int(raw: str, expected: int, logged: bool, caplog: pytest.LogCaptureFixture) -> None:
     assert parse_int("MONA_PORT", raw, 24224, 1, 65535) == expected
@@ -100,8 +119,17 @@ def test_parse_int(raw: str, expected: int, logged: bool, caplog: pytest.LogCapt
 
 @pytest.mark.parametrize(
     "raw, expected",
-    [("1048576", 2**20), ("64MiB", 64 * 2**20), ("64mib", 64 * 2**20), ("1GB", 10**9), ("1 GiB", 2**30),
-     ("1.5KiB", 1536), ("10kb", 10_000), ("0", 0), ("7B", 7)],
+    [
+        ("1048576", 2**20),
+        ("64MiB", 64 * 2**20),
+        ("64mib", 64 * 2**20),
+        ("1GB", 10**9),
+        ("1 GiB", 2**30),
+        ("1.5KiB", 1536),
+        ("10kb", 10_000),
+        ("0", 0),
+        ("7B", 7),
+    ],
 )
 def test_parse_size_valid(raw: str, expected: int, caplog: pytest.LogCaptureFixture) -> None:
     assert parse_size("MONA_SPOOL_MAX_BYTES", raw, 1) == expected
@@ -114,8 +142,9 @@ def test_parse_size_invalid(raw: str, caplog: pytest.LogCaptureFixture) -> None:
     assert "MONA_SPOOL_MAX_BYTES" in errors(caplog)[0]
 
 
-@pytest.mark.parametrize("raw, expected", [("2.5", 2.5), ("0", 0.0), ("-1", 5.0), ("nan", 5.0), ("inf", 5.0),
-                                           ("soon", 5.0)])
+@pytest.mark.parametrize(
+    "raw, expected", [("2.5", 2.5), ("0", 0.0), ("-1", 5.0), ("nan", 5.0), ("inf", 5.0), ("soon", 5.0)]
+)
 def test_parse_float(raw: str, expected: float, caplog: pytest.LogCaptureFixture) -> None:
     assert parse_float("MONA_FLUSH_TIMEOUT", raw, 5.0) == expected
     assert bool(errors(caplog)) is (expected == 5.0)
@@ -133,11 +162,22 @@ def test_settings_defaults(tmp_path: Path) -> None:
 
 def test_settings_from_env_values(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     env = {
-        "HOME": "/home/h", "XDG_STATE_HOME": str(tmp_path / "state"), "MONA_HOST": "collector",
-        "MONA_PORT": "9999", "MONA_USER_ID": " ops@example.com", "MONA_CLIENT_CONFIG_FILE": "~/mona.json",
-        "MONA_DISABLE_ALL": "yes", "MONA_SHOULD_RAISE_EXCEPTIONS": "1", "MONA_LOGGING_LEVEL": "debug",
-        "MONA_PRINT_LOGS": "false", "MONA_SPOOL_MAX_BYTES": "64MiB", "MONA_FLUSH_TIMEOUT": "0.5",
-        "MONA_BLOCKING": "TRUE", "MONA_SHARED_KEY": "s3cret", "MONA_TLS": "true", "MONA_TLS_CA_FILE": "/ca.pem",
+        "HOME": "/home/h",
+        "XDG_STATE_HOME": str(tmp_path / "state"),
+        "MONA_HOST": "collector",
+        "MONA_PORT": "9999",
+        "MONA_USER_ID": " ops@example.com",
+        "MONA_CLIENT_CONFIG_FILE": "~/mona.json",
+        "MONA_DISABLE_ALL": "yes",
+        "MONA_SHOULD_RAISE_EXCEPTIONS": "1",
+        "MONA_LOGGING_LEVEL": "debug",
+        "MONA_PRINT_LOGS": "false",
+        "MONA_SPOOL_MAX_BYTES": "64MiB",
+        "MONA_FLUSH_TIMEOUT": "0.5",
+        "MONA_BLOCKING": "TRUE",
+        "MONA_SHARED_KEY": "s3cret",
+        "MONA_TLS": "true",
+        "MONA_TLS_CA_FILE": "/ca.pem",
     }
     s = settings_from_env(env)
     assert s.host == "collector" and s.port == 9999 and s.user_id == " ops@example.com"
@@ -151,11 +191,23 @@ def test_settings_from_env_values(tmp_path: Path, caplog: pytest.LogCaptureFixtu
 
 
 def test_settings_bad_values_log_and_default(caplog: pytest.LogCaptureFixture) -> None:
-    env = {"HOME": "/h", "XDG_STATE_HOME": "relative/ignored", "MONA_PORT": "http", "MONA_DISABLE_ALL": "ture",
-           "MONA_LOGGING_LEVEL": "LOUD", "MONA_SPOOL_MAX_BYTES": "big", "MONA_FLUSH_TIMEOUT": "-3"}
+    env = {
+        "HOME": "/h",
+        "XDG_STATE_HOME": "relative/ignored",
+        "MONA_PORT": "http",
+        "MONA_DISABLE_ALL": "ture",
+        "MONA_LOGGING_LEVEL": "LOUD",
+        "MONA_SPOOL_MAX_BYTES": "big",
+        "MONA_FLUSH_TIMEOUT": "-3",
+    }
     s = settings_from_env(env)
     assert (s.port, s.disable_all, s.logging_level, s.spool_max_bytes, s.flush_timeout) == (
-        24224, False, "INFO", 256 * 2**20, 5.0)
+        24224,
+        False,
+        "INFO",
+        256 * 2**20,
+        5.0,
+    )
     assert s.spool_dir == "/h/.local/state/mona/spool"
     logged = " ".join(errors(caplog))
     for name in ("MONA_PORT", "MONA_DISABLE_ALL", "MONA_LOGGING_LEVEL", "MONA_SPOOL_MAX_BYTES", "MONA_FLUSH_TIMEOUT"):
@@ -174,9 +226,16 @@ def test_env_disable_all_forces_off_but_never_on() -> None:
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "does not exist"), ("{", "not valid JSON"), ("", "not valid JSON"), ("[1]", "JSON object"),
-     ('"x"', "JSON object"), ('{"disable_all": "false"}', "'disable_all' must be"),
-     ('{"disable_all": 0}', "'disable_all' must be"), (b"\xff\xfe", "not UTF-8")],
+    [
+        (None, "does not exist"),
+        ("{", "not valid JSON"),
+        ("", "not valid JSON"),
+        ("[1]", "JSON object"),
+        ('"x"', "JSON object"),
+        ('{"disable_all": "false"}', "'disable_all' must be"),
+        ('{"disable_all": 0}', "'disable_all' must be"),
+        (b"\xff\xfe", "not UTF-8"),
+    ],
 )
 def test_load_errors(tmp_path: Path, content: Any, message: str) -> None:
     path = tmp_path / "c.json"
@@ -426,11 +485,16 @@ def test_stop_joins_observer_threads(tmp_path: Path) -> None:
 # --- processes: import side effects, exit, gevent -------------------------------------------
 
 
-def run_python(code: str, *args: str, timeout: float = 20, **popen: Any) -> "subprocess.Popen[str]":
+def run_python(code: str, *args: str, timeout: float = 20, **popen: Any) -> subprocess.Popen[str]:
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args], env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE, **popen,
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        **popen,
     )
 
 

@@ -79,24 +79,22 @@ def test_continuing_an_existing_arc_by_full_dotted_id(mona):
 def test_exceptions_inside_blocks_restore_the_stack_exactly(mona):
     with client.new_mona_context(context_id="outer"):
         for depth in range(1, 6):
-            with pytest.raises(ZeroDivisionError):
-                with client.new_mona_sub_context(sub_context_id="x"):
-                    with client.new_mona_sub_context(sub_context_id="y"):
-                        if depth > 2:
-                            with client.new_mona_context(context_id="inner"):
-                                1 / 0
-                        1 / 0
+            with pytest.raises(ZeroDivisionError), client.new_mona_sub_context(sub_context_id="x"):
+                with client.new_mona_sub_context(sub_context_id="y"):
+                    if depth > 2:
+                        with client.new_mona_context(context_id="inner"):
+                            1 / 0
+                    1 / 0
             assert client.get_full_context_id() == "outer"
     assert client.get_full_context_id() == ""
 
 
 def test_root_inside_root_is_independent_and_restores_the_outer(mona):
-    with client.new_mona_context(context_id="outer"):
-        with client.new_mona_sub_context(sub_context_id="s"):
-            with client.new_mona_context(context_id="inner") as inner:
-                assert inner == "inner"
-                client.export({"k": 1})
-            assert client.get_full_context_id() == "outer.s"
+    with client.new_mona_context(context_id="outer"), client.new_mona_sub_context(sub_context_id="s"):
+        with client.new_mona_context(context_id="inner") as inner:
+            assert inner == "inner"
+            client.export({"k": 1})
+        assert client.get_full_context_id() == "outer.s"
     client.flush(10)
     assert [r["context"] for r in mona.wait_records(1)] == ["inner"]
 
@@ -121,9 +119,8 @@ def test_sub_context_outside_any_context_is_an_error_line_not_a_crash(mona, capl
 
 def test_sub_context_outside_any_context_raises_when_asked(mona):
     client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
-    with pytest.raises(client.MonaExportException):
-        with client.new_mona_sub_context():
-            pass
+    with pytest.raises(client.MonaExportException), client.new_mona_sub_context():
+        pass
 
 
 def test_non_with_api(mona, caplog):
@@ -151,9 +148,8 @@ def test_non_with_api(mona, caplog):
 
 def test_global_init_message_goes_with_each_new_root_only(mona):
     assert client.set_global_init_message({"model_version": "v7", "region": "eu"})
-    with client.new_mona_context(arc_class="A") as first:
-        with client.new_mona_sub_context(arc_class="B"):
-            pass
+    with client.new_mona_context(arc_class="A") as first, client.new_mona_sub_context(arc_class="B"):
+        pass
     with client.new_mona_context() as second:
         pass
     client.set_global_init_message(None)
@@ -236,20 +232,19 @@ def test_a_refused_global_init_message_raises_when_raising_is_on(mona):
 def test_sub_contexts_deeper_than_the_limit_run_in_the_deepest_allowed(mona, caplog, monkeypatch):
     monkeypatch.setenv("MONA_MAX_CONTEXT_DEPTH", "3")
     client.init_client(port=mona.port, user_id="tester", print_logs=False)
-    with caplog.at_level(logging.ERROR, logger="mona-logger"):
-        with client.new_mona_context(context_id="r"):
-            with client.new_mona_sub_context(sub_context_id="a"):
-                with client.new_mona_sub_context(arc_class="B", sub_context_id="b") as b:
-                    assert b == "r.a.b"
-                    with client.new_mona_sub_context(arc_class="C", sub_context_id="c") as c:
-                        assert c == b == client.get_full_context_id()
-                        assert client.export({"deep": 1})
-                        with client.new_mona_sub_context(sub_context_id="d") as d:
-                            assert d == b
-                            assert client.export({"deeper": 2})
-                    assert client.get_full_context_id() == b
-                    assert client.export({"back": 3})
-                assert client.get_full_context_id() == "r.a"
+    with caplog.at_level(logging.ERROR, logger="mona-logger"), client.new_mona_context(context_id="r"):
+        with client.new_mona_sub_context(sub_context_id="a"):
+            with client.new_mona_sub_context(arc_class="B", sub_context_id="b") as b:
+                assert b == "r.a.b"
+                with client.new_mona_sub_context(arc_class="C", sub_context_id="c") as c:
+                    assert c == b == client.get_full_context_id()
+                    assert client.export({"deep": 1})
+                    with client.new_mona_sub_context(sub_context_id="d") as d:
+                        assert d == b
+                        assert client.export({"deeper": 2})
+                assert client.get_full_context_id() == b
+                assert client.export({"back": 3})
+            assert client.get_full_context_id() == "r.a"
     lines = [r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
     assert len(lines) == 1 and "MONA_MAX_CONTEXT_DEPTH = 3" in lines[0]
     client.flush(10)
@@ -284,9 +279,8 @@ def test_a_too_deep_sub_context_raises_when_raising_is_on(mona, monkeypatch):
     too_deep = client.new_mona_sub_context(sub_context_id="b")
     with client.new_mona_context(context_id="r"):
         with client.new_mona_sub_context(sub_context_id="a"):
-            with pytest.raises(client.MonaExportException, match="MONA_MAX_CONTEXT_DEPTH = 2"):
-                with too_deep:
-                    pass
+            with pytest.raises(client.MonaExportException, match="MONA_MAX_CONTEXT_DEPTH = 2"), too_deep:
+                pass
             assert client.get_full_context_id() == "r.a"
             assert too_deep._entries == []  # no entry left behind by an __enter__ that raised
         # The refused block object kept nothing: used at an allowed depth, it pushes and pops as usual.

@@ -7,7 +7,6 @@ or killed with SIGKILL and restarted), every accepted export is merged once.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,9 +27,19 @@ class CollectorProcess:
         self.db = db
         self.process = None
 
-    def start(self) -> "CollectorProcess":
+    def start(self) -> CollectorProcess:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mona_collector.cli", "collect", "--port", str(self.port), "--db", self.db, "--quiet"],
+            [
+                sys.executable,
+                "-m",
+                "mona_collector.cli",
+                "collect",
+                "--port",
+                str(self.port),
+                "--db",
+                self.db,
+                "--quiet",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -53,7 +53,9 @@ def fields(db: Path, context: str) -> Dict[str, Any]:
 @pytest.fixture
 def collector(tmp_path: Path):
     """The real collector, with its default 8 MiB frame cap."""
-    with Collector(port=0, db_path=tmp_path / "arcs.db", stall_timeout=5.0, synchronous="NORMAL", udp_heartbeat=False) as running:
+    with Collector(
+        port=0, db_path=tmp_path / "arcs.db", stall_timeout=5.0, synchronous="NORMAL", udp_heartbeat=False
+    ) as running:
         yield running
 
 
@@ -63,9 +65,7 @@ def run_script(tmp_path: Path, script: str, timeout: float = 120, **env: str) ->
     path.write_text(textwrap.dedent(script))
     environment = dict(os.environ, PYTHONPATH=str(ROOT), MONA_PRINT_LOGS="true")
     environment.update(env)
-    return subprocess.run(
-        [sys.executable, str(path)], env=environment, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([sys.executable, str(path)], env=environment, capture_output=True, text=True, timeout=timeout)
 
 
 # --- chunks the peer cannot take ------------------------------------------------------------------
@@ -232,8 +232,14 @@ def test_the_exit_flush_honours_the_flush_timeout_when_the_peer_never_acks(tmp_p
             sys.stdout.write(f"{time.monotonic()}\\n")
         """
         started = time.monotonic()
-        done = run_script(tmp_path, script, MONA_PORT=str(silent.port), MONA_FLUSH_TIMEOUT="0.5",
-                          MONA_SPOOL_DIR=str(tmp_path / "spool"), MONA_PRINT_LOGS="false")
+        done = run_script(
+            tmp_path,
+            script,
+            MONA_PORT=str(silent.port),
+            MONA_FLUSH_TIMEOUT="0.5",
+            MONA_SPOOL_DIR=str(tmp_path / "spool"),
+            MONA_PRINT_LOGS="false",
+        )
         ended = time.monotonic()
         assert done.returncode == 0, done.stderr
         assert silent.wait_for(lambda r: len(r.records) == 100)
@@ -279,8 +285,9 @@ def test_without_a_usable_spool_and_without_a_peer_flush_returns_false(tmp_path)
         assert client.flush(0.5) is False
         assert client.flush() is False
     """
-    done = run_script(tmp_path, script, MONA_PORT=str(free_port()), MONA_SPOOL_DIR="/dev/null",
-                      MONA_FLUSH_TIMEOUT="0.3")
+    done = run_script(
+        tmp_path, script, MONA_PORT=str(free_port()), MONA_SPOOL_DIR="/dev/null", MONA_FLUSH_TIMEOUT="0.3"
+    )
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
 
@@ -340,8 +347,14 @@ MULTIPROCESSING_SCRIPT = """
 def test_exports_of_multiprocessing_children_are_delivered(tmp_path, method):
     with ForwardReceiver() as receiver:
         script = MULTIPROCESSING_SCRIPT.replace('sys.argv[1] if len(sys.argv) > 1 else "fork"', repr(method))
-        done = run_script(tmp_path, script, timeout=180, MONA_PORT=str(receiver.port),
-                          MONA_SPOOL_DIR=str(tmp_path / "spool"), MONA_FLUSH_TIMEOUT="10")
+        done = run_script(
+            tmp_path,
+            script,
+            timeout=180,
+            MONA_PORT=str(receiver.port),
+            MONA_SPOOL_DIR=str(tmp_path / "spool"),
+            MONA_FLUSH_TIMEOUT="10",
+        )
         assert done.returncode == 0, done.stderr
         names = [f"process-{n}" for n in range(3)] + [f"pool-{n}" for n in range(6)]
         names += [f"terminated-{n}" for n in range(4)]
@@ -415,8 +428,9 @@ def test_children_forked_while_another_thread_logs_do_not_deadlock(tmp_path):
             print(codes)
             sys.exit(0 if codes == [0] * 30 else 1)
         """
-        done = run_script(tmp_path, script, timeout=120, MONA_PORT=str(receiver.port),
-                          MONA_SPOOL_DIR=str(tmp_path / "spool"))
+        done = run_script(
+            tmp_path, script, timeout=120, MONA_PORT=str(receiver.port), MONA_SPOOL_DIR=str(tmp_path / "spool")
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         assert receiver.wait_for(lambda r: {x["context"] for x in r.records} >= {f"child-{n}" for n in range(30)})
 
@@ -446,8 +460,9 @@ def test_an_export_from_a_signal_handler_while_the_main_thread_logs_does_not_dea
             assert client.flush(30)
             print(handled[0])
         """
-        done = run_script(tmp_path, script, timeout=60, MONA_PORT=str(receiver.port),
-                          MONA_SPOOL_DIR=str(tmp_path / "spool"))
+        done = run_script(
+            tmp_path, script, timeout=60, MONA_PORT=str(receiver.port), MONA_SPOOL_DIR=str(tmp_path / "spool")
+        )
         assert done.returncode == 0, done.stderr
         assert int(done.stdout) >= 200
         assert receiver.wait_for(lambda r: sum(x["context"] == "signal" for x in r.records) >= 2 * 200)
@@ -499,10 +514,30 @@ def server_cert(tmp_path_factory) -> Path:
         pytest.skip("the openssl command is needed to make a test certificate")
     d = tmp_path_factory.mktemp("tls")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1"],
-        cwd=d, check=True, capture_output=True, timeout=60,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        cwd=d,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return d
 

@@ -121,9 +121,8 @@ def test_export_outside_any_context_is_refused_with_a_clear_line(mona, caplog):
 
 
 def test_reserved_keys_are_dropped_with_a_warning(mona, caplog):
-    with client.new_mona_context():
-        with caplog.at_level(logging.WARNING, logger="mona-logger"):
-            assert client.export({"MONA_ARC_CLASS": "spoof", "MONA_x": 1, "kept": 2, "xMONA_": 3})
+    with client.new_mona_context(), caplog.at_level(logging.WARNING, logger="mona-logger"):
+        assert client.export({"MONA_ARC_CLASS": "spoof", "MONA_x": 1, "kept": 2, "xMONA_": 3})
     assert exported(mona) == [{"kept": 2, "xMONA_": 3}]
     assert "MONA_ARC_CLASS" in caplog.text and "reserved" in caplog.text
 
@@ -273,9 +272,8 @@ def test_nested_keys_the_collector_cannot_store_are_refused(mona, caplog, bad, w
 
 def test_nested_keys_raise_when_raising_is_on(mona):
     client.init_client(port=mona.port, should_raise_exceptions=True, print_logs=False)
-    with client.new_mona_context():
-        with pytest.raises(client.MonaExportException, match="keys of nested maps"):
-            client.export({"m": {(1, 2): "x"}})
+    with client.new_mona_context(), pytest.raises(client.MonaExportException, match="keys of nested maps"):
+        client.export({"m": {(1, 2): "x"}})
 
 
 def test_nested_scalar_keys_are_accepted_and_stored_by_the_collector(tmp_path):

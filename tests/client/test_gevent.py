@@ -118,12 +118,8 @@ def test_many_greenlets_interleaving_never_see_each_others_stack(mona):
     roots = [g.value for g in greenlets]
     assert len(set(roots)) == 20 and "" not in roots
     records = delivered(mona, 400)
-    assert landed(records, "greenlet_step") == {
-        f"{n}-{s}": roots[n] for n in range(20) for s in range(10)
-    }
-    assert landed(records, "greenlet_sub") == {
-        f"{n}-{s}": f"{roots[n]}.s{s}" for n in range(20) for s in range(10)
-    }
+    assert landed(records, "greenlet_step") == {f"{n}-{s}": roots[n] for n in range(20) for s in range(10)}
+    assert landed(records, "greenlet_sub") == {f"{n}-{s}": f"{roots[n]}.s{s}" for n in range(20) for s in range(10)}
     assert client.get_full_context_id() == ""
 
 
@@ -240,9 +236,7 @@ PATCHED_SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_monkey_patched_process_delivers_to_the_right_contexts_and_keeps_the_hub_running(
-    receiver, tmp_path
-):
+def test_a_monkey_patched_process_delivers_to_the_right_contexts_and_keeps_the_hub_running(receiver, tmp_path):
     script = tmp_path / "patched_client.py"
     script.write_text(PATCHED_SCRIPT)
     config = tmp_path / "mona_client_config.json"
@@ -277,8 +271,6 @@ def test_a_monkey_patched_process_delivers_to_the_right_contexts_and_keeps_the_h
     assert landed(records, "patched_thread") == {n: roots[n] for n in range(8)}
     assert landed(records, "patched_carried") == {n: roots[n] for n in range(8)}
     classes = {
-        r["context"]: r["message"]["MONA_ARC_CLASS"]
-        for r in receiver.records
-        if "MONA_ARC_CLASS" in r["message"]
+        r["context"]: r["message"]["MONA_ARC_CLASS"] for r in receiver.records if "MONA_ARC_CLASS" in r["message"]
     }
     assert all(classes.get(root) == "patched_worker" for root in roots), classes

@@ -46,7 +46,11 @@ def test_the_original_call_works_unchanged_and_delivers(receiver, config_file, c
         )
     settings = client._runtime.settings
     assert (settings.host, settings.port, settings.user_id, settings.tls, settings.blocking) == (
-        "127.0.0.1", receiver.port, "legacy-user", False, False,
+        "127.0.0.1",
+        receiver.port,
+        "legacy-user",
+        False,
+        False,
     )
     warned = deprecations(caught)
     assert len(warned) == 2 and "queue_maxsize" in warned[0] and "queue_circular" in warned[1]
@@ -64,8 +68,9 @@ def test_the_original_call_works_unchanged_and_delivers(receiver, config_file, c
 
 
 def test_mona_use_ssl_turns_tls_on(config_file):
-    client.init_client(mona_host="127.0.0.1", mona_port=free_port(), mona_use_ssl=True, config_file=config_file,
-                       print_logs=False)
+    client.init_client(
+        mona_host="127.0.0.1", mona_port=free_port(), mona_use_ssl=True, config_file=config_file, print_logs=False
+    )
     assert client._runtime.settings.tls is True
 
 
@@ -78,8 +83,14 @@ def test_each_argument_that_no_longer_applies_warns_once(receiver, config_file, 
 
 def test_the_new_name_wins_over_the_old_one_with_a_line(receiver, config_file, caplog):
     with caplog.at_level(logging.WARNING, logger="mona-logger"):
-        client.init_client(host="127.0.0.1", mona_host="192.0.2.1", port=receiver.port, mona_port=receiver.port,
-                           config_file=config_file, print_logs=False)
+        client.init_client(
+            host="127.0.0.1",
+            mona_host="192.0.2.1",
+            port=receiver.port,
+            mona_port=receiver.port,
+            config_file=config_file,
+            print_logs=False,
+        )
     assert client._runtime.settings.host == "127.0.0.1"
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
         "init_client(): both host='127.0.0.1' and mona_host='192.0.2.1' given; using host"

@@ -64,11 +64,10 @@ def test_disabled_contexts_yield_empty_ids_and_export_nothing(mona, tmp_path):
     config = client._runtime.settings.config_file
     write_config(config, disable_all=True)
     assert wait_until(lambda: not client.is_active(), timeout=5)
-    with client.new_mona_context(arc_class="OFF") as cid:
-        with client.new_mona_sub_context(arc_class="OFF_SUB") as sub:
-            assert (cid, sub) == ("", "")
-            assert client.get_full_context_id() == ""
-            assert client.export({"dropped": True}) is False
+    with client.new_mona_context(arc_class="OFF") as cid, client.new_mona_sub_context(arc_class="OFF_SUB") as sub:
+        assert (cid, sub) == ("", "")
+        assert client.get_full_context_id() == ""
+        assert client.export({"dropped": True}) is False
     assert client.init(arc_class="OFF") == ""
     client.reset()  # left open, the init() context would carry on in its ARC once the client is on
     write_config(config, disable_all=False)
@@ -131,8 +130,9 @@ def test_an_invalid_boolean_env_var_is_an_error_line_and_the_default(receiver):
 def test_a_block_open_when_the_client_is_turned_on_again_carries_on_in_its_arc(mona, caplog):
     config = client._runtime.settings.config_file
     # Raising on: a call that found itself "outside any mona context" would fail the test loudly.
-    client.init_client(port=mona.port, user_id="tester", config_file=config, should_raise_exceptions=True,
-                       print_logs=False)
+    client.init_client(
+        port=mona.port, user_id="tester", config_file=config, should_raise_exceptions=True, print_logs=False
+    )
     write_config(config, disable_all=True)
     assert wait_until(lambda: not client.is_active(), timeout=5)
     with caplog.at_level(logging.ERROR, logger="mona-logger"):

@@ -52,11 +52,7 @@ def user_records(receiver: Any) -> List[Dict[str, Any]]:
 
 def arc_classes(receiver: Any) -> Dict[str, str]:
     """Full context id -> the MONA_ARC_CLASS exported for it."""
-    return {
-        r["context"]: r["message"]["MONA_ARC_CLASS"]
-        for r in receiver.records
-        if "MONA_ARC_CLASS" in r["message"]
-    }
+    return {r["context"]: r["message"]["MONA_ARC_CLASS"] for r in receiver.records if "MONA_ARC_CLASS" in r["message"]}
 
 
 def contexts_of(records: List[Dict[str, Any]], key: str) -> Dict[Any, str]:
@@ -77,7 +73,7 @@ def run_thread(target: Any, cls: type = threading.Thread) -> None:
     def guarded() -> None:
         try:
             target()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             errors.append(exc)
 
     t = cls(target=guarded)
@@ -104,9 +100,7 @@ def refusals(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) 
 
 
 def error_lines(caplog: pytest.LogCaptureFixture) -> List[str]:
-    return [
-        r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR
-    ]
+    return [r.getMessage() for r in caplog.records if r.name == "mona-logger" and r.levelno >= logging.ERROR]
 
 
 # --- plain threads ---------------------------------------------------------------------------------
@@ -295,18 +289,14 @@ def test_a_reused_worker_does_not_leak_a_context_from_one_task_to_the_next(mona)
 
 def test_a_plain_thread_pool_does_not_carry_the_context():
     """The default, documented: concurrent.futures runs tasks in the worker's own (empty) context."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        with client.new_mona_context() as cid:
-            assert cid
-            assert pool.submit(client.get_full_context_id).result(JOIN) == ""
+    with ThreadPoolExecutor(max_workers=1) as pool, client.new_mona_context() as cid:
+        assert cid
+        assert pool.submit(client.get_full_context_id).result(JOIN) == ""
 
 
 def test_pool_map_carries_the_context_to_every_item(mona):
-    with MonaThreadPoolExecutor(max_workers=3) as pool:
-        with client.new_mona_context(arc_class="mapped") as cid:
-            results = list(
-                pool.map(lambda n: (client.get_full_context_id(), client.export({"item": n})), range(12))
-            )
+    with MonaThreadPoolExecutor(max_workers=3) as pool, client.new_mona_context(arc_class="mapped") as cid:
+        results = list(pool.map(lambda n: (client.get_full_context_id(), client.export({"item": n})), range(12)))
     assert results == [(cid, True)] * 12
     assert contexts_of(delivered(mona, 12), "item") == {n: cid for n in range(12)}
 
@@ -314,9 +304,8 @@ def test_pool_map_carries_the_context_to_every_item(mona):
 def test_run_in_executor_with_a_mona_pool_carries_the_tasks_context():
     async def main() -> Tuple[str, str]:
         loop = asyncio.get_running_loop()
-        with MonaThreadPoolExecutor(max_workers=1) as pool:
-            with client.new_mona_context() as cid:
-                return cid, await loop.run_in_executor(pool, client.get_full_context_id)
+        with MonaThreadPoolExecutor(max_workers=1) as pool, client.new_mona_context() as cid:
+            return cid, await loop.run_in_executor(pool, client.get_full_context_id)
 
     cid, seen = asyncio.run(main())
     assert seen == cid != ""
@@ -355,8 +344,7 @@ def test_carry_context_can_run_in_two_threads_at_once():
 
     results: Dict[str, Any] = {}
     threads = [
-        threading.Thread(target=lambda label=label: results.__setitem__(label, carried(label)))
-        for label in ("x", "y")
+        threading.Thread(target=lambda label=label: results.__setitem__(label, carried(label))) for label in ("x", "y")
     ]
     for t in threads:
         t.start()
@@ -434,7 +422,7 @@ def test_the_decorator_on_async_def_gives_each_concurrent_call_its_own_arc(mona)
             # Awaited directly in this task, it still restores the outer ARC afterwards.
             direct = await handle(3)
             assert client.get_full_context_id() == outer
-        return outer, list(ids) + [direct], client.get_full_context_id()
+        return outer, [*list(ids), direct], client.get_full_context_id()
 
     outer, ids, after = asyncio.run(main())
     assert after == ""
@@ -492,9 +480,7 @@ def test_the_decorator_restores_the_outer_context_when_the_function_raises():
 def test_asyncio_to_thread_carries_the_context(mona):
     async def main() -> Tuple[str, Tuple[str, bool]]:
         with client.new_mona_context("to_thread") as cid:
-            return cid, await asyncio.to_thread(
-                lambda: (client.get_full_context_id(), client.export({"to_thread": 1}))
-            )
+            return cid, await asyncio.to_thread(lambda: (client.get_full_context_id(), client.export({"to_thread": 1})))
 
     cid, seen = asyncio.run(main())
     assert seen == (cid, True)
@@ -559,7 +545,7 @@ def test_many_threads_nesting_and_raising_at_once_stay_separate():
             for _ in range(50):
                 results[n] = nested_blocks_restore_exactly()
                 check_restored(results[n], ())
-        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+        except BaseException as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=body, args=(n,)) for n in range(6)]

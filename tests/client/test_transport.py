@@ -18,10 +18,7 @@ from tests.support.receiver import ForwardReceiver, free_port, wait_until
 
 
 def entries(count, start=0):
-    return [
-        encode_entry(1_700_000_000, "u", "ctx", {"i": i}, f"src:{i}")
-        for i in range(start, start + count)
-    ]
+    return [encode_entry(1_700_000_000, "u", "ctx", {"i": i}, f"src:{i}") for i in range(start, start + count)]
 
 
 def indexes(receiver):

@@ -18,10 +18,10 @@ from typing import List
 import msgpack
 import pytest
 
-from tests.support.collector import BASE, RawClient, bin32, entry, packed_message, record, time_fixext8, TAG
-from mona_collector import Collector
 from mona_client.forward import pack_entry
 from mona_client.transport import Sender
+from mona_collector import Collector
+from tests.support.collector import BASE, TAG, RawClient, bin32, entry, packed_message, record, time_fixext8
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,7 +111,9 @@ def test_collect_runs_until_sigterm_and_stores_what_it_got(tmp_path):
         match = re.search(r"listening on 127\.0\.0\.1:(\d+).*storing in (.+)$", line)
         assert match, line
         client = RawClient(int(match.group(1)))
-        client.send(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("cli-run", {"v": 1}))), {"chunk": "x"}))
+        client.send(
+            packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("cli-run", {"v": 1}))), {"chunk": "x"})
+        )
         assert client.answer() == {"ack": "x"}
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
@@ -142,10 +144,13 @@ def _fill(path: Path, records: list) -> Path:
 
 @pytest.fixture(scope="module")
 def hostile_db(tmp_path_factory) -> Path:
-    return _fill(tmp_path_factory.mktemp("hostile") / "h.db", [
-        record("ctx\udcfe", {"MONA_ARC_CLASS": EVIL_CLASS, "f\udcff": 1}, user="user\udcff", record_id="h:1"),
-        record("nan-run", {"loss": float("nan"), "peak": float("inf"), "ok": 1.5}, record_id="h:2"),
-    ])
+    return _fill(
+        tmp_path_factory.mktemp("hostile") / "h.db",
+        [
+            record("ctx\udcfe", {"MONA_ARC_CLASS": EVIL_CLASS, "f\udcff": 1}, user="user\udcff", record_id="h:1"),
+            record("nan-run", {"loss": float("nan"), "peak": float("inf"), "ok": 1.5}, record_id="h:2"),
+        ],
+    )
 
 
 def test_list_and_stats_escape_control_characters_and_invalid_bytes(hostile_db):
@@ -163,6 +168,7 @@ def test_list_and_stats_escape_control_characters_and_invalid_bytes(hostile_db):
 def _strict_json(text: str):
     def refuse(constant: str):
         raise AssertionError(f"{constant} in JSON output")
+
     return json.loads(text, parse_constant=refuse)
 
 
@@ -189,23 +195,26 @@ def test_csv_export_escapes_invalid_bytes_and_replaces_the_file_only_when_comple
     assert "ctx\\xfe" in to_stdout
 
 
-@pytest.mark.parametrize("args, status, says", [
-    (["arcs", "list", "--limit", "9" * 30], 2, "out of range"),
-    (["arcs", "list", "--limit", "0"], 2, "out of range"),
-    (["arcs", "list", "--since", "yesterday"], 2, "neither a duration"),
-    (["arcs", "export", "--format", "csv", "--out", "{tmp}"], 2, "is a directory"),
-    (["arcs", "export", "--format", "csv", "--out", "{tmp}/no/such/folder/x.csv"], 2, "no folder"),
-    (["collect", "--port", "99999", "--db", "{tmp}/c.db"], 2, "out of range"),
-    (["collect", "--max-frame-bytes", "0", "--db", "{tmp}/c.db"], 2, "out of range"),
-    (["collect", "--stall-timeout", "-1", "--db", "{tmp}/c.db"], 2, "above 0"),
-    (["collect", "--stall-timeout", "nan", "--db", "{tmp}/c.db"], 2, "above 0"),
-    (["collect", "--idle-timeout", "0", "--db", "{tmp}/c.db"], 2, "above 0"),
-    (["collect", "--max-connections", "0", "--db", "{tmp}/c.db"], 2, "out of range"),
-    (["collect", "--max-buffered-bytes", "1000", "--db", "{tmp}/c.db"], 2, "below --max-frame-bytes"),
-    (["collect", "--db", "/etc/passwd/x.db"], 2, "/etc/passwd is not a directory"),
-    (["collect", "--db", "{tmp}"], 2, "is a directory"),
-    (["collect", "--users-file", "{tmp}/none.txt", "--db", "{tmp}/c.db"], 2, "cannot read"),
-])
+@pytest.mark.parametrize(
+    "args, status, says",
+    [
+        (["arcs", "list", "--limit", "9" * 30], 2, "out of range"),
+        (["arcs", "list", "--limit", "0"], 2, "out of range"),
+        (["arcs", "list", "--since", "yesterday"], 2, "neither a duration"),
+        (["arcs", "export", "--format", "csv", "--out", "{tmp}"], 2, "is a directory"),
+        (["arcs", "export", "--format", "csv", "--out", "{tmp}/no/such/folder/x.csv"], 2, "no folder"),
+        (["collect", "--port", "99999", "--db", "{tmp}/c.db"], 2, "out of range"),
+        (["collect", "--max-frame-bytes", "0", "--db", "{tmp}/c.db"], 2, "out of range"),
+        (["collect", "--stall-timeout", "-1", "--db", "{tmp}/c.db"], 2, "above 0"),
+        (["collect", "--stall-timeout", "nan", "--db", "{tmp}/c.db"], 2, "above 0"),
+        (["collect", "--idle-timeout", "0", "--db", "{tmp}/c.db"], 2, "above 0"),
+        (["collect", "--max-connections", "0", "--db", "{tmp}/c.db"], 2, "out of range"),
+        (["collect", "--max-buffered-bytes", "1000", "--db", "{tmp}/c.db"], 2, "below --max-frame-bytes"),
+        (["collect", "--db", "/etc/passwd/x.db"], 2, "/etc/passwd is not a directory"),
+        (["collect", "--db", "{tmp}"], 2, "is a directory"),
+        (["collect", "--users-file", "{tmp}/none.txt", "--db", "{tmp}/c.db"], 2, "cannot read"),
+    ],
+)
 def test_wrong_arguments_are_one_line_and_status_2_never_a_traceback(filled_db, tmp_path, args, status, says):
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     if args[0] == "arcs":
@@ -228,7 +237,10 @@ class Running:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mona_collector.cli", "collect", "--port", "0", "--db", str(db), *extra],
-            stderr=subprocess.PIPE, text=True, env=env, preexec_fn=lambda: os.umask(umask),
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=lambda: os.umask(umask),
         )
         assert self.process.stderr is not None
         lines = []
@@ -320,9 +332,18 @@ def test_users_file(tmp_path):
     users.chmod(0o600)
     running = Running(tmp_path / "c.db", "--shared-key-file", str(key), "--users-file", str(users))
     try:
+
         def deliver(user: str, password: str) -> bool:
-            sender = Sender("127.0.0.1", running.port, shared_key="s3cret", username=user, password=password,
-                            connect_timeout=2.0, max_backoff=0.2, client_hostname="cli-test")
+            sender = Sender(
+                "127.0.0.1",
+                running.port,
+                shared_key="s3cret",
+                username=user,
+                password=password,
+                connect_timeout=2.0,
+                max_backoff=0.2,
+                client_hostname="cli-test",
+            )
             try:
                 sender.put(pack_entry(BASE, record(f"by-{user}-{len(password)}", {"v": 1}, user=user)))
                 return sender.flush(5)
@@ -337,20 +358,33 @@ def test_users_file(tmp_path):
         running.kill()
 
 
-@pytest.mark.parametrize("content, says", [
-    ("alice:pw\nno-colon-here\n", "line 2: expected user:password"),
-    ("alice:pw\n:secret-without-user\n", "line 2: expected user:password"),
-    ("alice:\n", "line 1: expected user:password"),
-    ("alice:one\nalice:two\n", "line 2: the user alice is listed twice"),
-    ("# nobody\n\n", "lists no user"),
-])
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ("alice:pw\nno-colon-here\n", "line 2: expected user:password"),
+        ("alice:pw\n:secret-without-user\n", "line 2: expected user:password"),
+        ("alice:\n", "line 1: expected user:password"),
+        ("alice:one\nalice:two\n", "line 2: the user alice is listed twice"),
+        ("# nobody\n\n", "lists no user"),
+    ],
+)
 def test_a_bad_users_file_is_refused_with_its_line_number(tmp_path, content, says):
     key = tmp_path / "key"
     key.write_text("s3cret\n")
     users = tmp_path / "users.txt"
     users.write_text(content)
-    result = mona("collect", "--port", "0", "--db", str(tmp_path / "c.db"), "--shared-key-file", str(key),
-                  "--users-file", str(users), check=False)
+    result = mona(
+        "collect",
+        "--port",
+        "0",
+        "--db",
+        str(tmp_path / "c.db"),
+        "--shared-key-file",
+        str(key),
+        "--users-file",
+        str(users),
+        check=False,
+    )
     assert result.returncode == 2 and says in result.stderr, result.stderr
     assert "secret-without-user" not in result.stderr and "Traceback" not in result.stderr
 
@@ -360,8 +394,21 @@ def test_a_users_file_needs_a_shared_key(tmp_path):
     users.write_text("alice:pw\n")
     env_without_key = {k: v for k, v in os.environ.items() if k != "MONA_COLLECTOR_SHARED_KEY"}
     result = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", "collect", "--port", "0", "--db", str(tmp_path / "c.db"),
-         "--users-file", str(users)],
-        capture_output=True, text=True, env=dict(env_without_key, PYTHONPATH=str(ROOT)), timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "mona_collector.cli",
+            "collect",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "c.db"),
+            "--users-file",
+            str(users),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(env_without_key, PYTHONPATH=str(ROOT)),
+        timeout=60,
     )
     assert result.returncode == 2 and "needs a shared key" in result.stderr

@@ -22,9 +22,14 @@ import tracemalloc
 from pathlib import Path
 from typing import Iterator, List
 
-import msgpack
 import pytest
 
+from mona_client.forward import pack_entry
+from mona_client.transport import Sender
+from mona_collector import Collector, SQLiteStore
+from mona_collector.cli import main as mona_cli
+from mona_collector.merging.process import MergeLoop
+from mona_collector.store import RawChunk, SQLiteRawLog, raw_log_path
 from tests.support.collector import (
     BASE,
     TAG,
@@ -37,13 +42,6 @@ from tests.support.collector import (
     stored_arcs,
     time_fixext8,
 )
-from mona_collector import Collector, SQLiteStore
-from mona_collector.cli import main as mona_cli
-from mona_collector.merging.documents import ArcMerger
-from mona_collector.merging.process import MergeLoop
-from mona_collector.store import RawChunk, SQLiteRawLog, WriteSet, raw_log_path
-from mona_client.forward import pack_entry
-from mona_client.transport import Sender
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR_LOG = "mona_collector"
@@ -65,8 +63,11 @@ def _send(client: RawClient, records: list, chunk: str) -> None:
 
 
 def _error_lines(caplog, text: str) -> List[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.name == COLLECTOR_LOG and r.levelno >= logging.ERROR and text in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == COLLECTOR_LOG and r.levelno >= logging.ERROR and text in r.getMessage()
+    ]
 
 
 def _wait(predicate, timeout: float = 30.0) -> bool:
@@ -168,7 +169,10 @@ def test_a_merger_whose_collector_is_gone_exits_quietly(db_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     worker = subprocess.Popen(
         [sys.executable, "-m", "mona_collector.merging", "--db", str(db_path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     assert worker.stdout.readline().startswith(b"merged ")  # ready
     worker.stdout.close()  # the collector is gone: its end of both pipes closes
@@ -184,10 +188,10 @@ def test_a_merger_whose_collector_is_gone_exits_quietly(db_path):
 
 def test_records_deeper_than_the_limit_are_refused_alone(db_path, capfd):
     names = [f"n{i}" for i in range(1000)]
-    deep = [record(".".join(["deep"] + names[:depth]), {"d": depth}) for depth in range(0, 1000, 10)]
+    deep = [record(".".join(["deep", *names[:depth]]), {"d": depth}) for depth in range(0, 1000, 10)]
     with Collector(port=0, db_path=db_path, synchronous="NORMAL") as collector:
         client = RawClient(collector.port)
-        _send(client, deep + [record("tiny", {"t": 1})], "deep")
+        _send(client, [*deep, record("tiny", {"t": 1})], "deep")
         assert collector.wait_merged(60)
     arc = stored_arcs(db_path, "deep")[0]
     assert arc["export_count"] == 7  # depths 0, 10, ..., 60: the default limit is 64
@@ -205,13 +209,32 @@ def test_mona_collect_takes_the_depth_limit(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     refused = subprocess.run(
         [sys.executable, "-m", "mona_collector.cli", "collect", "--db", str(db), "--max-depth", "1000"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert refused.returncode == 2 and "between 0 and 256" in refused.stderr and "Traceback" not in refused.stderr
     process = subprocess.Popen(
-        [sys.executable, "-m", "mona_collector.cli", "collect", "--db", str(db), "--port", "0",
-         "--max-depth", "2", "--merge-cache-bytes", "2000000", "--merger-max-backoff", "1"],
-        stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "mona_collector.cli",
+            "collect",
+            "--db",
+            str(db),
+            "--port",
+            "0",
+            "--max-depth",
+            "2",
+            "--merge-cache-bytes",
+            "2000000",
+            "--merger-max-backoff",
+            "1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         line = ""
@@ -245,7 +268,7 @@ def _merge_directly(db_path: Path, records: list, max_depth: int) -> None:
 
 def test_show_and_export_a_document_deeper_than_any_limit(db_path, tmp_path, capsys):
     names = [f"n{i}" for i in range(1000)]
-    _merge_directly(db_path, [record(".".join(["old"] + names), {"leaf": 1}), record("old", {"root": 1})], 10**6)
+    _merge_directly(db_path, [record(".".join(["old", *names]), {"leaf": 1}), record("old", {"root": 1})], 10**6)
     assert mona_cli(["arcs", "show", "old", "--db", str(db_path)]) == 0
     shown = json.loads(capsys.readouterr().out)
     node = shown
@@ -342,8 +365,15 @@ KEY = "a shared key"
 
 
 def _send_as(port: int, username: str, records: list) -> None:
-    sender = Sender("127.0.0.1", port, shared_key=KEY, username=username, password=USERS[username],
-                    connect_timeout=2.0, max_backoff=0.2)
+    sender = Sender(
+        "127.0.0.1",
+        port,
+        shared_key=KEY,
+        username=username,
+        password=USERS[username],
+        connect_timeout=2.0,
+        max_backoff=0.2,
+    )
     try:
         for rec in records:
             sender.put(pack_entry(BASE, rec))
@@ -353,13 +383,20 @@ def _send_as(port: int, username: str, records: list) -> None:
 
 
 def test_an_authenticated_user_owns_what_it_writes(db_path, capfd):
-    with Collector(port=0, db_path=db_path, synchronous="NORMAL", udp_heartbeat=False, shared_key=KEY,
-                   users=USERS) as collector:
+    with Collector(
+        port=0, db_path=db_path, synchronous="NORMAL", udp_heartbeat=False, shared_key=KEY, users=USERS
+    ) as collector:
         _send_as(collector.port, "bob", [record("run", {"x": "bob's"}, user="bob", record_id="b:1")])
         assert collector.wait_merged()
         # alice writes as bob: over his field, and under his next record id.
-        _send_as(collector.port, "alice", [record("run", {"x": "alice's"}, BASE + 5, user="bob", record_id="b:2"),
-                                           record("run", {"x": "alice's own"}, user="alice", record_id="b:2")])
+        _send_as(
+            collector.port,
+            "alice",
+            [
+                record("run", {"x": "alice's"}, BASE + 5, user="bob", record_id="b:2"),
+                record("run", {"x": "alice's own"}, user="alice", record_id="b:2"),
+            ],
+        )
         assert collector.wait_merged()
         _send_as(collector.port, "bob", [record("run", {"y": 2}, BASE + 1, user="bob", record_id="b:2")])
         assert collector.wait_merged()

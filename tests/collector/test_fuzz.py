@@ -27,7 +27,6 @@ from typing import Any, List, Optional
 
 import msgpack
 import pytest
-from tests.support.collector import BASE, RawClient, bin32, entry, packed_message, record, stats, time_fixext8
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +39,7 @@ from mona_collector.ingest import Ingestor, IngestResult, Submission
 from mona_collector.merging.process import MergeLoop
 from mona_collector.server import JsonFrameDecoder
 from mona_collector.store import SQLiteRawLog, raw_log_path
+from tests.support.collector import BASE, RawClient, bin32, entry, packed_message, record, stats, time_fixext8
 
 CAP = 64 * 1024  # the decoders' frame cap here: small, so that the limits are reached often
 FRAMES = 100_000
@@ -96,7 +96,9 @@ def rand_obj(r: random.Random, depth: int = 0) -> Any:
     if kind == 6:
         return msgpack.ExtType(r.randrange(0, 128) if r.random() < 0.5 else 0, r.randbytes(r.choice([0, 1, 4, 8, 12])))
     if kind == 7:
-        return r.choice(["context", "message", "user_id", "record_id", "export_timestamp", "MONA_ARC_CLASS", "MONA_GLOBALS"])
+        return r.choice(
+            ["context", "message", "user_id", "record_id", "export_timestamp", "MONA_ARC_CLASS", "MONA_GLOBALS"]
+        )
     if kind in (8, 9):
         return [rand_obj(r, depth + 1) for _ in range(r.randrange(0, 5))]
     keys = [rand_obj(r, 4) for _ in range(r.randrange(0, 5))]  # scalars: hashable
@@ -105,7 +107,12 @@ def rand_obj(r: random.Random, depth: int = 0) -> Any:
 
 def bad_record(r: random.Random) -> Any:
     """A mona record with a wrong type (or a strange value) in some fields."""
-    good = record(f"ctx{r.randrange(50)}.sub{r.randrange(3)}", {"k": 1, "MONA_ARC_CLASS": "c"}, BASE, record_id=f"src:{r.randrange(1000)}")
+    good = record(
+        f"ctx{r.randrange(50)}.sub{r.randrange(3)}",
+        {"k": 1, "MONA_ARC_CLASS": "c"},
+        BASE,
+        record_id=f"src:{r.randrange(1000)}",
+    )
     for field in ("user_id", "context", "message", "export_timestamp", "record_id"):
         if r.random() < 0.5:
             good[field] = rand_obj(r, 2)
@@ -149,37 +156,100 @@ def malformed(r: random.Random) -> List[bytes]:
         frame = valid_frame(r)
         data = frame[: r.randrange(1, len(frame))] + (r.randbytes(r.randrange(0, 8)) if r.random() < 0.5 else b"")
     elif kind == 2:  # valid msgpack of a wrong shape
-        data = packb(r.choice([rand_obj(r), [TAG, rand_obj(r)], [TAG, rand_obj(r), rand_obj(r)],
-                               [TAG, rand_obj(r), rand_obj(r), rand_obj(r)], [rand_obj(r)] * r.randrange(5)]))
+        data = packb(
+            r.choice(
+                [
+                    rand_obj(r),
+                    [TAG, rand_obj(r)],
+                    [TAG, rand_obj(r), rand_obj(r)],
+                    [TAG, rand_obj(r), rand_obj(r), rand_obj(r)],
+                    [rand_obj(r)] * r.randrange(5),
+                ]
+            )
+        )
     elif kind == 3:  # giant declared lengths, at the top or inside the entries
-        header = r.choice([b"\xdb", b"\xc6", b"\xdd", b"\xdf", b"\xc9"]) + struct.pack(">I", r.choice([2**32 - 1, 2**31, CAP, CAP * 2, 10**6]))
+        header = r.choice([b"\xdb", b"\xc6", b"\xdd", b"\xdf", b"\xc9"]) + struct.pack(
+            ">I", r.choice([2**32 - 1, 2**31, CAP, CAP * 2, 10**6])
+        )
         data = header + r.randbytes(r.randrange(0, 50))
         if r.random() < 0.5:
             data = packed_message(TAG, bin32(header + b"\x00" * 10), {"chunk": "g"})
     elif kind == 4:  # deep nesting, bare or inside a record
         depth = r.choice([100, 600, 1100, 5000])
         nested = r.choice([b"\x91", b"\x81\xa1k"]) * depth + b"\xc0"
-        data = nested if r.random() < 0.5 else (
-            b"\x93" + packb(TAG) + packb(BASE) + b"\x83" + packb("context") + packb("deep") + packb("message") + b"\x81\xa1v" + nested + packb("user_id") + packb("u"))
+        data = (
+            nested
+            if r.random() < 0.5
+            else (
+                b"\x93"
+                + packb(TAG)
+                + packb(BASE)
+                + b"\x83"
+                + packb("context")
+                + packb("deep")
+                + packb("message")
+                + b"\x81\xa1v"
+                + nested
+                + packb("user_id")
+                + packb("u")
+            )
+        )
     elif kind == 5:  # wrong ext types where the time goes, and in records
-        ext = r.choice([b"\xd7\x01" + r.randbytes(8), b"\xd6\x00" + r.randbytes(4), b"\xd8\x00" + r.randbytes(16),
-                        b"\xc7\x0c\x00" + r.randbytes(12), b"\xd6\xff" + r.randbytes(4), b"\xd7\xff" + r.randbytes(8),
-                        b"\xc7\x0c\xff" + r.randbytes(12), b"\xc7\x03\xff" + r.randbytes(3)])
+        ext = r.choice(
+            [
+                b"\xd7\x01" + r.randbytes(8),
+                b"\xd6\x00" + r.randbytes(4),
+                b"\xd8\x00" + r.randbytes(16),
+                b"\xc7\x0c\x00" + r.randbytes(12),
+                b"\xd6\xff" + r.randbytes(4),
+                b"\xd7\xff" + r.randbytes(8),
+                b"\xc7\x0c\xff" + r.randbytes(12),
+                b"\xc7\x03\xff" + r.randbytes(3),
+            ]
+        )
         if r.random() < 0.5:
             data = packed_message(TAG, bin32(b"\x92" + ext + packb(bad_record(r))), None)
         else:
-            data = b"\x93" + packb(TAG) + ext + packb({"context": "e", "message": {"v": 1}}) if r.random() < 0.5 else (
-                b"\x93" + packb(TAG) + packb(BASE) + b"\x82" + packb("context") + packb("e") + packb("message") + b"\x81\xa1v" + ext)
+            data = (
+                b"\x93" + packb(TAG) + ext + packb({"context": "e", "message": {"v": 1}})
+                if r.random() < 0.5
+                else (
+                    b"\x93"
+                    + packb(TAG)
+                    + packb(BASE)
+                    + b"\x82"
+                    + packb("context")
+                    + packb("e")
+                    + packb("message")
+                    + b"\x81\xa1v"
+                    + ext
+                )
+            )
     elif kind == 6:  # gzip: bombs, truncated members, garbage, several members
-        payload = r.choice([_BOMB, _BOMB[: r.randrange(1, len(_BOMB))], r.randbytes(40), gzip.compress(b"\x92\x01") * 3,
-                            gzip.compress(entry(time_fixext8(BASE, 0), bad_record(r))) + b"\x1f\x8b"])
+        payload = r.choice(
+            [
+                _BOMB,
+                _BOMB[: r.randrange(1, len(_BOMB))],
+                r.randbytes(40),
+                gzip.compress(b"\x92\x01") * 3,
+                gzip.compress(entry(time_fixext8(BASE, 0), bad_record(r))) + b"\x1f\x8b",
+            ]
+        )
         data = packed_message(TAG, bin32(payload), {"compressed": "gzip", "chunk": "z"})
     elif kind == 7:  # well-formed frames, malformed records
         data = valid_frame(r)
     elif kind == 8:  # unhashable map keys, invalid UTF-8 in strings and in the chunk id
-        data = r.choice([b"\x81\x91\x01\x02", b"\x81\x81\x01\x02\x03",
-                         b"\x93" + packb(TAG) + bin32(entry(time_fixext8(BASE, 0), record("u", {"v": 1}))) + b"\x81\xa5chunk\xa2\xff\xfe",
-                         b"\x93" + packb(TAG) + packb(BASE) + b"\x82\xa7context\xa2\xff\xfe\xa7message\x81\xa1v\xa1\xff"])
+        data = r.choice(
+            [
+                b"\x81\x91\x01\x02",
+                b"\x81\x81\x01\x02\x03",
+                b"\x93"
+                + packb(TAG)
+                + bin32(entry(time_fixext8(BASE, 0), record("u", {"v": 1})))
+                + b"\x81\xa5chunk\xa2\xff\xfe",
+                b"\x93" + packb(TAG) + packb(BASE) + b"\x82\xa7context\xa2\xff\xfe\xa7message\x81\xa1v\xa1\xff",
+            ]
+        )
     elif kind == 9:  # several frames, one of them broken somewhere
         data = b"".join(valid_frame(r) for _ in range(r.randrange(1, 4))) + r.randbytes(r.randrange(0, 5))
     else:  # entries that end inside an entry, or are not pairs
@@ -187,7 +257,7 @@ def malformed(r: random.Random) -> List[bytes]:
         data = packed_message(TAG, r.choice([bin32(blob), packb(blob.decode("latin-1"))]), {"size": 1})
     # Arrive in random pieces, as TCP may cut them.
     cuts = sorted(r.randrange(len(data) + 1) for _ in range(r.randrange(0, 3)))
-    return [data[a:b] for a, b in zip([0] + cuts, cuts + [len(data)])]
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
 
 
 def malformed_json(r: random.Random) -> List[bytes]:
@@ -195,8 +265,11 @@ def malformed_json(r: random.Random) -> List[bytes]:
     if kind == 0:
         text = "[" * r.choice([10, 900, 5000, 100000])
     elif kind == 1:
-        text = '["mona.client.message", 1700000000, {"context": "j", "message": {"v": %s}}]' % r.choice(
-            ["1" * 30, "-" + "9" * 25, "1e999", "NaN", "-Infinity", "\"\\ud800\"", "\"\\udcff\"", "\"\\ud83d\\ude00\""])
+        text = '["mona.client.message", 1700000000, {{"context": "j", "message": {{"v": {}}}}}]'.format(
+            r.choice(
+                ["1" * 30, "-" + "9" * 25, "1e999", "NaN", "-Infinity", '"\\ud800"', '"\\udcff"', '"\\ud83d\\ude00"']
+            )
+        )
     elif kind == 2:
         text = r.randbytes(r.randrange(1, 50)).decode("latin-1")
         text = "[" + text
@@ -276,7 +349,16 @@ def test_memory_stays_bounded_on_the_largest_inputs():
     inputs = []
     while len(inputs) < 1500:
         pieces = malformed(r)
-        if sum(map(len, pieces)) and pieces[0][:1] in (b"\xdb", b"\xc6", b"\xdd", b"\xdf", b"\xc9", b"\x91", b"\x81", b"\x93"):
+        if sum(map(len, pieces)) and pieces[0][:1] in (
+            b"\xdb",
+            b"\xc6",
+            b"\xdd",
+            b"\xdf",
+            b"\xc9",
+            b"\x91",
+            b"\x81",
+            b"\x93",
+        ):
             inputs.append(pieces)
         inputs.append([packed_message(TAG, bin32(_BOMB), {"compressed": "gzip"})])
     pipeline = Pipeline()
@@ -291,17 +373,31 @@ def test_memory_stays_bounded_on_the_largest_inputs():
 
 
 msgpack_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=10)
-    | st.binary(max_size=10) | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=12)),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=5) | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=4), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=10)
+    | st.binary(max_size=10)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=12)),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(max_size=5) | st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=4), children, max_size=4
+        )
+    ),
     max_leaves=20,
 )
 records = st.fixed_dictionaries(
     {},
-    optional={"user_id": msgpack_values, "context": st.text(max_size=12) | msgpack_values,
-              "message": st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**63), msgpack_values, max_size=4) | msgpack_values,
-              "export_timestamp": msgpack_values | st.floats(), "record_id": st.text(max_size=12) | msgpack_values},
+    optional={
+        "user_id": msgpack_values,
+        "context": st.text(max_size=12) | msgpack_values,
+        "message": st.dictionaries(st.text(max_size=8) | st.integers(-(2**63), 2**63), msgpack_values, max_size=4)
+        | msgpack_values,
+        "export_timestamp": msgpack_values | st.floats(),
+        "record_id": st.text(max_size=12) | msgpack_values,
+    },
 )
 
 
@@ -341,8 +437,11 @@ def shapes_ingestor(tmp_path_factory):
 
 
 @settings(max_examples=300, derandomize=True, deadline=None)
-@given(st.lists(records | msgpack_values, min_size=1, max_size=5), st.sampled_from(["packed", "message", "forward", "raw"]),
-       msgpack_values)
+@given(
+    st.lists(records | msgpack_values, min_size=1, max_size=5),
+    st.sampled_from(["packed", "message", "forward", "raw"]),
+    msgpack_values,
+)
 def test_shapes_from_hypothesis(shapes_ingestor, recs, mode, option):
     if mode == "packed":
         frame = packed_message(TAG, bin32(b"".join(entry(time_fixext8(BASE, 1), rec) for rec in recs)), None)
@@ -363,8 +462,14 @@ def test_shapes_from_hypothesis(shapes_ingestor, recs, mode, option):
 def test_collector_survives_malformed_frames_on_real_sockets(tmp_path, caplog):
     caplog.set_level(logging.WARNING)
     r = random.Random(99)
-    with Collector(port=0, db_path=tmp_path / "fuzz.db", stall_timeout=0.5, synchronous="NORMAL", max_frame_bytes=CAP,
-                   udp_heartbeat=False) as collector:
+    with Collector(
+        port=0,
+        db_path=tmp_path / "fuzz.db",
+        stall_timeout=0.5,
+        synchronous="NORMAL",
+        max_frame_bytes=CAP,
+        udp_heartbeat=False,
+    ) as collector:
         for i in range(300):
             pieces = malformed_json(r) if i % 10 == 9 else malformed(r)
             sock = socket.create_connection(("127.0.0.1", collector.port), timeout=5)
@@ -375,14 +480,19 @@ def test_collector_survives_malformed_frames_on_real_sockets(tmp_path, caplog):
                 pass  # closed by the collector mid-send
             sock.close()
         good = RawClient(collector.port)  # still serving
-        good.send(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("after-fuzz", {"v": 1}))), {"chunk": "ok"}))
+        good.send(
+            packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("after-fuzz", {"v": 1}))), {"chunk": "ok"})
+        )
         assert good.answer() == {"ack": "ok"}
         good.close()
     # No exception escaped into asyncio (it would log "Exception in callback" or "Fatal error"), and
     # nothing failed to be stored or merged.
     assert not stats(tmp_path / "fuzz.db")["unmerged_rows"]
-    unexpected = [rec.getMessage() for rec in caplog.records if rec.name == "asyncio" or rec.exc_info
-                  or rec.levelno >= logging.ERROR]
+    unexpected = [
+        rec.getMessage()
+        for rec in caplog.records
+        if rec.name == "asyncio" or rec.exc_info or rec.levelno >= logging.ERROR
+    ]
     assert not unexpected, unexpected[:3]
 
 
@@ -430,19 +540,44 @@ class Slotted:
         self.a = 1
 
 
-hashables = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8), st.binary(max_size=8),
-                      st.tuples(st.integers(), st.text(max_size=3)), st.frozensets(st.integers(), max_size=3))
+hashables = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.tuples(st.integers(), st.text(max_size=3)),
+    st.frozensets(st.integers(), max_size=3),
+)
 anything = st.recursive(
-    hashables | st.integers(min_value=2**64, max_value=2**200) | st.floats(allow_nan=True, allow_infinity=True)
-    | st.builds(Hostile) | st.builds(SelfContaining) | st.builds(Slotted) | st.builds(object) | st.from_type(complex)
-    | st.from_type(bytearray) | st.just(Hostile) | st.just(print),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(hashables, children, max_size=4)
-    | st.sets(hashables, max_size=3) | st.tuples(children, children)
-    | st.builds(HostileMapping, st.dictionaries(st.text(max_size=3), children, max_size=2))
-    | st.builds(lambda d: {HostileKey(): 1, HostileKey(): 2, **d}, st.dictionaries(st.text(max_size=3), children, max_size=2)),
+    hashables
+    | st.integers(min_value=2**64, max_value=2**200)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.builds(Hostile)
+    | st.builds(SelfContaining)
+    | st.builds(Slotted)
+    | st.builds(object)
+    | st.from_type(complex)
+    | st.from_type(bytearray)
+    | st.just(Hostile)
+    | st.just(print),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(hashables, children, max_size=4)
+        | st.sets(hashables, max_size=3)
+        | st.tuples(children, children)
+        | st.builds(HostileMapping, st.dictionaries(st.text(max_size=3), children, max_size=2))
+        | st.builds(
+            lambda d: {HostileKey(): 1, HostileKey(): 2, **d},
+            st.dictionaries(st.text(max_size=3), children, max_size=2),
+        )
+    ),
     max_leaves=15,
 )
-deeply_nested = st.integers(100, 3000).map(lambda n: __import__("functools").reduce(lambda acc, _: {"k": [acc]}, range(n), 0))
+deeply_nested = st.integers(100, 3000).map(
+    lambda n: __import__("functools").reduce(lambda acc, _: {"k": [acc]}, range(n), 0)
+)
 
 
 @pytest.fixture
@@ -452,9 +587,15 @@ def exporting(mona):
         yield mona
 
 
-@settings(max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(message=st.one_of(st.dictionaries(hashables | st.builds(HostileKey), anything, max_size=5), anything, deeply_nested),
-       timestamp=st.one_of(st.none(), st.floats(), st.integers(-(2**70), 2**70), st.text(max_size=5), st.builds(Hostile)))
+@settings(
+    max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    message=st.one_of(
+        st.dictionaries(hashables | st.builds(HostileKey), anything, max_size=5), anything, deeply_nested
+    ),
+    timestamp=st.one_of(st.none(), st.floats(), st.integers(-(2**70), 2**70), st.text(max_size=5), st.builds(Hostile)),
+)
 def test_export_never_raises_with_exceptions_off(exporting, message, timestamp):
     logging.disable(logging.CRITICAL)  # thousands of rate-limited warnings are not the point here
     try:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.collector import collector, db_path, stats, stored_arcs  # noqa: F401  (fixtures)
-from mona_collector import SQLiteStore
 from mona_client.record import TAG
+from mona_collector import SQLiteStore
+from tests.support.collector import stats, stored_arcs
 
 INTEROP = Path(__file__).resolve().parent / "interop"
 NODE_CACHE = Path(os.environ.get("MONA_NODE_CACHE", Path.home() / ".cache" / "mona-client" / "interop-node"))
@@ -23,8 +23,12 @@ def test_fluent_logger_message_mode(collector, db_path):
     try:
         for i in range(20):
             message = {"MONA_ARC_CLASS": "py"} if i == 0 else {"step": i}
-            record = {"user_id": "py-user", "context": "fl-run" if i == 0 else f"fl-run.s{i}", "message": message,
-                      "export_timestamp": 1700000000 + i}
+            record = {
+                "user_id": "py-user",
+                "context": "fl-run" if i == 0 else f"fl-run.s{i}",
+                "message": message,
+                "export_timestamp": 1700000000 + i,
+            }
             assert logger.emit("message", record), logger.last_error
     finally:
         logger.close()
@@ -42,8 +46,9 @@ def _node_client(script: str = "fluent_org_send.js") -> Path:
     for source in INTEROP.glob("*.js"):
         shutil.copy(source, NODE_CACHE / source.name)
     if not (NODE_CACHE / "node_modules" / "@fluent-org" / "logger").is_dir():
-        subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_CACHE, check=True, timeout=300,
-                       capture_output=True)
+        subprocess.run(
+            ["npm", "install", "--no-audit", "--no-fund"], cwd=NODE_CACHE, check=True, timeout=300, capture_output=True
+        )
     return NODE_CACHE / script
 
 
@@ -51,8 +56,9 @@ def _node_client(script: str = "fluent_org_send.js") -> Path:
 def test_fluent_org_logger_with_ack_and_event_time(collector, db_path, mode):
     script = _node_client()
     context = f"node-{mode}"
-    result = subprocess.run(["node", str(script), str(collector.port), "30", mode, context],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["node", str(script), str(collector.port), "30", mode, context], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr  # 0 only when every emit was acked
     arc = stored_arcs(db_path, context)[0]
     assert arc["arc_class"] == "node-class" and arc["export_count"] == 30

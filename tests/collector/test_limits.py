@@ -14,13 +14,22 @@ import time
 from pathlib import Path
 from typing import List
 
-import msgpack
 import pytest
 
-from tests.support.collector import BASE, TAG, RawClient, bin32, entry, packed_message, record, stored_arcs, time_fixext8
-from mona_collector import Collector
 from mona_client.forward import pack_entry
 from mona_client.transport import Sender
+from mona_collector import Collector
+from tests.support.collector import (
+    BASE,
+    TAG,
+    RawClient,
+    bin32,
+    entry,
+    packed_message,
+    record,
+    stored_arcs,
+    time_fixext8,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR_LOG = "mona_collector"
@@ -138,8 +147,11 @@ def test_bytes_in_incomplete_frames_are_capped_across_connections(tmp_path, capl
     with start(tmp_path, max_frame_bytes=mib, max_buffered_bytes=2 * mib, stall_timeout=120.0) as collector:
         server = collector._server
         assert server is not None
-        frames = {"small": message("small", "a", 400_000), "large": message("large", "b", 1_000_000),
-                  "medium": message("medium", "c", 900_000)}
+        frames = {
+            "small": message("small", "a", 400_000),
+            "large": message("large", "b", 1_000_000),
+            "medium": message("medium", "c", 900_000),
+        }
         clients = {name: RawClient(collector.port) for name in frames}
         held = 0
         for name in ("small", "large"):
@@ -177,7 +189,11 @@ def test_out_of_file_descriptors_pauses_accepting_logs_one_line_and_recovers(tmp
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     process = subprocess.Popen(
         [sys.executable, "-c", _EMFILE_COLLECTOR, str(tmp_path / "emfile.db")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     idle: List[socket.socket] = []
     try:

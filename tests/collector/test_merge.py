@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import msgpack
 
-from tests.support.collector import (  # noqa: F401  (fixtures)
+from mona_collector import Collector, SQLiteStore
+from tests.support.collector import (
     BASE,
     TAG,
     RawClient,
     bin32,
-    collector,
-    db_path,
     entry,
     packed_message,
     record,
@@ -18,7 +17,6 @@ from tests.support.collector import (  # noqa: F401  (fixtures)
     stored_arcs,
     time_fixext8,
 )
-from mona_collector import Collector, SQLiteStore
 
 
 def _send(client: RawClient, records: list, chunk: str) -> None:
@@ -76,7 +74,7 @@ def test_resent_chunks_are_stored_once(collector, db_path):
     records += [record("dup", {"free": "form"}, record_id="other-client-id-a")]
     _send(client, records, "first")
     _send(client, records, "resent")  # what an ack timeout makes a client do
-    _send(client, records[2:4] + [record("dup.s9", {"i": 9}, record_id="proc-1:9")], "partly-new")
+    _send(client, [*records[2:4], record("dup.s9", {"i": 9}, record_id="proc-1:9")], "partly-new")
     arc = stored_arcs(db_path, "dup")[0]
     assert arc["export_count"] == 7
     counts = stats(db_path)
@@ -91,7 +89,10 @@ def test_restart_keeps_arcs_and_late_ground_truth_updates_them(db_path):
     with Collector(port=0, db_path=db_path) as second:
         client = RawClient(second.port)
         # Hours later: ground truth for an existing context id, and a resend of an old record.
-        late = [record("r7", {"truth": 1}, BASE + 4 * 3600, record_id="s:100"), record("r3", {"pred": -1}, record_id="s:3")]
+        late = [
+            record("r7", {"truth": 1}, BASE + 4 * 3600, record_id="s:100"),
+            record("r3", {"pred": -1}, record_id="s:3"),
+        ]
         _send(client, late, "b")
     store = SQLiteStore(db_path, readonly=True)
     try:

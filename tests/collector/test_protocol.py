@@ -9,13 +9,12 @@ import struct
 
 import msgpack
 
-from tests.support.collector import (  # noqa: F401  (fixtures)
+from mona_collector import Collector
+from tests.support.collector import (
     BASE,
     TAG,
     RawClient,
     bin32,
-    collector,
-    db_path,
     entry,
     packed_message,
     raw_event_count,
@@ -26,7 +25,6 @@ from tests.support.collector import (  # noqa: F401  (fixtures)
     time_ext8,
     time_fixext8,
 )
-from mona_collector import Collector
 
 
 def _entries(count: int, time_of=time_fixext8, prefix: str = "run") -> bytes:
@@ -155,7 +153,12 @@ def test_malformed_input_closes_only_that_connection(collector, db_path):
 
 def test_malformed_mona_records_are_kept_raw_and_do_not_break_the_batch(collector, db_path):
     client = RawClient(collector.port)
-    records = ["not a map", {"user_id": "u1", "message": {}}, record("ok-arc", {"v": 1}), {"context": "x", "message": 3}]
+    records = [
+        "not a map",
+        {"user_id": "u1", "message": {}},
+        record("ok-arc", {"v": 1}),
+        {"context": "x", "message": 3},
+    ]
     blob = b"".join(entry(time_fixext8(BASE, 0), rec) for rec in records)
     client.send(packed_message(TAG, bin32(blob), {"chunk": "mixed"}))
     assert client.answer() == {"ack": "mixed"}

@@ -20,11 +20,23 @@ from typing import List, NamedTuple, Optional
 
 import pytest
 
-from tests.support.collector import BASE, TAG, RawClient, bin32, entry, packed_message, record, stats, stored_arcs, time_fixext8
 from mona_client import client
-from mona_collector import Collector
 from mona_client.forward import pack_entry, pack_ping, shared_key_digest
 from mona_client.transport import Sender, client_ssl_context
+from mona_collector import Collector
+from tests.support.collector import (
+    BASE,
+    TAG,
+    RawClient,
+    bin32,
+    entry,
+    packed_message,
+    record,
+    stats,
+    stored_arcs,
+    time_fixext8,
+)
+
 from .test_interop import _node_client
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,15 +66,50 @@ def certs(tmp_path_factory) -> Certs:
         pytest.skip("the openssl command is needed to make the test certificates")
     d = tmp_path_factory.mktemp("certs")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=mona test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    for name, usage, san in (("server", "serverAuth", "DNS:localhost,IP:127.0.0.1"), ("client", "clientAuth", "DNS:client")):
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=mona test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
+    for name, usage, san in (
+        ("server", "serverAuth", "DNS:localhost,IP:127.0.0.1"),
+        ("client", "clientAuth", "DNS:client"),
+    ):
         (d / f"{name}.ext").write_text(
             f"subjectAltName={san}\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage={usage}\n"
         )
         _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
     return Certs(*(str(d / n) for n in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")))
 
 
@@ -81,7 +128,9 @@ def start(db: Path, **options) -> Collector:
 
 
 def entries(context: str, count: int) -> List[bytes]:
-    return [pack_entry(BASE + i, record(context if i == 0 else f"{context}.s{i}", {"i": i}, BASE + i)) for i in range(count)]
+    return [
+        pack_entry(BASE + i, record(context if i == 0 else f"{context}.s{i}", {"i": i}, BASE + i)) for i in range(count)
+    ]
 
 
 def sender(port: int, **options) -> Sender:
@@ -101,8 +150,11 @@ def send(port: int, context: str, count: int = 10, timeout: float = 10.0, **opti
 
 
 def refusal_lines(caplog, text: str) -> List[str]:
-    return [r.getMessage() for r in caplog.records if r.name == COLLECTOR_LOG and "refused connection" in r.getMessage()
-            and text in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == COLLECTOR_LOG and "refused connection" in r.getMessage() and text in r.getMessage()
+    ]
 
 
 class Handshaker(RawClient):
@@ -181,8 +233,9 @@ def test_user_authentication(db, caplog):
     caplog.set_level(logging.INFO)
     with start(db, shared_key=KEY, users={"alice": "wonderland"}) as collector:
         assert send(collector.port, "user-ok", 3, shared_key=KEY, username="alice", password="wonderland").delivered
-        assert not send(collector.port, "user-bad", 3, timeout=0.8, shared_key=KEY, username="alice",
-                        password="nope").delivered
+        assert not send(
+            collector.port, "user-bad", 3, timeout=0.8, shared_key=KEY, username="alice", password="nope"
+        ).delivered
         assert refusal_lines(caplog, "username/password mismatch")
         assert collector.wait_for_records(3, 5)
     assert stats(db)["events"] == 3
@@ -199,10 +252,16 @@ def test_handshake_messages_on_the_wire(db, caplog):
         assert tag == "HELO" and len(helo["nonce"]) == 16 and helo["auth"] and helo["keepalive"] is True
         ping, salt = pack_ping("raw-client", KEY, helo["nonce"], helo["auth"])
         good.sock.sendall(ping)
-        assert good.receive() == ["PONG", True, "", "collector-under-test",
-                                  shared_key_digest(salt, "collector-under-test", helo["nonce"], KEY)]
-        good.sock.sendall(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("wire-ok", {"v": 1}))),
-                                         {"chunk": "c1"}))
+        assert good.receive() == [
+            "PONG",
+            True,
+            "",
+            "collector-under-test",
+            shared_key_digest(salt, "collector-under-test", helo["nonce"], KEY),
+        ]
+        good.sock.sendall(
+            packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("wire-ok", {"v": 1}))), {"chunk": "c1"})
+        )
         assert good.receive() == {"ack": "c1"}
 
         bad = Handshaker(collector.port)
@@ -214,8 +273,9 @@ def test_handshake_messages_on_the_wire(db, caplog):
 
         early = Handshaker(collector.port)  # data instead of PING
         early.receive()
-        early.sock.sendall(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("wire-early", {"v": 1}))),
-                                          {"chunk": "c2"}))
+        early.sock.sendall(
+            packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("wire-early", {"v": 1}))), {"chunk": "c2"})
+        )
         assert early.receive() == ["PONG", False, "invalid ping message", "", ""]
         assert early.closed()
 
@@ -234,8 +294,9 @@ def test_handshake_messages_on_the_wire(db, caplog):
 
 
 def tls_context(certs: Certs, version: Optional[ssl.TLSVersion] = None, with_cert: bool = False) -> ssl.SSLContext:
-    context = client_ssl_context(certs.ca, certs.client_cert if with_cert else None,
-                                 certs.client_key if with_cert else None)
+    context = client_ssl_context(
+        certs.ca, certs.client_cert if with_cert else None, certs.client_key if with_cert else None
+    )
     if version is not None:
         context.minimum_version = context.maximum_version = version
     return context
@@ -246,8 +307,9 @@ def test_tls_versions(db, certs, version):
     with start(db, tls_cert_file=certs.server_cert, tls_key_file=certs.server_key) as collector:
         raw = Handshaker(collector.port, tls_context(certs, version))
         assert raw.sock.version() == version.name.replace("_", ".")  # "TLSv1.2" / "TLSv1.3"
-        raw.sock.sendall(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("tls-raw", {"v": 1}))),
-                                        {"chunk": "t"}))
+        raw.sock.sendall(
+            packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("tls-raw", {"v": 1}))), {"chunk": "t"})
+        )
         assert raw.receive() == {"ack": "t"}
         assert send(collector.port, "tls-sender", 5, ssl_context=tls_context(certs, version)).delivered
         assert collector.wait_for_records(6, 5)
@@ -262,7 +324,9 @@ def test_tls_client_without_the_ca_fails_verification(db, certs, caplog):
         assert any("CERTIFICATE_VERIFY_FAILED" in line for line in lines), lines
         assert refusal_lines(caplog, "TLS handshake failed")
         plain = Handshaker(collector.port)  # a plain-text client gets no service either
-        plain.sock.sendall(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("plain", {}))), {"chunk": "p"}))
+        plain.sock.sendall(
+            packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("plain", {}))), {"chunk": "p"})
+        )
         assert plain.closed() and not any(isinstance(answer, dict) for answer in plain.pending)
         assert collector.processed_records == 0
     assert stats(db)["events"] == 0
@@ -283,9 +347,17 @@ def test_tls_and_shared_key_through_init_client(db, certs, tmp_path):
     with start(db, **options) as collector:
         config = tmp_path / "mona_client_config.json"
         config.write_text('{"disable_all": false}')
-        client.init_client(host="127.0.0.1", port=collector.port, user_id="secure-user", config_file=str(config),
-                           print_logs=False, spool_dir=str(tmp_path / "spool"), shared_key=KEY, tls=True,
-                           tls_ca_file=certs.ca)
+        client.init_client(
+            host="127.0.0.1",
+            port=collector.port,
+            user_id="secure-user",
+            config_file=str(config),
+            print_logs=False,
+            spool_dir=str(tmp_path / "spool"),
+            shared_key=KEY,
+            tls=True,
+            tls_ca_file=certs.ca,
+        )
         try:
             with client.new_mona_context(arc_class="secure", context_id="facade-run"):
                 for i in range(10):
@@ -310,9 +382,25 @@ def test_mona_collect_with_key_file_and_tls(tmp_path, certs):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("MONA_COLLECTOR_SHARED_KEY", None)
     process = subprocess.Popen(
-        [sys.executable, "-m", "mona_collector.cli", "collect", "--port", "0", "--db", str(db),
-         "--shared-key-file", str(key_file), "--tls-cert", certs.server_cert, "--tls-key", certs.server_key],
-        stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "mona_collector.cli",
+            "collect",
+            "--port",
+            "0",
+            "--db",
+            str(db),
+            "--shared-key-file",
+            str(key_file),
+            "--tls-cert",
+            certs.server_cert,
+            "--tls-key",
+            certs.server_key,
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         assert process.stderr is not None
@@ -334,9 +422,22 @@ def test_mona_collect_with_key_file_and_tls(tmp_path, certs):
 
 def test_mona_collect_rejects_half_a_tls_configuration(tmp_path, certs):
     result = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", "collect", "--port", "0", "--db", str(tmp_path / "x.db"),
-         "--tls-cert", certs.server_cert],
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "mona_collector.cli",
+            "collect",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "x.db"),
+            "--tls-cert",
+            certs.server_cert,
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=30,
     )
     assert result.returncode == 2 and "both a certificate file and a key file" in result.stderr
 
@@ -346,8 +447,12 @@ def test_mona_collect_rejects_half_a_tls_configuration(tmp_path, certs):
 
 def node_send(port: int, context: str, key: str = "-", ca: str = "-", timeout_ms: int = 15000):
     script = _node_client("fluent_org_secure.js")
-    return subprocess.run(["node", str(script), str(port), "20", context, key, ca, str(timeout_ms)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        ["node", str(script), str(port), "20", context, key, ca, str(timeout_ms)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -363,8 +468,9 @@ def test_fluent_org_logger_with_shared_key_and_tls(node_ready, db, certs, layers
     if "tls" in layers:
         options.update(tls_cert_file=certs.server_cert, tls_key_file=certs.server_key)
     with start(db, **options) as collector:
-        result = node_send(collector.port, f"node-{layers}", KEY if "key" in layers else "-",
-                           certs.ca if "tls" in layers else "-")
+        result = node_send(
+            collector.port, f"node-{layers}", KEY if "key" in layers else "-", certs.ca if "tls" in layers else "-"
+        )
         assert result.returncode == 0, result.stdout + result.stderr
         assert collector.wait_for_records(20, 5)
     arc = stored_arcs(db, f"node-{layers}")[0]
@@ -404,8 +510,9 @@ def test_the_documented_certificate_verifies_by_ip_and_by_the_fluentd_server_nam
     (the same OpenSSL check) sees it."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make the documented certificate")
-    subprocess.run(["bash", "-e", "-c", _doc_block("openssl req -x509")], cwd=tmp_path, check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["bash", "-e", "-c", _doc_block("openssl req -x509")], cwd=tmp_path, check=True, capture_output=True, timeout=60
+    )
     fluentd = _doc_block("transport tls")
     assert re.search(r"^\s*tls_verify_hostname true$", fluentd, re.M)
     name, host = (_setting(fluentd, key) for key in ("name", "host"))
@@ -415,8 +522,11 @@ def test_the_documented_certificate_verifies_by_ip_and_by_the_fluentd_server_nam
             context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
             client = RawClient(collector.port)
             client.sock = context.wrap_socket(client.sock, server_hostname=server_hostname)
-            client.send(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record(f"doc-tls-{number}", {}))),
-                                       {"chunk": str(number)}))
+            client.send(
+                packed_message(
+                    TAG, bin32(entry(time_fixext8(BASE, 0), record(f"doc-tls-{number}", {}))), {"chunk": str(number)}
+                )
+            )
             assert client.answer() == {"ack": str(number)}, server_hostname
             client.close()
         context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))

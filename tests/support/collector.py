@@ -155,8 +155,8 @@ __all__ = [
     "record",
     "stats",
     "stored_arcs",
-    "wait_merged",
     "str32",
     "time_ext8",
     "time_fixext8",
+    "wait_merged",
 ]

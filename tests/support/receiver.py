@@ -52,7 +52,7 @@ class ForwardReceiver:
         with self._lock:
             return [event for batch in self.batches for event in batch.events]
 
-    def wait_for(self, predicate: Callable[["ForwardReceiver"], bool], timeout: float = 10.0) -> bool:
+    def wait_for(self, predicate: Callable[[ForwardReceiver], bool], timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate(self):
@@ -74,7 +74,7 @@ class ForwardReceiver:
                 pass
         self._server.close()
 
-    def __enter__(self) -> "ForwardReceiver":
+    def __enter__(self) -> ForwardReceiver:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -141,4 +141,3 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, interval: f
             return True
         time.sleep(interval)
     return predicate()
-
