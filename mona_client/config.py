@@ -25,9 +25,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Set, Tuple, cast
 
 from mona_client.logs import logger
+
+if TYPE_CHECKING:
+    from watchdog.events import FileSystemEventHandler
 
 DEFAULT_CONFIG_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mona_client_config.json")
 """The config file shipped inside the package, used when ``MONA_CLIENT_CONFIG_FILE`` is unset."""
@@ -364,7 +367,7 @@ class _Poller:
             self.thread.join(timeout)
 
     def _signature(self) -> Tuple[Optional[Tuple[int, ...]], ...]:
-        signature = []
+        signature: List[Optional[Tuple[int, ...]]] = []
         for path in self._paths:
             for stat in (os.stat, os.lstat):
                 try:
@@ -504,7 +507,9 @@ class ConfigWatcher:
         try:
             handler = _Handler(targets, changed)
             for d in directories:
-                observer.schedule(handler, d, recursive=False)
+                # watchdog only calls dispatch(); subclassing its handler would import watchdog with
+                # this module, which the module promises not to do (see the docstring above).
+                observer.schedule(cast("FileSystemEventHandler", handler), d, recursive=False)
             observer.start()
         except BaseException:
             observer.stop()  # an inotify observer runs a reader thread from its creation on

@@ -66,7 +66,7 @@ DEFAULT_MAX_RECORD_BYTES = 2**20
 """The default largest encoded record ``export()`` accepts (``MONA_MAX_RECORD_BYTES``): 1 MiB."""
 
 
-class MonaExportException(Exception):
+class MonaExportException(Exception):  # noqa: N818 - the original client's public name, kept for users
     """An export that cannot be accepted: outside a context, or a message that is not JSON-able."""
 
 

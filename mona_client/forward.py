@@ -16,7 +16,7 @@ import gzip
 import hashlib
 import os
 import struct
-from typing import Any, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import msgpack
 
@@ -71,7 +71,8 @@ def pack_entry(time: Union[int, EventTime], record: Any) -> bytes:
     if isinstance(time, EventTime):  # a NamedTuple would otherwise pack as a plain array
         time = encode_event_time(time.seconds, time.nanoseconds)
     # surrogateescape: strings decoded from invalid UTF-8 on the wire are packed back to their bytes.
-    return msgpack.packb([time, record], use_bin_type=True, unicode_errors="surrogateescape")
+    packed: bytes = msgpack.packb([time, record], use_bin_type=True, unicode_errors="surrogateescape")
+    return packed
 
 
 def new_chunk_id() -> str:
@@ -91,13 +92,14 @@ def pack_packed_forward(
     ``entries`` is the concatenation of :func:`pack_entry` results and ``size`` their count. With
     ``chunk`` set the receiver answers ``{"ack": chunk}`` once it has accepted the events.
     """
-    option: dict = {"size": size}
+    option: Dict[str, Any] = {"size": size}
     if chunk is not None:
         option["chunk"] = chunk
     if compress:
         entries = gzip.compress(entries)
         option["compressed"] = "gzip"
-    return msgpack.packb([tag, entries, option], use_bin_type=True)
+    packed: bytes = msgpack.packb([tag, entries, option], use_bin_type=True)
+    return packed
 
 
 # --- decoding (acks, HELO, PONG) ------------------------------------------------------------------

@@ -65,7 +65,7 @@ class MonaThreadPoolExecutor(ThreadPoolExecutor):
     task to the next through a reused worker thread.
     """
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
 
 

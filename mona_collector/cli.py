@@ -376,7 +376,8 @@ def _lock_database(db_path: Path) -> IO[str]:
     database stops at once, saying so, instead of waiting for the first one's merger."""
     lock_path = f"{db_path}.collector.lock"
     try:
-        handle = open(lock_path, "a+", encoding="utf-8")
+        # Held open for the collector's whole life (the lock lives as long as the file object).
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         raise CliError(f"cannot create the lock file {_printable(lock_path)}: {exc.strerror}") from None
     try:
@@ -666,7 +667,8 @@ def _stats(store: SQLiteStore, args: argparse.Namespace) -> int:
     print("tags")
     for tag, counts in stats["tags"].items():
         print(
-            f"  {_printable(tag):<30} {counts['events']} events, {counts['rejected']} rejected, {counts['duplicates']} duplicates"
+            f"  {_printable(tag):<30} {counts['events']} events, {counts['rejected']} rejected, "
+            f"{counts['duplicates']} duplicates"
         )
     return 0
 

@@ -65,7 +65,7 @@ class EventBatch(NamedTuple):
 
     tag: str
     events: List[Event]
-    option: dict
+    option: Dict[str, Any]
     mode: str  # "message", "forward", "packed_forward" or "compressed_packed_forward"
 
     @property
@@ -79,15 +79,20 @@ class EventBatch(NamedTuple):
 
 def pack_ack(chunk: Any) -> bytes:
     """The ack answer for a chunk id, echoing it byte for byte (even when it is not valid UTF-8)."""
-    return msgpack.packb({"ack": chunk}, use_bin_type=True, unicode_errors="surrogateescape")
+    packed: bytes = msgpack.packb({"ack": chunk}, use_bin_type=True, unicode_errors="surrogateescape")
+    return packed
 
 
 def pack_helo(nonce: bytes, auth_salt: bytes = b"", keepalive: bool = True) -> bytes:
-    return msgpack.packb(["HELO", {"nonce": nonce, "auth": auth_salt, "keepalive": keepalive}], use_bin_type=True)
+    packed: bytes = msgpack.packb(
+        ["HELO", {"nonce": nonce, "auth": auth_salt, "keepalive": keepalive}], use_bin_type=True
+    )
+    return packed
 
 
 def pack_pong(ok: bool, reason: str, hostname: str, digest: str) -> bytes:
-    return msgpack.packb(["PONG", ok, reason, hostname, digest], use_bin_type=True)
+    packed: bytes = msgpack.packb(["PONG", ok, reason, hostname, digest], use_bin_type=True)
+    return packed
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -288,7 +293,7 @@ class RawMessage(NamedTuple):
     tag: str
     entries: bytes
     events: int
-    option: dict
+    option: Dict[str, Any]
     mode: str
 
     @property
@@ -321,7 +326,7 @@ def split_event_message(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> R
     return RawMessage(batch.tag, entries, len(batch.events), batch.option, batch.mode)
 
 
-def _packed_entries(obj: Any, max_bytes: int) -> Tuple[bytes, dict, str]:
+def _packed_entries(obj: Any, max_bytes: int) -> Tuple[bytes, Dict[str, Any], str]:
     """The plain entries blob, option and mode of a (Compressed)PackedForward message."""
     if len(obj) > 3:
         raise ForwardProtocolError("PackedForward mode takes at most 3 items")
@@ -332,7 +337,7 @@ def _packed_entries(obj: Any, max_bytes: int) -> Tuple[bytes, dict, str]:
     return entries, option, "packed_forward"
 
 
-def _option(value: Any) -> dict:
+def _option(value: Any) -> Dict[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, dict):

@@ -55,7 +55,7 @@ class Collector:
         self,
         bind: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
-        db_path: Optional[Union[str, os.PathLike]] = None,
+        db_path: Optional[Union[str, os.PathLike[str]]] = None,
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         stall_timeout: float = 30.0,
@@ -68,9 +68,9 @@ class Collector:
         shared_key: Optional[str] = None,
         users: Optional[Dict[str, str]] = None,
         hostname: Optional[str] = None,
-        tls_cert_file: Optional[Union[str, os.PathLike]] = None,
-        tls_key_file: Optional[Union[str, os.PathLike]] = None,
-        tls_ca_file: Optional[Union[str, os.PathLike]] = None,
+        tls_cert_file: Optional[Union[str, os.PathLike[str]]] = None,
+        tls_key_file: Optional[Union[str, os.PathLike[str]]] = None,
+        tls_ca_file: Optional[Union[str, os.PathLike[str]]] = None,
         max_depth: int = DEFAULT_MAX_DEPTH,
         merge_cache_bytes: int = DEFAULT_CACHE_BYTES,
         merger_max_backoff: float = 30.0,
@@ -105,7 +105,7 @@ class Collector:
         self._given_store = store
         self._store: Optional[ArcStore] = None
         self._raw_log: Optional[RawLog] = None
-        self._merger: Optional[Any] = None
+        self._merger: Optional[Union[MergerProcess, MergerThread]] = None
         self._ingestor: Optional[Ingestor] = None
         self._server: Optional[ForwardServer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None

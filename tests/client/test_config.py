@@ -336,7 +336,7 @@ def test_rewrite_in_place(watched) -> None:
 
 
 def test_atomic_replace(watched) -> None:
-    path, watcher, rec = watched
+    path, _watcher, rec = watched
     tmp = path.with_name(path.name + ".tmp")
     write(tmp, {"disable_all": True})
     os.replace(tmp, path)
@@ -365,7 +365,7 @@ def test_half_written_keeps_last_good_and_logs(watched, caplog: pytest.LogCaptur
 
 
 def test_same_content_is_not_a_change(watched) -> None:
-    path, watcher, rec = watched
+    path, _watcher, rec = watched
     write(path, '{ "disable_all" :  false }\n')
     write(path, {"disable_all": True})  # a marker, to know the first write has been seen
     assert wait_for(lambda: rec.last == {"disable_all": True})
@@ -637,7 +637,9 @@ def test_every_configmap_update_is_seen(tmp_path: Path, polling: bool) -> None:
         for version in range(1, 6):
             expected = {"disable_all": version % 2 == 1, "version": version}
             volume.update(expected)
-            assert wait_for(lambda: rec.last == expected), f"update {version} was not seen: {rec.last}"
+            assert wait_for(lambda expected=expected: rec.last == expected), (
+                f"update {version} was not seen: {rec.last}"
+            )
     finally:
         watcher.stop()
     assert [c["version"] for c in rec.seen] == list(range(6))
@@ -657,9 +659,17 @@ def test_a_config_directory_renamed_away_and_recreated_is_seen(tmp_path: Path, p
             directory.rename(tmp_path / f"conf_old{round_}")
             directory.mkdir()
             write(path, {"disable_all": True, "round": round_})
-            assert wait_for(lambda: rec.last == {"disable_all": True, "round": round_}), rec.last
+            assert wait_for(lambda round_=round_: rec.last == {"disable_all": True, "round": round_}), rec.last
             # ...and later edits in the new directory too.
             write(path, {"disable_all": False, "round": round_})
-            assert wait_for(lambda: rec.last == {"disable_all": False, "round": round_}), rec.last
+            assert wait_for(lambda round_=round_: rec.last == {"disable_all": False, "round": round_}), rec.last
     finally:
         watcher.stop()
+
+
+def test_the_example_config_at_the_top_of_the_tree_is_the_packaged_default() -> None:
+    example = json.loads((REPO / "mona_client_config.json").read_text(encoding="utf-8"))
+    with open(DEFAULT_CONFIG_FILE, encoding="utf-8") as packaged:
+        assert example == json.load(packaged)
+    assert not (REPO / "mona_client_config.json").is_symlink()
+    assert load_config_file(str(REPO / "mona_client_config.json")) == {"disable_all": False}
