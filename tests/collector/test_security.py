@@ -22,7 +22,7 @@ import pytest
 
 from mona_client import client
 from mona_client.forward import pack_entry, pack_ping, shared_key_digest
-from mona_client.transport import Sender, client_ssl_context
+from mona_client.transport import Sender, SenderOptions, client_ssl_context
 from mona_collector import Collector
 from tests.support.collector import (
     BASE,
@@ -136,7 +136,7 @@ def entries(context: str, count: int) -> List[bytes]:
 def sender(port: int, **options) -> Sender:
     options.setdefault("connect_timeout", 2.0)
     options.setdefault("max_backoff", 0.2)
-    return Sender("127.0.0.1", port, **options)
+    return Sender(SenderOptions("127.0.0.1", port, **options))
 
 
 def send(port: int, context: str, count: int = 10, timeout: float = 10.0, **options) -> Sender:
