@@ -92,7 +92,7 @@ class Sender:
 
     ``put(entry)`` queues one encoded entry and returns False when it was dropped because the queue is
     full; it never waits on the network (except in blocking mode). ``open_transport`` makes each new
-    connection (default: :meth:`ForwardConnection.open` with ``options``).
+    connection (default: :meth:`ForwardConnection.open` with :attr:`options`).
     """
 
     #: The batcher's own method: put() is on the path of every export, a wrapper would add a call.
@@ -108,7 +108,7 @@ class Sender:
         self.spool = spool
         self.batcher = Batcher(options, spool, self._after_slow_put)
         self.put = self.batcher.put
-        self._open_transport: Callable[[], Transport] = open_transport or (lambda: ForwardConnection.open(options))
+        self._open_transport: Callable[[], Transport] = open_transport or self._open_forward_connection
         self._transport: Optional[Transport] = None
 
         # A flush in blocking mode gives up socket I/O at this time (monotonic).
@@ -304,6 +304,11 @@ class Sender:
         self.batcher.spill_excess()
 
     # --- connections ----------------------------------------------------------------------------
+
+    def _open_forward_connection(self) -> Transport:
+        """The default transport. It reads ``self.options`` at each connection: options replaced
+        meanwhile (a new shared key) hold from the next connection on."""
+        return ForwardConnection.open(self.options)
 
     def _connect(self) -> bool:
         try:

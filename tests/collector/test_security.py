@@ -7,6 +7,7 @@ Certificates are made with the ``openssl`` command in a temporary directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -207,7 +208,7 @@ def test_wrong_key_is_refused_logged_once_and_the_sender_keeps_the_records(db, c
         assert re.search(r"refused connection from 127\.0\.0\.1:\d+: shared_key mismatch", lines[0])
         assert collector.processed_records == 0
         # The records were kept: the same sender delivers them once it has the right key.
-        s.shared_key = KEY
+        s.options = dataclasses.replace(s.options, shared_key=KEY)
         assert s.flush(10) and collector.wait_for_records(10, 5)
         s.close(1)
     assert stats(db)["tags"][TAG]["events"] == 10
