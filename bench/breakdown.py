@@ -34,7 +34,7 @@ def _export_steps() -> List[Step]:
         return "export(msg)", {"export": runtime.export, "msg": MESSAGE}, True, True
 
     def export_to(cid: str):
-        return "export_to(cid, msg)", {"export_to": runtime.export_to, "cid": cid, "msg": MESSAGE}, True, False
+        return "export_to(cid, msg)", {"export_to": runtime.pipeline.export_to, "cid": cid, "msg": MESSAGE}, True, False
 
     def lookup(_: str):
         return (
@@ -131,7 +131,7 @@ def _export_steps() -> List[Step]:
     return [
         ("export(msg): the whole call", whole),
         ("  runtime.export(msg) (without the facade's call)", no_facade),
-        ("  runtime.export_to(context id, msg)", export_to),
+        ("  pipeline.export_to(context id, msg)", export_to),
         ("  step: active + current_stack() + stack[-1][0]", lookup),
         ("  step: reserved-key check ('\\n'.join)", key_check),
         ("  step: int(time.time())", clock),
@@ -178,7 +178,7 @@ def _context_steps() -> List[Step]:
     def arc_export(cid: str):
         return (
             "open_exports(cid, arc, True, None)",
-            {"open_exports": runtime.open_context_exports, "cid": cid, "arc": ARC_CLASS},
+            {"open_exports": runtime.pipeline.open_context_exports, "cid": cid, "arc": ARC_CLASS},
             True,
             False,
         )

@@ -36,20 +36,20 @@ def main() -> None:
     from bench.sinks import free_port
     from mona_client import client
     from mona_client.runtime import runtime
-    from mona_client.transport import Sender
+    from mona_client.transport import Sender, SenderOptions
 
     workdir = tempfile.mkdtemp(prefix="mona-bench-memory-")
     dead_port = free_port()  # bound and closed at once: connecting is refused
     client.init_client(port=dead_port, user_id="bench-user", spool_dir=os.path.join(workdir, "spool"), print_logs=False)
-    sender = Sender("127.0.0.1", dead_port, spool=None, max_queue=args.count * 2 + 1000)
-    runtime.sender = sender
+    sender = Sender(SenderOptions("127.0.0.1", dead_port, max_queue=args.count * 2 + 1000), spool=None)
+    runtime.pipeline.sender = sender
     export = client.export
     process = psutil.Process()
 
     with client.new_mona_context(arc_class=ARC_CLASS):
         for _ in range(1000):  # warm up: the sender thread starts and fails, caches fill
             export(MESSAGE)
-        sender._queue.clear()
+        sender.batcher.queue.clear()
         gc.collect()
 
         tracemalloc.start()
@@ -59,16 +59,16 @@ def main() -> None:
         gc.collect()
         after_traced, _ = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        traced_queued = len(sender._queue)
-        entry_bytes = len(sender._queue[0]) if sender._queue else 0
-        sender._queue.clear()
+        traced_queued = len(sender.batcher.queue)
+        entry_bytes = len(sender.batcher.queue[0]) if sender.batcher.queue else 0
+        sender.batcher.queue.clear()
         gc.collect()
 
         before_rss = process.memory_info().rss
         for _ in range(args.count):
             export(MESSAGE)
         after_rss = process.memory_info().rss
-        rss_queued = len(sender._queue)
+        rss_queued = len(sender.batcher.queue)
 
     stats = sender.stats()
     print(

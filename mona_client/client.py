@@ -18,6 +18,7 @@ cheap no-op.
 from __future__ import annotations
 
 import warnings
+from contextvars import Token
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import context as _ctx
@@ -25,6 +26,8 @@ from .export import MonaExportException
 from .logs import logger
 from .record import CONTEXT_SEPARATOR
 from .runtime import runtime as _runtime
+
+_pipeline = _runtime.pipeline
 
 __all__ = [
     "MonaExportException",
@@ -132,7 +135,8 @@ class _Block:
 
     A class rather than ``@contextmanager``: a generator costs about a microsecond per block, and a
     class keeps the pairing of enter and exit exact however blocks nest or fail. Enter and exit are
-    on the path of every ARC, so they use the ContextVar directly.
+    on the path of every ARC: they call :mod:`~mona_client.context`'s functions through module
+    globals bound once (``_push``, ``_current_stack``), which are the ContextVar's own methods.
     """
 
     __slots__ = ("_entries",)
@@ -140,14 +144,14 @@ class _Block:
     def __init__(self) -> None:
         # (token, pushed stack) per entry: one block object may be entered again, nested or from
         # several threads at once. None for an entry that pushed nothing (disabled, or an error).
-        self._entries: List[Optional[Tuple[Any, _ctx.Stack]]] = []
+        self._entries: List[Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]] = []
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         entries = self._entries
         entry = entries.pop()
         if entry is None:
             return
-        if entry[1] is not _stack_var.get() and entries:
+        if entry[1] is not _current_stack() and entries:
             entry = self._entry_of_this_context(entry)
             if entry is None:
                 return
@@ -155,18 +159,26 @@ class _Block:
         if _opened_while_off:  # empty unless blocks were opened while the config file had the client off
             _opened_while_off.pop(id(entry[1]), None)
 
-    def _entry_of_this_context(self, last: Tuple[Any, _ctx.Stack]) -> Optional[Tuple[Any, _ctx.Stack]]:
+    def _entry_of_this_context(
+        self, last: Tuple[Token[_ctx.Stack], _ctx.Stack]
+    ) -> Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]:
         """The entry this thread or task pushed, when the last one belongs to another."""
         entries = self._entries
         entries.append(last)
-        current = _stack_var.get()
+        current = _current_stack()
         index = len(entries) - 1
-        while index > 0 and (entries[index] is None or entries[index][1] is not current):
+        while index > 0 and _stack_of(entries[index]) is not current:
             index -= 1
         return entries.pop(index)
 
 
-_stack_var = _ctx.stack_var
+def _stack_of(entry: Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]) -> Optional[_ctx.Stack]:
+    """The stack a block's entry pushed (None for an entry that pushed nothing)."""
+    return entry[1] if entry is not None else None
+
+
+_push = _ctx.push
+_current_stack = _ctx.current_stack
 _new_context_id = _ctx.new_context_id
 _opened_while_off = _ctx.opened_while_off
 
@@ -174,26 +186,21 @@ _opened_while_off = _ctx.opened_while_off
 def get_full_context_id() -> str:
     """The dotted id of the innermost open context; "" outside any, and while the config file has the
     client off (blocks then yield "" too, as a disabled client does)."""
-    stack = _stack_var.get()
-    return stack[-1][0] if stack and not _runtime.file_disabled else ""
-
-
-def _may_turn_on_again() -> bool:
-    """Off by the config file only, which may turn the client on again while a block is open."""
-    return _runtime.file_disabled and _runtime.started and not _runtime.env_disabled
+    stack = _current_stack()
+    return stack[-1][0] if stack and not _runtime.off_by_config_file() else ""
 
 
 def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
     """Push ``stack`` while the config file has the client off, so that the block carries on in its
     ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
     made then. Exports while off are still refused. Yields "" as a disabled client does."""
-    block._entries.append((_stack_var.set(stack), stack))
+    block._entries.append((_push(stack), stack))
     key = id(stack)
     if len(_opened_while_off) < _MAX_OPENED_WHILE_OFF:
         _opened_while_off[key] = (stack, root, export_timestamp)
         # Turned on meanwhile, perhaps after the runtime looked: whoever takes the entry exports it.
         if _runtime.active and _opened_while_off.pop(key, None) is not None:
-            _runtime.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
+            _pipeline.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
     return ""
 
 
@@ -227,7 +234,7 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
 
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
-            if not _may_turn_on_again():
+            if not _runtime.may_turn_on_again():
                 self._entries.append(None)
                 return ""
             context_id = str(self.context_id) if self.context_id else _new_context_id()
@@ -236,9 +243,9 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         arc_class = self.arc_class
         stack = ((context_id, arc_class),)
         # Exported before the push: when raising is on and this raises, no stack is left pushed.
-        if arc_class is not None or _runtime.global_init_message is not None:
-            _runtime.open_context_exports(context_id, arc_class, True, self.export_timestamp)
-        self._entries.append((_stack_var.set(stack), stack))
+        if arc_class is not None or _pipeline.global_init_message is not None:
+            _pipeline.open_context_exports(context_id, arc_class, True, self.export_timestamp)
+        self._entries.append((_push(stack), stack))
         return context_id
 
 
@@ -265,10 +272,10 @@ class new_mona_sub_context(_Block):  # noqa: N801
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
             return self._enter_while_off()
-        stack = _stack_var.get()
+        stack = _current_stack()
         if not stack:
             # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
-            _runtime.fail(
+            _pipeline.fail(
                 "sub-outside-context",
                 "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
             )
@@ -279,13 +286,13 @@ class new_mona_sub_context(_Block):  # noqa: N801
         if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
             return self._enter_too_deep(stack)
         if self.arc_class is not None:
-            _runtime.open_context_exports(context_id, self.arc_class, False, None)
-        self._entries.append((_stack_var.set(stack), stack))
+            _pipeline.open_context_exports(context_id, self.arc_class, False, None)
+        self._entries.append((_push(stack), stack))
         return context_id
 
     def _enter_while_off(self) -> str:
-        stack = _stack_var.get()
-        if not stack or not _may_turn_on_again():
+        stack = _current_stack()
+        if not stack or not _runtime.may_turn_on_again():
             self._entries.append(None)
             return ""
         stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
@@ -299,7 +306,7 @@ class new_mona_sub_context(_Block):  # noqa: N801
 
         Its exports land in the parent (the deepest context allowed), which is also the id it yields.
         """
-        _runtime.fail(
+        _pipeline.fail(
             "too-deep",
             # No id or depth in the text: the line is rate-limited by its text, and a deep recursion
             # must give one line, not one per level.
@@ -341,9 +348,9 @@ def init_sub_context(
 
 def close_sub_context() -> str:
     """Pop the innermost sub-ARC; returns the id now current. At the root (or outside) it does nothing."""
-    stack = _ctx.current_stack()
+    stack = _current_stack()
     if len(stack) <= 1:
-        _runtime.fail("close-root", "close_sub_context() called with no sub-context open")
+        _pipeline.fail("close-root", "close_sub_context() called with no sub-context open")
         return get_full_context_id()
     _ctx.set_stack(stack[:-1])
     if _opened_while_off:
@@ -354,7 +361,7 @@ def close_sub_context() -> str:
 def reset() -> None:
     """Leave every context of the current thread, greenlet or task: afterwards no context is open."""
     if _opened_while_off:
-        _forget_opened_while_off(_ctx.current_stack())
+        _forget_opened_while_off(_current_stack())
     _ctx.set_stack(())
 
 
@@ -391,7 +398,7 @@ def set_global_init_message(message: Optional[Mapping[str, Any]]) -> bool:
     (a value that is not JSON-able, a bad nested key, too large) is refused now: False and a line,
     and the previous message stays.
     """
-    return _runtime.set_global_init_message(message)
+    return _pipeline.set_global_init_message(message)
 
 
 def flush(timeout: Optional[float] = None) -> bool:

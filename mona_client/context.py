@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 from contextvars import ContextVar, Token
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .record import CONTEXT_SEPARATOR
 
@@ -27,6 +27,7 @@ __all__ = [
     "opened_while_off",
     "pop",
     "push",
+    "set_stack",
     "sub_stack",
 ]
 
@@ -37,9 +38,12 @@ Stack = Tuple[Frame, ...]
 _EMPTY: Stack = ()
 _stack: ContextVar[Stack] = ContextVar("mona_arc_stack", default=_EMPTY)
 
-#: The ContextVar itself, for the hot paths of the ``with`` blocks.
-stack_var = _stack
-current_stack = _stack.get
+#: The current stack (empty outside any context). The ContextVar's own methods, here and in
+#: :data:`push`: the ``with`` blocks call them on every enter and exit, and a wrapper would add a call.
+current_stack: Callable[[], Stack] = _stack.get
+
+#: Make a stack current; the token it returns restores the previous one in :func:`pop`.
+push: Callable[[Stack], Token[Stack]] = _stack.set
 
 
 def get_full_context_id() -> str:
@@ -61,8 +65,9 @@ def _new_prefix() -> None:
 
 
 _new_prefix()
-# A forked child must not mint the ids its parent goes on minting.
-os.register_at_fork(after_in_child=_new_prefix)
+# A forked child must not mint the ids its parent goes on minting (no fork, no hook: Windows).
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_prefix)
 
 
 def new_context_id() -> str:
@@ -88,12 +93,7 @@ opened_while_off: Dict[int, Tuple[Stack, bool, Optional[float]]] = {}
 MAX_OPENED_WHILE_OFF = 10_000
 
 
-def push(stack: Stack) -> Token:
-    """Make ``stack`` current; the token restores the previous one in :func:`pop`."""
-    return _stack.set(stack)
-
-
-def pop(token: Token) -> None:
+def pop(token: Token[Stack]) -> None:
     """Restore the stack that was current before the matching :func:`push`.
 
     A token only fits the context it was made in. When a block is left in another context (a

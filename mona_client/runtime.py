@@ -1,7 +1,8 @@
 """The implementation behind the :mod:`mona_client.client` facade: one process-wide :class:`Runtime`.
 
-It ties the parts together: settings from the environment, the hot-reloaded config file (the
-``disable_all`` kill switch), the context stack, the encoder and the sender. It starts lazily on first
+It is the client's life cycle: settings from the environment, the hot-reloaded config file (the
+``disable_all`` kill switch), the sender, and the one export pipeline
+(:class:`~mona_client.pipeline.ExportPipeline`) every export goes through. It starts lazily on first
 use, flushes at interpreter exit within a bound, and gives a forked child its own sender and locks.
 Children of :mod:`multiprocessing` started by fork or forkserver end with ``os._exit`` (no atexit): they
 flush within the same bound from a ``multiprocessing.util.Finalize`` hook, which those children run
@@ -10,33 +11,30 @@ just before they end.
 Error policy: a monitoring library must not break the program it monitors. Every public operation
 catches its own failures, logs a clear line on ``mona-logger`` and returns a falsy value, unless
 ``MONA_SHOULD_RAISE_EXCEPTIONS`` (or ``init_client(should_raise_exceptions=True)``) asks for a
-:class:`~mona_client.export.MonaExportException` instead.
+:class:`~mona_client.export.MonaExportException` instead (see :meth:`ExportPipeline.fail`).
 """
 
 from __future__ import annotations
 
 import atexit
 import dataclasses
-import itertools
-import logging
 import os
 import signal
 import sys
 import threading
-import time
 from typing import Any, Dict, Iterable, Mapping, Optional, Set
 
 from . import context as ctx
 from .config import ConfigWatcher, Settings, settings_from_env
-from .export import EntryEncoder, MonaExportException, check_export_timestamp, check_message, pack_message
+from .export import EntryEncoder, MonaExportException
 from .logs import configure_logging, logger, rate_limited
-from .record import ARC_CLASS_KEY, GLOBALS_KEY, INVALID_EXPORT_TIMESTAMP_KEY, RESERVED_PREFIX
+from .pipeline import GLOBALS_REFUSED, ExportPipeline
+from .record import ARC_CLASS_KEY
+from .sender_options import SenderOptions
 from .spool import Spool
-from .transport import Sender, client_ssl_context
+from .transport import Sender
 
 __all__ = ["Runtime", "runtime"]
-
-_time = time.time
 
 
 class Runtime:
@@ -48,22 +46,24 @@ class Runtime:
         # True while started and not disabled: the one attribute the hot paths read.
         self.active = False
         self.settings: Optional[Settings] = None
-        self.user_id = ""
-        self._encoder = EntryEncoder("")
-        self._arc_class_messages: Dict[str, bytes] = {}
-        self.should_raise = False
+        #: The one way every export goes; the same object for the life of the process.
+        self.pipeline = ExportPipeline()
+        # The pipeline's own method: export() is the hot path, and an attribute lookup less counts.
+        self._export_to = self.pipeline.export_to
         self.env_disabled = False
         self.file_disabled = False
-        self.global_init_message: Optional[Dict[str, Any]] = None
         self.max_context_depth = 64  # MONA_MAX_CONTEXT_DEPTH, read by the sub-context blocks
-        self.sender: Optional[Sender] = None
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
         self._exited = False  # after the exit flush nothing starts again
         self._multiprocessing_hooked = False
         self._child_exit_flush_pid: Optional[int] = None  # the process whose exit flush is hooked
         self._spool_problems_logged: Set[str] = set()
-        self._new_record_source()
+
+    @property
+    def sender(self) -> Optional[Sender]:
+        """The sender exports are put into (None before start and after close)."""
+        return self.pipeline.sender
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -80,13 +80,12 @@ class Runtime:
             self.settings = settings
             rate_limited.reset()
             configure_logging(settings.logging_level, settings.print_logs)
-            self.user_id = settings.user_id
-            self._encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
-            self.should_raise = settings.should_raise_exceptions
             self.env_disabled = settings.disable_all
             self.max_context_depth = settings.max_context_depth
-            self.sender = self._new_sender(settings)
-            self.sender.replay_spool()
+            sender = self._new_sender(settings)
+            encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
+            self.pipeline.configure(encoder, settings.should_raise_exceptions, sender)
+            sender.replay_spool()
             self.watcher = ConfigWatcher(settings.config_file, self._on_config)
             self.started = True
             self._update_active()
@@ -127,21 +126,7 @@ class Runtime:
                     problem,
                 )
             spool = None
-        ssl_context = None
-        if settings.tls:
-            ssl_context = client_ssl_context(
-                settings.tls_ca_file, settings.tls_cert_file, settings.tls_key_file, settings.tls_verify
-            )
-        return Sender(
-            settings.host,
-            settings.port,
-            blocking=settings.blocking,
-            spool=spool,
-            chunk_bytes=settings.max_chunk_bytes,
-            max_queue_bytes=settings.max_queue_bytes,
-            ssl_context=ssl_context,
-            shared_key=settings.shared_key,
-        )
+        return Sender(SenderOptions.from_settings(settings), spool)
 
     def _install_sigterm_handler(self) -> None:
         """On SIGTERM, put what is still in memory into the spool before the process dies.
@@ -185,12 +170,20 @@ class Runtime:
             if opened is not None:
                 stack, root, export_timestamp = opened
                 try:
-                    self.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
+                    self.pipeline.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
                 except MonaExportException:  # raising is on: already said; the other contexts go on
                     continue
 
     def _update_active(self) -> None:
         self.active = self.started and not (self.env_disabled or self.file_disabled)
+
+    def off_by_config_file(self) -> bool:
+        """True while the config file's ``disable_all`` has the client off."""
+        return self.file_disabled
+
+    def may_turn_on_again(self) -> bool:
+        """Off by the config file only, which may turn the client on again while a block is open."""
+        return self.file_disabled and self.started and not self.env_disabled
 
     def _default_timeout(self, timeout: Optional[float]) -> float:
         """``timeout``, or MONA_FLUSH_TIMEOUT when None: what is not acked by then is safe in the spool."""
@@ -219,16 +212,17 @@ class Runtime:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
-        if self.sender is not None:
-            delivered = self.sender.close(flush_timeout)
+        sender = self.pipeline.sender
+        if sender is not None:
+            delivered = sender.close(flush_timeout)
             if not delivered:
-                spool = self.sender.spool
+                spool = sender.spool
                 logger.warning(
                     "mona-client closed with %d records not delivered yet%s",
-                    self.sender.pending(),
+                    sender.pending(),
                     f"; they wait in the spool {spool.directory}" if spool is not None else "",
                 )
-            self.sender = None
+            self.pipeline.sender = None
         return delivered
 
     def _at_exit(self) -> None:
@@ -278,31 +272,17 @@ class Runtime:
         # own record ids and its own sender thread (threads do not survive fork). Every lock of the
         # parent may have been held by one of its other threads at the fork: none is reused.
         self._lock = threading.RLock()
-        self._new_record_source()
+        self.pipeline.new_record_source()
         self._hook_multiprocessing()  # multiprocessing may have been imported after start()
         if self.started and self.settings is not None:
-            self.sender = self._new_sender(self.settings)
-            self.sender.replay_spool()
+            sender = self.pipeline.sender = self._new_sender(self.settings)
+            sender.replay_spool()
             self.watcher = ConfigWatcher(self.settings.config_file, self._on_config)
             self.watcher.start()
-
-    def _new_record_source(self) -> None:
-        self._record_source = os.urandom(8).hex() + ":"
-        self._record_counter = itertools.count(1)
 
     def stats(self) -> Dict[str, Any]:
         sender_stats = self.sender.stats() if self.sender is not None else {}
         return {"active": self.active, "started": self.started, **sender_stats}
-
-    # --- errors ---------------------------------------------------------------------------------
-
-    def fail(self, key: str, message: str) -> bool:
-        """Report a refused call: raise when asked to, otherwise one rate-limited error line."""
-        if self.should_raise:
-            raise MonaExportException(message)
-        # Keyed by the text too: distinct problems each get their line, a repeated one is held back.
-        rate_limited.log(logging.ERROR, f"{key}:{message}", "mona-client: %s", message)
-        return False
 
     # --- exports --------------------------------------------------------------------------------
 
@@ -321,69 +301,11 @@ class Runtime:
             return False
         stack = ctx.current_stack()
         if not stack:
-            return self.fail(
+            return self.pipeline.fail(
                 "outside-context",
                 "export() called outside any mona context; open one with new_mona_context()",
             )
-        return self.export_to(stack[-1][0], message, export_timestamp)
-
-    def export_to(self, context_id: str, message: Any, export_timestamp: Any = None) -> bool:
-        """Export ``message`` into the context with the given full id (the caller checked ``active``).
-
-        This is the hot path of every export: one pass, no helper calls for a plain dict.
-        """
-        try:
-            # A plain dict whose keys hold no reserved prefix needs no copy: joining the keys is far
-            # cheaper than testing each one, and a non-str key makes join raise (the slow path).
-            if type(message) is not dict or RESERVED_PREFIX in "\n".join(message):
-                message = self._checked_copy(message)
-            now = int(_time())
-            if export_timestamp is None:
-                timestamp = now
-            else:
-                timestamp, invalid = check_export_timestamp(export_timestamp, now)
-                if invalid is not None:
-                    message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
-            entry = self._encoder.encode(
-                timestamp, context_id, message, f"{self._record_source}{next(self._record_counter)}"
-            )
-        except MonaExportException as exc:
-            return self.fail("bad-message", str(exc))
-        except Exception as exc:
-            return self.fail("bad-message", f"message is not a mapping of JSON-able values ({type(exc).__name__})")
-        sender = self.sender
-        return sender.put(entry) if sender is not None else False
-
-    @staticmethod
-    def _checked_copy(message: Any) -> Dict[str, Any]:
-        checked, dropped = check_message(message)
-        if dropped:
-            rate_limited.log(
-                logging.WARNING,
-                "reserved-keys",
-                "mona-client: dropped reserved keys %s from an export (MONA_ is reserved)",
-                dropped,
-            )
-        return checked
-
-    def export_reserved(self, context_id: str, message: Mapping[str, Any], export_timestamp: Any) -> None:
-        """Export the client's own ``MONA_*`` keys (arc class, globals) without the reserved-key check."""
-        if export_timestamp is None:
-            timestamp = int(_time())
-        else:
-            timestamp, invalid = check_export_timestamp(export_timestamp, int(_time()))
-            if invalid is not None:
-                message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
-        try:
-            entry = self._encoder.encode(
-                timestamp, context_id, message, f"{self._record_source}{next(self._record_counter)}"
-            )
-        except MonaExportException as exc:
-            self.fail("bad-globals", f"cannot export {list(message)}: {exc}")
-            return
-        sender = self.sender
-        if sender is not None:
-            sender.put(entry)
+        return self._export_to(stack[-1][0], message, export_timestamp)
 
     def export_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
         """Export several messages; each may name its own ``context_id`` and ``arc_class``."""
@@ -396,61 +318,26 @@ class Runtime:
         except MonaExportException:
             raise
         except Exception as exc:
-            return self.fail("bad-batch", f"export_batch() takes an iterable of event mappings ({type(exc).__name__})")
+            return self.pipeline.fail(
+                "bad-batch", f"export_batch() takes an iterable of event mappings ({type(exc).__name__})"
+            )
         return ok
 
     def _export_batch_event(self, event: Any) -> bool:
+        pipeline = self.pipeline
         if not isinstance(event, Mapping) or "message" not in event:
-            return self.fail("bad-batch", f"a batch event must be a mapping with 'message', not {type(event).__name__}")
+            return pipeline.fail(
+                "bad-batch", f"a batch event must be a mapping with 'message', not {type(event).__name__}"
+            )
         context_id = event.get("context_id") or ctx.get_full_context_id()
         if not context_id:
-            return self.fail("outside-context", "a batch event has no context_id and no context is open")
+            return pipeline.fail("outside-context", "a batch event has no context_id and no context is open")
         arc_class = event.get("arc_class")
         if arc_class is not None:
-            self.export_reserved(str(context_id), {ARC_CLASS_KEY: arc_class}, event.get("export_timestamp"))
-        return self.export_to(str(context_id), event["message"], event.get("export_timestamp"))
-
-    def set_global_init_message(self, message: Optional[Mapping[str, Any]]) -> bool:
-        if message is None:
-            self.global_init_message = None
-            return True
-        try:
-            checked, _ = check_message(message)
-            # Packed now with the checks of export(): a value export() refuses is refused here, rather
-            # than silently failing the class and globals of every ARC opened afterwards.
-            self._encoder.pack_checked({GLOBALS_KEY: checked})
-        except MonaExportException as exc:
-            return self.fail("bad-globals", f"set_global_init_message() refused: {exc}")
-        self.global_init_message = checked
-        return True
-
-    def open_context_exports(self, context_id: str, arc_class: Optional[str], root: bool, ts: Any) -> None:
-        """What a newly opened (sub-)context exports about itself."""
-        if ts is None and (not root or self.global_init_message is None) and type(arc_class) is str:
-            # The common case, on the path of every context: an arc class alone, its message packed once.
-            packed = self._arc_class_messages.get(arc_class)
-            if packed is None:
-                if len(self._arc_class_messages) > 10_000:  # classes are few; ids used as classes are not
-                    self._arc_class_messages.clear()
-                packed = self._arc_class_messages[arc_class] = pack_message({ARC_CLASS_KEY: arc_class})
-            try:
-                entry = self._encoder.encode_packed(
-                    int(_time()), context_id, packed, f"{self._record_source}{next(self._record_counter)}"
-                )
-            except MonaExportException as exc:  # an arc class larger than MONA_MAX_RECORD_BYTES
-                self.fail("bad-arc-class", f"the arc class of a new context is not exported: {exc}")
-                return
-            sender = self.sender
-            if sender is not None:
-                sender.put(entry)
-            return
-        message: Dict[str, Any] = {}
-        if arc_class is not None:
-            message[ARC_CLASS_KEY] = arc_class
-        if root and self.global_init_message is not None:
-            message[GLOBALS_KEY] = self.global_init_message
-        if message:
-            self.export_reserved(context_id, message, ts)
+            pipeline.export_to(
+                str(context_id), {ARC_CLASS_KEY: arc_class}, event.get("export_timestamp"), GLOBALS_REFUSED
+            )
+        return pipeline.export_to(str(context_id), event["message"], event.get("export_timestamp"))
 
 
 runtime = Runtime()

@@ -15,9 +15,9 @@ A chunk the peer keeps refusing (see :mod:`mona_client.transport`) is moved into
 folder inside the spool directory, in the same file format: it is never sent again by itself, and
 moving a file back into the spool directory sends it again.
 
-Bound: ``max_bytes`` for the whole directory (the ``dead-letter`` folder aside). A chunk that does not fit is not written: it is
-dropped and counted, because a full disk must not stop the program being monitored. The oldest
-records are the ones kept.
+Bound: ``max_bytes`` for the whole directory (the ``dead-letter`` folder aside). A chunk that does
+not fit is not written: it is dropped and counted, because a full disk must not stop the program
+being monitored. The oldest records are the ones kept.
 """
 
 from __future__ import annotations

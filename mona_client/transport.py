@@ -26,144 +26,91 @@ and :mod:`mona_client.forward` instead:
   spool, so a peer that accepts but never reads cannot make the queue overflow.
 * The queue is bounded in records (``max_queue``) and in bytes (``max_queue_bytes``): past half of
   either, the thread moves the excess to the spool. When the queue is full anyway (no spool, or a
-  spool that cannot keep up) the record is dropped and counted (``stats()["dropped"]``) with a rate-limited log line: the caller is never blocked.
+  spool that cannot keep up) the record is dropped and counted (``stats()["dropped"]``) with a
+  rate-limited log line: the caller is never blocked.
 
 ``blocking=True`` runs the same drain on the caller's thread right after each ``put`` (for scripts and
 debugging, where you'd rather wait than keep anything in memory).
+
+The sender is three parts: its options (:class:`~mona_client.sender_options.SenderOptions`), what it
+holds and decides without sockets or threads (:class:`~mona_client.batching.Batcher`), the wire
+(:class:`~mona_client.connection.ForwardConnection`, seen through the small :class:`Transport`
+interface), and this module's :class:`Sender`, the worker that ties them: its thread, retries and
+backoff, flush and close, stats.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
-import ssl
-import struct
-import sys
 import threading
 import time
-from collections import deque
-from typing import Any, Callable, Deque, Dict, List, Optional, Union
+from typing import Callable, Dict, Iterator, Optional, Protocol
 
 from . import forward
+from .batching import MAX_REFUSALS, Batcher
+from .connection import ForwardConnection, HandshakeError, is_refusal
 from .logs import RateLimitedLog, logger
-from .record import TAG
-from .spool import Spool, SpooledChunk
+from .sender_options import SenderOptions, client_ssl_context
+from .spool import Spool
 
-__all__ = ["HandshakeError", "Sender", "SenderStats", "client_ssl_context"]
+__all__ = [
+    "MAX_REFUSALS",
+    "HandshakeError",
+    "Sender",
+    "SenderOptions",
+    "SenderStats",
+    "Transport",
+    "client_ssl_context",
+]
 
 SenderStats = Dict[str, int]
 
-#: Times the peer may close the connection on one chunk before the chunk is set aside (dead-lettered).
-#: The first close may have been caused by another chunk on the same connection, so after it the chunk
-#: travels alone: the later closes are its own.
-MAX_REFUSALS = 3
 
-# Failures that mean "the peer closed the connection on what we sent", as a frame above its size cap
-# does; timeouts, refused connections and handshake failures are something else.
-_REFUSALS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+class Transport(Protocol):
+    """What the worker needs of a connection (:class:`~mona_client.connection.ForwardConnection`).
 
-# How long closing a TLS connection may wait to send its close_notify (a TLS shutdown).
-_TLS_SHUTDOWN_TIMEOUT = 0.2
+    Each call raises ``OSError`` or :class:`~mona_client.forward.ForwardProtocolError` on any failure
+    and calls ``between_slices`` at least every few milliseconds while it waits on the peer.
+    """
 
-# How long one blocking socket call may last before the thread looks at its queue again.
-_IO_SLICE = 0.01
+    def send_chunk(self, entries: bytes, count: int, between_slices: Callable[[], None]) -> str:
+        """Send one chunk; returns the id its ack will carry ("" without acks)."""
 
+    def receive_acks(self, deadline: float, between_slices: Callable[[], None]) -> Iterator[str]:
+        """Read once (until ``deadline``, monotonic) and yield the chunk ids acked."""
 
-class HandshakeError(ConnectionError):
-    """The shared-key handshake failed: wrong key, or a server that is not who it claims."""
+    def close(self) -> None:
+        """Close the connection; never raises."""
 
 
-class _Interrupted(Exception):
+class _IOInterruptedError(Exception):
     """Socket I/O given up because the sender is closing or a flush's deadline passed."""
 
 
-class _Chunk:
-    __slots__ = ("attempts", "chunk_id", "count", "data", "entries", "refusals", "spooled")
-
-    def __init__(self, entries: bytes, count: int, spooled: Optional[SpooledChunk] = None) -> None:
-        self.entries = entries
-        self.count = count
-        self.spooled = spooled
-        self.chunk_id = ""
-        self.data = b""
-        self.attempts = 0
-        self.refusals = 0  # times the peer closed the connection while this chunk was the oldest unacked
-
-
 class Sender:
-    """Queue, batch and deliver Forward entries to ``host:port`` with acks, reconnecting by itself."""
+    """Queue, batch and deliver Forward entries to ``options.host:port`` with acks, reconnecting by itself.
+
+    ``put(entry)`` queues one encoded entry and returns False when it was dropped because the queue is
+    full; it never waits on the network (except in blocking mode). ``open_transport`` makes each new
+    connection (default: :meth:`ForwardConnection.open` with :attr:`options`).
+    """
+
+    #: The batcher's own method: put() is on the path of every export, a wrapper would add a call.
+    put: Callable[[bytes], bool]
 
     def __init__(
         self,
-        host: str = "127.0.0.1",
-        port: int = forward.DEFAULT_PORT,
-        *,
-        tag: str = TAG,
-        max_queue: int = 200_000,
-        max_queue_bytes: int = 64 * 1024 * 1024,
-        chunk_records: int = 1000,
-        chunk_bytes: int = 1024 * 1024,
-        max_inflight: int = 4,
-        flush_interval: float = 0.05,
-        require_ack: bool = True,
-        ack_timeout: float = 10.0,
-        send_timeout: float = 5.0,
-        connect_timeout: float = 3.0,
-        max_backoff: float = 5.0,
-        blocking: bool = False,
+        options: SenderOptions,
         spool: Optional[Spool] = None,
-        ssl_context: Optional[ssl.SSLContext] = None,
-        server_hostname: Optional[str] = None,
-        shared_key: Optional[str] = None,
-        username: str = "",
-        password: str = "",
-        client_hostname: Optional[str] = None,
-        connect: Optional[Callable[[], socket.socket]] = None,
+        open_transport: Optional[Callable[[], Transport]] = None,
     ) -> None:
-        self.host = host
-        self.port = port
-        self.tag = tag
-        self.max_queue = max_queue
-        self.max_queue_bytes = max(1, max_queue_bytes)
-        self.chunk_records = chunk_records
-        self.chunk_bytes = max(1, chunk_bytes)
-        self.max_inflight = max_inflight if require_ack else 1
-        self.flush_interval = flush_interval
-        self.require_ack = require_ack
-        self.ack_timeout = ack_timeout
-        self.send_timeout = send_timeout
-        self.connect_timeout = connect_timeout
-        self.max_backoff = max_backoff
-        self.blocking = blocking
+        self.options = options
         self.spool = spool
-        self.ssl_context = ssl_context
-        self.server_hostname = server_hostname or host
-        self.shared_key = shared_key
-        self.username = username
-        self.password = password
-        self.client_hostname = client_hostname or socket.gethostname()
-        self._connect_hook = connect
+        self.batcher = Batcher(options, spool, self._after_slow_put)
+        self.put = self.batcher.put
+        self._open_transport: Callable[[], Transport] = open_transport or self._open_forward_connection
+        self._transport: Optional[Transport] = None
 
-        self._queue: Deque[bytes] = deque()
-        # Bytes of the entries in _queue. Updated with one in-place add of a local integer (put) or
-        # subtraction (the sender): CPython switches threads only at calls and jumps, so neither is
-        # torn by the other.
-        self._queued_bytes = 0
-        # Waking the thread per record would cost a lock per export: it is woken once a chunk's worth
-        # is queued, otherwise it looks every flush_interval.
-        self._wake_at = chunk_records
-        # A peer that is connected and acking, only slower than the exports, keeps the records in
-        # memory up to half the queue; beyond that the excess goes to the spool, leaving the
-        # rest of the queue as headroom for the moments the exporting threads hold the GIL.
-        self._spill_at = max(max_queue // 2, 1)
-        self._yield_at = max_queue * 3 // 4
-        # The same two marks in bytes: big records reach them long before the record count does.
-        self._spill_bytes_at = max(self.max_queue_bytes // 2, 1)
-        self._yield_bytes_at = self.max_queue_bytes * 3 // 4
-        # put() takes its fast path below this length and these bytes: the thread runs and needs no
-        # wake-up yet.
-        self._fast_limit = 0
-        self._fast_bytes = 0
         # A flush in blocking mode gives up socket I/O at this time (monotonic).
         self._io_deadline = float("inf")
         self._wake = threading.Event()
@@ -172,92 +119,30 @@ class Sender:
         self._drain_lock = threading.RLock()
         self._thread: Optional[threading.Thread] = None
         self._closing = False
-
-        self._sock: Optional[socket.socket] = None
-        self._decoder: Optional[forward.FrameDecoder] = None
-        self._inflight: Deque[_Chunk] = deque()
-        self._retry: Deque[_Chunk] = deque()
-        # A chunk refused MAX_REFUSALS times, waiting for the peer to ack another one (which shows
-        # that the fault is this chunk's, not the peer's) before it goes to the dead-letter folder.
-        self._suspect: Optional[_Chunk] = None
         self._backoff = 0.0
         self._next_attempt = 0.0
 
         self._log = RateLimitedLog()
         self.sent_records = 0
-        self.acked_records = 0
-        self.dropped_records = 0
         self.resent_chunks = 0
         self.connections = 0
-        self.dead_lettered_records = 0
 
     # --- the caller's side ----------------------------------------------------------------------
 
-    def put(self, entry: bytes) -> bool:
-        """Queue one encoded entry. Never waits on the network (except in blocking mode).
-
-        Returns False when the entry was dropped because the queue is full.
-        """
-        queue = self._queue
-        size = len(entry)
-        # The common case: two comparisons, the append and an integer add.
-        if len(queue) < self._fast_limit and self._queued_bytes < self._fast_bytes:
-            queue.append(entry)
-            self._queued_bytes += size
-            return True
-        return self._put_slow(entry, size)
-
-    def _put_slow(self, entry: bytes, size: int) -> bool:
-        queue = self._queue
-        queued = len(queue)
-        full = queued >= self.max_queue or (queued and self._queued_bytes + size > self.max_queue_bytes)
-        if full and not self._spill_oldest():
-            self.dropped_records += 1
-            self._log.log(
-                logging.WARNING,
-                "queue-full",
-                "mona-client queue is full (%d records or %d bytes max): dropping exports until the "
-                "forwarder at %s:%d catches up",
-                self.max_queue,
-                self.max_queue_bytes,
-                self.host,
-                self.port,
-            )
-            return False
-        queue.append(entry)
-        self._queued_bytes += size
-        if self.blocking:
+    def _after_slow_put(self) -> None:
+        """A put that left the fast path: deliver now (blocking), or start or wake the thread."""
+        if self.options.blocking:
             self.drain_now()
         elif self._thread is None:
             self._start()
         elif not self._wake.is_set():
+            # Waking the thread per record would cost a lock per export: it is woken once a chunk's
+            # worth is queued, otherwise it looks every flush_interval.
             self._wake.set()
-        if (queued > self._yield_at or self._queued_bytes > self._yield_bytes_at) and self.spool is not None:
-            # Near the bound: hand the GIL to the sender thread so that it can move the excess to the
-            # spool. A yield, not a wait on the network; without it a thread that exports faster than
-            # the disk takes records would fill the queue and lose exports.
-            time.sleep(0)
-        return True
-
-    def _spill_oldest(self) -> bool:
-        """The queue is full: move its oldest chunk to the spool on the caller's thread; True if done.
-
-        The sender thread spills past half the queue, but a caller that exports faster than that
-        thread writes to disk reaches the bound anyway. Then the caller pays for one file (the disk,
-        never the network) rather than lose the record.
-        """
-        spool = self.spool
-        if spool is None:
-            return False
-        chunk = self._take_from_queue(max_bytes=self.chunk_bytes)
-        if chunk is None:
-            return False
-        spool.write(chunk.entries, chunk.count)  # when it cannot, those records are counted as dropped
-        return True
 
     def replay_spool(self) -> None:
         """Start sending at once when the spool holds records (left by this or an earlier process)."""
-        if self._spool_has_files() and not self.blocking:
+        if self.batcher.spooled_records() > 0 and not self.options.blocking:
             self._start()
 
     def flush(self, timeout: Optional[float] = None) -> bool:
@@ -267,14 +152,14 @@ class Sender:
         """
         if self.spool is not None:
             self.spool.rescan()  # what other processes (children that ended) left counts too
-        if self.blocking:
+        if self.options.blocking:
             self._io_deadline = float("inf") if timeout is None else time.monotonic() + timeout
             try:
                 self.drain_now()
             finally:
                 self._io_deadline = float("inf")
             return self.pending() == 0
-        if self._thread is None and not self._queue and not self._spool_has_files():
+        if self._thread is None and not self.batcher.queue and self.batcher.spooled_records() == 0:
             return True
         if self._thread is None:
             self._start()
@@ -292,40 +177,40 @@ class Sender:
         """Flush within ``timeout``, spool what is left, stop. True when everything was delivered."""
         delivered = self.flush(timeout)
         self._closing = True  # also makes the thread give up the socket I/O it is in
-        self._fast_limit = 0
-        self._fast_bytes = 0
+        self.batcher.close_fast_path()
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.send_timeout + 1)
-        with self._drain_lock:
-            self._disconnect()
-            self.spill(everything=True)
+            self._thread.join(timeout=self.options.send_timeout + 1)
+        self.spill(everything=True)
         return delivered
+
+    def spill(self, everything: bool = False) -> None:
+        """Move what memory holds to the spool (at close and on SIGTERM: ``everything``, chunks on the
+        wire and waiting aside too, after dropping the connection). Without a spool nothing moves."""
+        with self._drain_lock:
+            if everything:
+                self._disconnect()
+            self.batcher.spill(everything=everything, connected=self._transport is not None)
 
     def pending(self) -> int:
         """Records not yet acked: queued, in flight, waiting to be resent, or in the spool."""
-        return self._in_memory() + (self.spool.pending_records() if self.spool is not None else 0)
-
-    def _in_memory(self) -> int:
-        """Records in memory: queued, in flight, waiting to be resent or waiting aside."""
-        in_memory = len(self._queue) + sum(c.count for c in self._inflight) + sum(c.count for c in self._retry)
-        suspect = self._suspect
-        return in_memory + (suspect.count if suspect is not None else 0)
+        return self.batcher.in_memory() + self.batcher.spooled_records()
 
     def stats(self) -> SenderStats:
+        batcher = self.batcher
         spool = self.spool
         return {
-            "queued": len(self._queue),
-            "queued_bytes": self._queued_bytes,
-            "inflight": self._in_memory() - len(self._queue),
+            "queued": len(batcher.queue),
+            "queued_bytes": batcher.queued_bytes,
+            "inflight": batcher.in_memory() - len(batcher.queue),
             "sent": self.sent_records,
-            "acked": self.acked_records,
+            "acked": batcher.acked_records,
             "spooled": spool.spooled_records if spool else 0,
             "replayed": spool.replayed_records if spool else 0,
-            "dropped": self.dropped_records + (spool.dropped_records if spool else 0),
+            "dropped": batcher.dropped_records + (spool.dropped_records if spool else 0),
             "resent_chunks": self.resent_chunks,
             "connections": self.connections,
-            "dead_lettered": self.dead_lettered_records,
+            "dead_lettered": batcher.dead_lettered_records,
         }
 
     # --- the sender's side ----------------------------------------------------------------------
@@ -336,13 +221,12 @@ class Sender:
                 return
             self._thread = threading.Thread(target=self._run, name="mona-sender", daemon=True)
             self._thread.start()
-            if not self.blocking:
-                self._fast_limit = min(self._wake_at, self.max_queue)
-                self._fast_bytes = min(self.chunk_bytes, self._spill_bytes_at)
+            if not self.options.blocking:
+                self.batcher.open_fast_path()
 
     def _run(self) -> None:
         while not self._closing:
-            self._wake.wait(self.flush_interval)
+            self._wake.wait(self.options.flush_interval)
             self._wake.clear()
             try:
                 self.drain_now()
@@ -355,412 +239,107 @@ class Sender:
 
     def drain_now(self) -> None:
         """Send what is queued and collect acks until the queue is empty or the peer is unusable."""
+        batcher = self.batcher
         with self._drain_lock:
-            while not self._closing or self.blocking:
+            while not self._closing or self.options.blocking:
                 if time.monotonic() < self._next_attempt:
                     self.spill()  # the peer is away: keep memory small and records safe
                     return
-                if not self._has_work():
+                if not batcher.has_work():
                     return
-                if self._sock is None and not self._connect():
+                if self._transport is None and not self._connect():
                     return
                 try:
                     self._pump()
-                except _Interrupted:
+                except _IOInterruptedError:
                     self._disconnect()  # what is unacked waits to be resent or spooled
                     return
                 except (OSError, forward.ForwardProtocolError) as exc:
-                    refused = self._note_refusal(exc)
+                    refused = batcher.note_refusal() if is_refusal(exc) else None
                     self._fail(f"{type(exc).__name__}: {exc}")
                     if refused is not None:
-                        self._hold_suspect(refused)
+                        batcher.hold_suspect(refused)
                     return
-                if not self._has_work():
+                if not batcher.has_work():
                     self._backoff = 0.0
                     return
 
-    def _has_work(self) -> bool:
-        return bool(self._retry or self._queue or self._inflight or self._spool_has_files())
-
-    def _spool_has_files(self) -> bool:
-        return self.spool is not None and self.spool.pending_records() > 0
-
     def _pump(self) -> None:
         """Fill the window with chunks, then wait for the oldest ack (raises on any failure)."""
-        while len(self._inflight) < self.max_inflight:
-            if self._inflight and self._inflight[-1].refusals:
-                break  # a chunk the peer closed the connection on travels alone
-            chunk = self._next_chunk()
+        batcher = self.batcher
+        transport = self._transport
+        assert transport is not None
+        while True:
+            chunk = batcher.next_to_send()
             if chunk is None:
-                break
-            if chunk.refusals and self._inflight:
-                self._retry.appendleft(chunk)  # its turn comes when the window is empty
                 break
             if chunk.attempts:
                 self.resent_chunks += 1
             chunk.attempts += 1
-            self._frame(chunk)
-            self._inflight.append(chunk)
-            self._send(chunk.data)
+            chunk.chunk_id = transport.send_chunk(chunk.entries, chunk.count, self._between_slices)
             self.sent_records += chunk.count
-            if not self.require_ack:
-                self._inflight.popleft()
-                self._acked(chunk)
-        if self._inflight:
-            self._await_acks()
+            if not self.options.require_ack:
+                batcher.inflight.popleft()
+                batcher.delivered(chunk)
+        if batcher.inflight:
+            self._await_acks(transport)
 
-    def _next_chunk(self) -> Optional[_Chunk]:
-        """Oldest first: chunks to resend, then the spool, then the queue."""
-        if self._retry:
-            return self._retry.popleft()
-        if self.spool is not None:
-            spooled = self.spool.claim_next()
-            if spooled is not None:
-                return _Chunk(spooled.entries, spooled.count, spooled)
-        return self._take_from_queue()
-
-    def _take_from_queue(self, limit: Optional[int] = None, max_bytes: Optional[int] = None) -> Optional[_Chunk]:
-        queue = self._queue
-        if not queue:
-            return None
-        entries: List[bytes] = []
-        size = 0
-        max_bytes = self.chunk_bytes if max_bytes is None else max_bytes
-        # A long queue goes in bigger chunks (up to chunk_bytes): fewer round trips and spool files,
-        # and fewer waits for the GIL when the exporting threads keep it busy.
-        records = max(self.chunk_records, len(queue) // self.max_inflight)
-        if limit is not None:
-            records = min(records, limit)
-        # The caller's thread may take from the queue too (_spill_oldest): deque operations are atomic,
-        # and whatever one of the two pops is that one's to send or spool.
-        while queue and len(entries) < records:
-            try:
-                if entries and size + len(queue[0]) > max_bytes:
-                    break  # never above the cap, except a single record larger than it: it goes alone
-                entry = queue.popleft()
-            except IndexError:
-                break
-            entries.append(entry)
-            size += len(entry)
-        if not entries:
-            return None
-        self._queued_bytes -= size
-        return _Chunk(b"".join(entries), len(entries))
-
-    def _frame(self, chunk: _Chunk) -> None:
-        # A fresh chunk id per attempt: an ack that arrives late for an earlier attempt is ignored.
-        chunk.chunk_id = forward.new_chunk_id() if self.require_ack else ""
-        chunk.data = forward.pack_packed_forward(self.tag, chunk.entries, chunk.count, chunk.chunk_id or None)
-
-    def _note_refusal(self, exc: BaseException) -> Optional[_Chunk]:
-        """Count a connection the peer closed against the oldest unacked chunk.
-
-        Returns that chunk, taken out of the window, once it was refused ``MAX_REFUSALS`` times.
-        """
-        if not isinstance(exc, _REFUSALS) or not self._inflight:
-            return None
-        chunk = self._inflight[0]
-        chunk.refusals += 1
-        if chunk.refusals < MAX_REFUSALS:
-            return None
-        self._inflight.popleft()
-        return chunk
-
-    def _dead_letter(self, chunk: _Chunk) -> None:
-        """Set aside a chunk the peer keeps refusing, so that what follows it is delivered."""
-        self.dead_lettered_records += chunk.count
-        where = "dropped (no spool to keep it in)"
-        if self.spool is not None:
-            path = self.spool.dead_letter(chunk.entries, chunk.count, chunk.spooled)
-            where = f"set aside in {path}" if path is not None else "dropped (it could not be written)"
-        self._log.log(
-            logging.ERROR,
-            "dead-letter",
-            "mona-client: %s:%d closed the connection %d times on a chunk of %d records (%d bytes; its "
-            "size cap may be lower): %s; the records behind it go on",
-            self.host,
-            self.port,
-            MAX_REFUSALS,
-            chunk.count,
-            len(chunk.entries),
-            where,
-        )
-
-    def _check_interrupt(self) -> None:
-        """Between two I/O slices: give up when closing, or when a blocking flush ran out of time."""
-        if self._closing and not self.blocking:
-            raise _Interrupted()
-        if time.monotonic() > self._io_deadline:
-            raise _Interrupted()
-
-    def _hold_suspect(self, chunk: _Chunk) -> None:
-        """Keep a chunk refused MAX_REFUSALS times aside until the peer shows it takes other chunks."""
-        if self._suspect is None:
-            self._suspect = chunk
-            return
-        # A second chunk refused as often while the first waits: the peer refuses everything, the
-        # chunks are not to blame. Both go back in line, oldest first, with their counts cleared.
-        first, self._suspect = self._suspect, None
-        first.refusals = chunk.refusals = 0
-        self._retry.extendleft((chunk, first))
-
-    def _acked(self, chunk: _Chunk) -> None:
-        self.acked_records += chunk.count
-        if chunk.spooled is not None and self.spool is not None:
-            self.spool.done(chunk.spooled)
-        suspect = self._suspect
-        if suspect is not None:  # the peer takes other chunks: the one it refuses is at fault
-            self._suspect = None
-            self._dead_letter(suspect)
-
-    def _send(self, data: bytes) -> None:
-        """sendall in slices, spilling a growing queue between them; raises after send_timeout."""
-        assert self._sock is not None
-        view = memoryview(data)
-        deadline = time.monotonic() + self.send_timeout
-        while view:
-            try:
-                sent = self._sock.send(view)
-            except _SLICE_ENDED:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the peer took nothing for {self.send_timeout:g}s") from None
-                self._check_interrupt()
-                self._spill_if_lagging()
-                continue
-            view = view[sent:]
-
-    def _await_acks(self) -> None:
+    def _await_acks(self, transport: Transport) -> None:
         """Read until the oldest in-flight chunk is acked (acks of later ones are taken as they come)."""
-        assert self._sock is not None and self._decoder is not None
-        deadline = time.monotonic() + self.ack_timeout
-        oldest = self._inflight[0]
-        while self._inflight and self._inflight[0] is oldest:
-            try:
-                data = self._sock.recv(65536)
-            except _SLICE_ENDED:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"no ack within {self.ack_timeout:g}s") from None
-                self._check_interrupt()
-                self._spill_if_lagging()
-                continue
-            if not data:
-                raise ConnectionResetError("the peer closed the connection")
-            for obj in self._decoder.feed(data):
-                self._on_ack(obj)
+        inflight = self.batcher.inflight
+        deadline = time.monotonic() + self.options.ack_timeout
+        oldest = inflight[0]
+        while inflight and inflight[0] is oldest:
+            for chunk_id in transport.receive_acks(deadline, self._between_slices):
+                if not self.batcher.ack(chunk_id):
+                    logger.debug("mona-client got an ack for an unknown chunk %r", chunk_id)
 
-    def _on_ack(self, obj: Any) -> None:
-        if isinstance(obj, list) and obj[:1] == ["HELO"]:
-            raise HandshakeError("the server requires shared-key authentication (set MONA_SHARED_KEY)")
-        if not isinstance(obj, dict) or "ack" not in obj:
-            raise forward.ForwardProtocolError(f"unexpected answer from the peer: {obj!r:.100}")
-        ack = obj["ack"]
-        for i, chunk in enumerate(self._inflight):
-            if chunk.chunk_id == ack:
-                del self._inflight[i]
-                self._acked(chunk)
-                return
-        logger.debug("mona-client got an ack for an unknown chunk %r", ack)
-
-    # --- the spool ------------------------------------------------------------------------------
-
-    def _spill_if_lagging(self) -> None:
-        if self.spool is not None and (len(self._queue) > self._spill_at or self._queued_bytes > self._spill_bytes_at):
-            self.spill(keep=self._spill_at, keep_bytes=self._spill_bytes_at)
-
-    def spill(self, keep: int = 0, everything: bool = False, keep_bytes: int = 0) -> None:
-        """Move records from memory to the spool, oldest first, keeping ``keep`` records and at most
-        ``keep_bytes`` queued (``keep_bytes`` is only looked at when ``keep`` is given).
-
-        With ``everything`` (at close) chunks waiting to be resent go too, and claimed spool files are
-        given back. Without a spool nothing moves.
-        """
-        spool = self.spool
-        if spool is None:
-            return
-        with self._drain_lock:
-            if everything:
-                self._disconnect()
-            if everything and self._suspect is not None:
-                self._retry.appendleft(self._suspect)  # leaves memory now; the next process tries again
-                self._suspect = None
-            kept: List[_Chunk] = []
-            while self._retry and (everything or self._sock is None):
-                chunk = self._retry.popleft()
-                if chunk.refusals and not everything:
-                    kept.append(chunk)  # stays in memory: its count of refusals must not be lost
-                elif chunk.spooled is not None:
-                    spool.release(chunk.spooled)
-                else:
-                    spool.write(chunk.entries, chunk.count)
-            self._retry.extendleft(reversed(kept))
-            # What is queued now, not what arrives meanwhile: a caller faster than the disk must not
-            # keep this loop (and the sender) busy for ever.
-            budget = len(self._queue)
-            keep_bytes = keep_bytes if keep else 0
-            while budget > 0 and (len(self._queue) > keep or self._queued_bytes > keep_bytes):
-                # Files as big as a chunk (a file is replayed as one chunk): each file costs a few
-                # system calls, and each call a wait for the GIL.
-                taken = self._take_from_queue(limit=budget, max_bytes=self.chunk_bytes)
-                if taken is None:
-                    break
-                budget -= taken.count
-                spool.write(taken.entries, taken.count)
+    def _between_slices(self) -> None:
+        """Between two I/O slices: give up when closing or past a blocking flush's deadline; move a
+        growing queue to the spool, so a peer that accepts but never reads cannot make it overflow."""
+        if self._closing and not self.options.blocking:
+            raise _IOInterruptedError()
+        if time.monotonic() > self._io_deadline:
+            raise _IOInterruptedError()
+        self.batcher.spill_excess()
 
     # --- connections ----------------------------------------------------------------------------
 
+    def _open_forward_connection(self) -> Transport:
+        """The default transport. It reads ``self.options`` at each connection: options replaced
+        meanwhile (a new shared key) hold from the next connection on."""
+        return ForwardConnection.open(self.options)
+
     def _connect(self) -> bool:
         try:
-            sock = self._open_socket()
+            self._transport = self._open_transport()
         except (OSError, forward.ForwardProtocolError) as exc:
             self._fail(f"cannot connect: {exc}")
             return False
-        _slice_io(sock)
-        self._sock = sock
-        self._decoder = forward.FrameDecoder(64 * 1024)
         self.connections += 1
         if self.connections > 1:
-            logger.info("mona-client connected again to %s:%d", self.host, self.port)
+            logger.info("mona-client connected again to %s:%d", self.options.host, self.options.port)
         return True
-
-    def _open_socket(self) -> socket.socket:
-        if self._connect_hook is not None:
-            return self._connect_hook()
-        sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.ssl_context is not None:
-                sock = self.ssl_context.wrap_socket(sock, server_hostname=self.server_hostname)
-            if self.shared_key is not None:
-                self._handshake(sock)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    def _handshake(self, sock: socket.socket) -> None:
-        """The Forward protocol's HELO / PING / PONG exchange (shared-key authentication)."""
-        decoder = forward.FrameDecoder(64 * 1024)
-        sock.settimeout(self.connect_timeout)
-        received: Deque[Any] = deque()
-
-        def receive() -> Any:
-            while not received:
-                data = sock.recv(65536)
-                if not data:
-                    raise HandshakeError("the server closed the connection during the handshake")
-                received.extend(decoder.feed(data))
-            return received.popleft()
-
-        helo = receive()
-        if not (isinstance(helo, list) and len(helo) == 2 and helo[0] == "HELO" and isinstance(helo[1], dict)):
-            raise HandshakeError(f"expected HELO, got a {type(helo).__name__}")
-        nonce = helo[1].get("nonce", b"")
-        auth_salt = helo[1].get("auth", b"")
-        if not isinstance(nonce, (bytes, str)) or not isinstance(auth_salt, (bytes, str)):
-            raise HandshakeError("the server's HELO carries a nonce or auth salt that is not bytes")
-        nonce, auth_salt = _as_bytes(nonce), _as_bytes(auth_salt)
-        assert self.shared_key is not None
-        ping, salt = forward.pack_ping(
-            self.client_hostname, self.shared_key, nonce, auth_salt, self.username, self.password
-        )
-        sock.sendall(ping)
-        pong = receive()
-        if not (isinstance(pong, list) and len(pong) == 5 and pong[0] == "PONG"):
-            raise HandshakeError(f"expected PONG, got a {type(pong).__name__}")
-        _, ok, reason, server_hostname, digest = pong
-        if not ok:
-            raise HandshakeError(f"the server refused the shared key: {reason}")
-        if server_hostname == self.client_hostname:
-            raise HandshakeError("the server claims this client's own hostname")
-        expected = forward.shared_key_digest(salt, server_hostname, nonce, self.shared_key)
-        if digest != expected:
-            raise HandshakeError("the server does not know the shared key")
 
     def _fail(self, reason: str) -> None:
         """Drop the connection, keep or spool unacked chunks, and back off before the next try."""
         self._disconnect()
         self.spill()
-        self._backoff = min(self.max_backoff, max(0.1, self._backoff * 2))
+        self._backoff = min(self.options.max_backoff, max(0.1, self._backoff * 2))
         self._next_attempt = time.monotonic() + self._backoff
         self._log.log(
             logging.WARNING,
             "send-failed",
             "mona-client cannot deliver to %s:%d (%s); records wait%s, next try in %.1fs",
-            self.host,
-            self.port,
+            self.options.host,
+            self.options.port,
             reason,
             f" in the spool {self.spool.directory}" if self.spool is not None else " in memory",
             self._backoff,
         )
 
     def _disconnect(self) -> None:
-        if self._inflight:
-            self._retry.extendleft(reversed(self._inflight))
-            self._inflight.clear()
-        if self._sock is not None:
-            _close_socket(self._sock)
-        self._sock = None
-        self._decoder = None
-
-
-def _close_socket(sock: socket.socket) -> None:
-    """Close a connection; a TLS one first says so with a close_notify (a peer such as Fluentd
-    warns about every TLS connection that ends without one). Waits at most _TLS_SHUTDOWN_TIMEOUT."""
-    if isinstance(sock, ssl.SSLSocket):
-        try:
-            sock.settimeout(_TLS_SHUTDOWN_TIMEOUT)
-            sock.unwrap()
-        except (OSError, ValueError):
-            pass  # a peer that is gone or does not answer: the socket is closed anyway
-    try:
-        sock.close()
-    except OSError:
-        pass
-
-
-# What a socket call says when its I/O slice ended with nothing done.
-_SLICE_ENDED = (socket.timeout, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
-
-
-def _slice_io(sock: socket.socket) -> None:
-    """Make each send and recv return after at most ``_IO_SLICE`` seconds.
-
-    On Linux the kernel's own socket timeouts do it in one system call per send or recv. Python's
-    ``settimeout`` polls first, and each of those two calls releases the GIL and waits to get it back
-    (up to the 5 ms switch interval while exporting threads run), which halves what the sender moves.
-    Cooperative sockets (gevent's) keep ``settimeout``: their waits go through the hub.
-    """
-    cooperative = not type(sock).__module__.startswith(("socket", "ssl"))
-    if sys.platform.startswith("linux") and not cooperative:
-        slice_time = struct.pack("ll", 0, int(_IO_SLICE * 1_000_000))
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, slice_time)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, slice_time)
-            sock.settimeout(None)
-            return
-        except OSError:
-            pass
-    sock.settimeout(_IO_SLICE)
-
-
-def _as_bytes(value: Union[str, bytes]) -> bytes:
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    return value
-
-
-def client_ssl_context(
-    ca_file: Optional[str] = None,
-    cert_file: Optional[str] = None,
-    key_file: Optional[str] = None,
-    verify: bool = True,
-) -> ssl.SSLContext:
-    """A TLS client context: the system store (or ``ca_file``), TLS 1.2 or 1.3, optional client cert."""
-    context = ssl.create_default_context(cafile=ca_file)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert_file:
-        context.load_cert_chain(cert_file, key_file)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+        self.batcher.requeue_inflight()
+        if self._transport is not None:
+            self._transport.close()
+        self._transport = None

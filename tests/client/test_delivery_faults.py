@@ -26,7 +26,7 @@ import pytest
 from mona_client import client
 from mona_client.export import EntryEncoder
 from mona_client.spool import DEAD_LETTER_DIR, Spool
-from mona_client.transport import MAX_REFUSALS, Sender
+from mona_client.transport import MAX_REFUSALS, Sender, SenderOptions
 from mona_collector import Collector
 from mona_collector.forward_codec import iter_entries
 from tests.support.collector import stored_arcs
@@ -73,7 +73,7 @@ def run_script(tmp_path: Path, script: str, timeout: float = 120, **env: str) ->
 
 def test_a_big_record_is_never_packed_with_others_beyond_the_chunk_cap(collector, tmp_path):
     # 1 MB and 7.5 MB together make a frame above the collector's 8 MiB cap: each must go alone.
-    sender = Sender(port=collector.port, spool=Spool(str(tmp_path / "spool"), 1 << 30), max_backoff=0.2)
+    sender = Sender(SenderOptions(port=collector.port, max_backoff=0.2), spool=Spool(str(tmp_path / "spool"), 1 << 30))
     sender.put(entry(0, pad=MB - 100))
     sender.put(entry(1, pad=7_500_000))
     for i in range(2, 12):
@@ -89,7 +89,7 @@ def test_a_big_record_is_never_packed_with_others_beyond_the_chunk_cap(collector
 
 def test_a_chunk_the_peer_keeps_refusing_is_set_aside_and_the_rest_flows(collector, tmp_path):
     spool_dir = tmp_path / "spool"
-    sender = Sender(port=collector.port, spool=Spool(str(spool_dir), 1 << 30), max_backoff=0.2)
+    sender = Sender(SenderOptions(port=collector.port, max_backoff=0.2), spool=Spool(str(spool_dir), 1 << 30))
     sender.put(entry(0, context="before"))
     sender.put(entry(1, pad=10 * MB, context="huge"))  # alone above the collector's cap
     for i in range(2, 100):
@@ -115,7 +115,7 @@ def test_a_spooled_file_the_peer_keeps_refusing_is_set_aside_by_the_next_process
     earlier = Spool(str(spool_dir), 1 << 30)
     assert earlier.write(entry(0, pad=7_000_000, context="big") + entry(1, pad=2_000_000, context="big"), 2)
     assert earlier.write(b"".join(entry(i, context="later") for i in range(50)), 50)
-    sender = Sender(port=collector.port, spool=Spool(str(spool_dir), 1 << 30), max_backoff=0.2)
+    sender = Sender(SenderOptions(port=collector.port, max_backoff=0.2), spool=Spool(str(spool_dir), 1 << 30))
     try:
         assert sender.flush(60), sender.stats()
         stats = sender.stats()
@@ -153,7 +153,7 @@ def test_a_peer_that_closes_on_every_chunk_gets_nothing_set_aside(tmp_path):
     server = threading.Thread(target=refuse_everything, daemon=True)
     server.start()
     spool = Spool(str(tmp_path), 1 << 30)
-    sender = Sender(port=listener.getsockname()[1], spool=spool, max_backoff=0.05, chunk_bytes=2000)
+    sender = Sender(SenderOptions(port=listener.getsockname()[1], max_backoff=0.05, chunk_bytes=2000), spool=spool)
     try:
         for i in range(30):  # several chunks
             sender.put(entry(i, pad=500))
@@ -474,7 +474,7 @@ def test_an_export_from_a_signal_handler_while_the_main_thread_logs_does_not_dea
 def test_a_slow_peer_keeps_queued_bytes_bounded_and_loses_nothing(tmp_path):
     bound = 8 * 2**20
     with ForwardReceiver(ack_delay=0.3) as slow:  # a few chunks a second
-        sender = Sender(port=slow.port, spool=Spool(str(tmp_path), 1 << 31), max_queue_bytes=bound)
+        sender = Sender(SenderOptions(port=slow.port, max_queue_bytes=bound), spool=Spool(str(tmp_path), 1 << 31))
         process = psutil.Process()
         rss_before = process.memory_info().rss
         peak_queued = 0
@@ -497,7 +497,7 @@ def test_a_slow_peer_keeps_queued_bytes_bounded_and_loses_nothing(tmp_path):
 
 
 def test_without_a_spool_records_beyond_the_byte_bound_are_dropped_and_counted():
-    sender = Sender(port=free_port(), max_queue_bytes=2 * 2**20, max_backoff=5)
+    sender = Sender(SenderOptions(port=free_port(), max_queue_bytes=2 * 2**20, max_backoff=5))
     results = [sender.put(entry(i, pad=20_000)) for i in range(500)]  # 10 MB, nobody listens
     assert results.count(True) <= 2 * 2**20 // 20_000 + 2
     assert sender.stats()["dropped"] == results.count(False) > 0
@@ -577,7 +577,7 @@ def test_the_client_ends_tls_connections_with_a_close_notify(server_cert):
     server.start()
     from mona_client.transport import client_ssl_context
 
-    sender = Sender(port=port, ssl_context=client_ssl_context(str(server_cert / "cert.pem")))
+    sender = Sender(SenderOptions(port=port, ssl_context=client_ssl_context(str(server_cert / "cert.pem"))))
     try:
         sender.put(entry(0))
         assert sender.flush(20)

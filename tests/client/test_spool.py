@@ -13,7 +13,7 @@ import pytest
 from mona_client import client
 from mona_client.export import encode_entry
 from mona_client.spool import Spool
-from mona_client.transport import Sender
+from mona_client.transport import Sender, SenderOptions
 from tests.support.receiver import ForwardReceiver, free_port, wait_until
 
 
@@ -49,7 +49,7 @@ def test_stuck_forwarder_spools_without_blocking_the_caller(tmp_path):
     with ForwardReceiver(read=False) as stuck:
         port = stuck.port
         spool = Spool(str(tmp_path), 1 << 30)
-        sender = Sender(port=port, spool=spool, send_timeout=1, ack_timeout=1, max_backoff=0.2)
+        sender = Sender(SenderOptions(port=port, send_timeout=1, ack_timeout=1, max_backoff=0.2), spool=spool)
         payload = "x" * 1000
         for i in range(30_000):  # ~30 MB: far beyond what socket buffers take
             assert sender.put(encode_entry(1, "u", "c", {"i": i, "pad": payload}, f"s:{i}"))
@@ -57,7 +57,7 @@ def test_stuck_forwarder_spools_without_blocking_the_caller(tmp_path):
         assert wait_until(lambda: sender.stats()["spooled"] > 0, timeout=20)
     sender.close(0)  # the stuck peer is gone: what is left goes to the spool
     with ForwardReceiver(port=port) as good:
-        replayer = Sender(port=port, spool=Spool(str(tmp_path), 1 << 30))
+        replayer = Sender(SenderOptions(port=port), spool=Spool(str(tmp_path), 1 << 30))
         assert replayer.flush(60)
         assert set(indexes(good)) >= set(range(30_000)) - set(indexes(stuck))
         replayer.close(1)
@@ -127,7 +127,7 @@ def test_sigterm_while_exporting_spools_and_the_next_process_delivers(tmp_path):
 
 def test_a_full_spool_drops_and_counts(tmp_path, caplog):
     spool = Spool(str(tmp_path), max_bytes=200_000)  # room for one chunk of 1000, not two
-    sender = Sender(port=free_port(), spool=spool, max_backoff=5)
+    sender = Sender(SenderOptions(port=free_port(), max_backoff=5), spool=spool)
     for i in range(2000):
         sender.put(encode_entry(1, "u", "c", {"i": i, "pad": "y" * 100}, f"s:{i}"))
     sender.close(0.2)
@@ -153,7 +153,7 @@ def test_claims_of_a_dead_process_are_taken_back(tmp_path):
 
 def test_a_caller_far_faster_than_the_forwarder_loses_nothing(tmp_path):
     with ForwardReceiver(ack_delay=0.05) as slow:  # at most a few chunks a second
-        sender = Sender(port=slow.port, spool=Spool(str(tmp_path), 1 << 30), max_queue=50_000)
+        sender = Sender(SenderOptions(port=slow.port, max_queue=50_000), spool=Spool(str(tmp_path), 1 << 30))
         # Four times the queue, encoded and queued as fast as one thread can.
         accepted = [sender.put(encode_entry(1, "u", "c", {"i": i}, f"s:{i}")) for i in range(200_000)]
         assert all(accepted)

@@ -13,7 +13,7 @@ import pytest
 
 from mona_client import client
 from mona_client.export import encode_entry
-from mona_client.transport import Sender
+from mona_client.transport import Sender, SenderOptions
 from tests.support.receiver import ForwardReceiver, free_port, wait_until
 
 
@@ -26,7 +26,7 @@ def indexes(receiver):
 
 
 def test_records_travel_as_packed_forward_chunks_with_acks(receiver):
-    sender = Sender(port=receiver.port, chunk_records=1000)
+    sender = Sender(SenderOptions(port=receiver.port, chunk_records=1000))
     for entry in entries(2500):
         assert sender.put(entry)
     assert sender.flush(10)
@@ -41,7 +41,7 @@ def test_records_travel_as_packed_forward_chunks_with_acks(receiver):
 
 def test_an_absent_forwarder_keeps_records_until_it_comes(tmp_path):
     port = free_port()
-    sender = Sender(port=port, max_backoff=0.2)
+    sender = Sender(SenderOptions(port=port, max_backoff=0.2))
     for entry in entries(3000):
         assert sender.put(entry)  # returns at once: nothing listens yet
     assert sender.flush(0.5) is False
@@ -54,7 +54,7 @@ def test_an_absent_forwarder_keeps_records_until_it_comes(tmp_path):
 
 def test_a_lost_ack_makes_the_chunk_go_again(receiver):
     receiver.drop_acks = 1
-    sender = Sender(port=receiver.port, ack_timeout=0.3, max_backoff=0.2)
+    sender = Sender(SenderOptions(port=receiver.port, ack_timeout=0.3, max_backoff=0.2))
     for entry in entries(10):
         sender.put(entry)
     assert sender.flush(15)
@@ -69,7 +69,7 @@ def test_a_lost_ack_makes_the_chunk_go_again(receiver):
 def test_a_restarted_forwarder_gets_everything(tmp_path):
     port = free_port()
     first = ForwardReceiver(port=port)
-    sender = Sender(port=port, max_backoff=0.2, ack_timeout=1)
+    sender = Sender(SenderOptions(port=port, max_backoff=0.2, ack_timeout=1))
     for entry in entries(500):
         sender.put(entry)
     assert sender.flush(10)
@@ -86,7 +86,7 @@ def test_a_restarted_forwarder_gets_everything(tmp_path):
 
 def test_a_stuck_forwarder_never_blocks_the_caller():
     with ForwardReceiver(read=False) as stuck:
-        sender = Sender(port=stuck.port, max_queue=20_000, ack_timeout=30)
+        sender = Sender(SenderOptions(port=stuck.port, max_queue=20_000, ack_timeout=30))
         big = [encode_entry(1, "u", "c", {"pad": "x" * 2000, "i": i}, f"s:{i}") for i in range(40_000)]
         accepted = [sender.put(entry) for entry in big]  # would hang here if put() waited on the socket
         assert accepted.count(True) >= 20_000
@@ -96,7 +96,7 @@ def test_a_stuck_forwarder_never_blocks_the_caller():
 
 
 def test_a_full_queue_drops_and_counts(caplog):
-    sender = Sender(port=free_port(), max_queue=100, max_backoff=5)
+    sender = Sender(SenderOptions(port=free_port(), max_queue=100, max_backoff=5))
     with caplog.at_level(logging.WARNING, logger="mona-logger"):
         results = [sender.put(entry) for entry in entries(150)]
     assert results.count(True) >= 100
@@ -105,7 +105,7 @@ def test_a_full_queue_drops_and_counts(caplog):
 
 
 def test_blocking_mode_delivers_before_put_returns(receiver):
-    sender = Sender(port=receiver.port, blocking=True)
+    sender = Sender(SenderOptions(port=receiver.port, blocking=True))
     for entry in entries(3):
         sender.put(entry)
         assert len(receiver.records) == sender.stats()["acked"]
@@ -114,7 +114,7 @@ def test_blocking_mode_delivers_before_put_returns(receiver):
 
 
 def test_without_acks_chunks_carry_no_chunk_id(receiver):
-    sender = Sender(port=receiver.port, require_ack=False)
+    sender = Sender(SenderOptions(port=receiver.port, require_ack=False))
     for entry in entries(5):
         sender.put(entry)
     assert sender.flush(10)

@@ -19,7 +19,7 @@ import msgpack
 import pytest
 
 from mona_client.forward import pack_entry
-from mona_client.transport import Sender
+from mona_client.transport import Sender, SenderOptions
 from mona_collector import Collector
 from tests.support.collector import BASE, TAG, RawClient, bin32, entry, packed_message, record, time_fixext8
 
@@ -335,14 +335,16 @@ def test_users_file(tmp_path):
 
         def deliver(user: str, password: str) -> bool:
             sender = Sender(
-                "127.0.0.1",
-                running.port,
-                shared_key="s3cret",
-                username=user,
-                password=password,
-                connect_timeout=2.0,
-                max_backoff=0.2,
-                client_hostname="cli-test",
+                SenderOptions(
+                    "127.0.0.1",
+                    running.port,
+                    shared_key="s3cret",
+                    username=user,
+                    password=password,
+                    connect_timeout=2.0,
+                    max_backoff=0.2,
+                    client_hostname="cli-test",
+                )
             )
             try:
                 sender.put(pack_entry(BASE, record(f"by-{user}-{len(password)}", {"v": 1}, user=user)))

@@ -25,7 +25,7 @@ from typing import Iterator, List
 import pytest
 
 from mona_client.forward import pack_entry
-from mona_client.transport import Sender
+from mona_client.transport import Sender, SenderOptions
 from mona_collector import Collector, SQLiteStore
 from mona_collector.cli import main as mona_cli
 from mona_collector.merging.process import MergeLoop
@@ -366,13 +366,15 @@ KEY = "a shared key"
 
 def _send_as(port: int, username: str, records: list) -> None:
     sender = Sender(
-        "127.0.0.1",
-        port,
-        shared_key=KEY,
-        username=username,
-        password=USERS[username],
-        connect_timeout=2.0,
-        max_backoff=0.2,
+        SenderOptions(
+            "127.0.0.1",
+            port,
+            shared_key=KEY,
+            username=username,
+            password=USERS[username],
+            connect_timeout=2.0,
+            max_backoff=0.2,
+        )
     )
     try:
         for rec in records:

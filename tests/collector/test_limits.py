@@ -17,7 +17,7 @@ from typing import List
 import pytest
 
 from mona_client.forward import pack_entry
-from mona_client.transport import Sender
+from mona_client.transport import Sender, SenderOptions
 from mona_collector import Collector
 from tests.support.collector import (
     BASE,
@@ -103,7 +103,7 @@ def test_idle_connections_are_closed_and_a_sender_carries_on(tmp_path, caplog):
         assert closed_by_peer(talker.sock), "a connection idle after its last message was kept open"
         assert lines(caplog, "--idle-timeout")
         # A real client is not hurt: the collector closes its idle connection, it reconnects.
-        sender = Sender("127.0.0.1", collector.port, connect_timeout=2.0, max_backoff=0.2)
+        sender = Sender(SenderOptions("127.0.0.1", collector.port, connect_timeout=2.0, max_backoff=0.2))
         try:
             sender.put(pack_entry(BASE, record("sender-run", {"first": 1}, record_id="snd:1")))
             assert sender.flush(20)

@@ -7,6 +7,7 @@ Certificates are made with the ``openssl`` command in a temporary directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ import pytest
 
 from mona_client import client
 from mona_client.forward import pack_entry, pack_ping, shared_key_digest
-from mona_client.transport import Sender, client_ssl_context
+from mona_client.transport import Sender, SenderOptions, client_ssl_context
 from mona_collector import Collector
 from tests.support.collector import (
     BASE,
@@ -136,7 +137,7 @@ def entries(context: str, count: int) -> List[bytes]:
 def sender(port: int, **options) -> Sender:
     options.setdefault("connect_timeout", 2.0)
     options.setdefault("max_backoff", 0.2)
-    return Sender("127.0.0.1", port, **options)
+    return Sender(SenderOptions("127.0.0.1", port, **options))
 
 
 def send(port: int, context: str, count: int = 10, timeout: float = 10.0, **options) -> Sender:
@@ -207,7 +208,7 @@ def test_wrong_key_is_refused_logged_once_and_the_sender_keeps_the_records(db, c
         assert re.search(r"refused connection from 127\.0\.0\.1:\d+: shared_key mismatch", lines[0])
         assert collector.processed_records == 0
         # The records were kept: the same sender delivers them once it has the right key.
-        s.shared_key = KEY
+        s.options = dataclasses.replace(s.options, shared_key=KEY)
         assert s.flush(10) and collector.wait_for_records(10, 5)
         s.close(1)
     assert stats(db)["tags"][TAG]["events"] == 10
