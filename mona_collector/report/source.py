@@ -9,7 +9,7 @@ API (:meth:`SQLiteStore.load_arcs`, which also assembles ARCs kept as node rows)
 from __future__ import annotations
 
 import sqlite3
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..merging.documents import public_document
 from ..store import SQLiteStore, StoreError
@@ -48,26 +48,59 @@ def _connect(store: SQLiteStore) -> sqlite3.Connection:
     return sqlite3.connect(f"{store.path.resolve().as_uri()}?mode=ro", uri=True)
 
 
+def merged_ranges(ranges: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
+    """The half-open ranges with overlapping or touching ones joined, so no ARC is read twice."""
+    merged: List[Tuple[float, float]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
 def read_table(
-    store: SQLiteStore, arc_class: str, start: float, end: float, settings: Optional[ClassSettings] = None
+    store: SQLiteStore,
+    arc_class: str,
+    ranges: Sequence[Tuple[float, float]],
+    settings: Optional[ClassSettings] = None,
 ) -> ColumnTable:
-    """The columns of the ARCs of ``arc_class`` first exported in [start, end)."""
+    """The columns of the ARCs of ``arc_class`` first exported in any of the half-open ``ranges``."""
     builder = TableBuilder()
     db = _connect(store)
     try:
-        for keys in _keys_in_range(db, arc_class, start, end):
-            documents = store.load_arcs(keys)
-            for key in keys:
-                document = documents.get(key)
-                if document is None:  # merged away between the two queries: it is in the next report
-                    continue
-                public = public_document(document)
-                builder.add(float(public["first_export"]), flatten_arc(public))
+        for start, end in merged_ranges(ranges):
+            for keys in _keys_in_range(db, arc_class, start, end):
+                _add_documents(builder, store, keys)
     except sqlite3.Error as exc:
         raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
     finally:
         db.close()
     return builder.finish(settings)
+
+
+def _add_documents(builder: TableBuilder, store: SQLiteStore, keys: List[Tuple[str, str]]) -> None:
+    documents = store.load_arcs(keys)
+    for key in keys:
+        document = documents.get(key)
+        if document is None:  # gone between the two queries (a database replaced under us)
+            continue
+        public = public_document(document)
+        builder.add(float(public["first_export"]), flatten_arc(public))
+
+
+def class_span(store: SQLiteStore, arc_class: str) -> Tuple[Optional[float], Optional[float]]:
+    """The first and the last first-export time of the class's ARCs (None, None: it has none)."""
+    db = _connect(store)
+    try:
+        first, last = db.execute(
+            "SELECT min(first_export), max(first_export) FROM arcs WHERE arc_class = ?", (arc_class,)
+        ).fetchone()
+        return first, last
+    except sqlite3.Error as exc:
+        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
+    finally:
+        db.close()
 
 
 def class_counts(store: SQLiteStore) -> Dict[str, int]:
