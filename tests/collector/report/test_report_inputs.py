@@ -16,9 +16,7 @@ from .conftest import NOW, mona_report
 
 def _arcs(count: int, start: float, end: float, arc_class: str, fields: Any, prefix: str) -> List[Dict[str, Any]]:
     step = (end - start) / count
-    return [
-        record(f"{prefix}-{i}", {"MONA_ARC_CLASS": arc_class, **fields(i)}, start + i * step) for i in range(count)
-    ]
+    return [record(f"{prefix}-{i}", {"MONA_ARC_CLASS": arc_class, **fields(i)}, start + i * step) for i in range(count)]
 
 
 def _clean_error(status: int, out: str, err: str, expected_status: int, words: str) -> None:
@@ -145,5 +143,9 @@ def test_late_ground_truth_changes_the_report(tmp_path: Path) -> None:
     loss = next(kapi for kapi in after["kapis"] if kapi["name"] == "loss")
     assert loss["window"]["n"] == 200 and loss["baseline"]["n"] == 0
     is_fraud = next(dimension for dimension in after["dimensions"] if dimension["name"] == "is_fraud")
-    assert {value["value"]: value["window"] for value in is_fraud["values"]} == {"false": 150, "true": 50, "(missing)": 0}
+    assert {value["value"]: value["window"] for value in is_fraud["values"]} == {
+        "false": 150,
+        "true": 50,
+        "(missing)": 0,
+    }
     assert is_fraud["new_values_total"] == 2
