@@ -8,6 +8,8 @@
     mona arcs show CONTEXT_ID
     mona arcs export --format jsonl|csv [--arc-class C] [--out FILE]
     mona stats [--json]
+    mona report [--arc-class C] [--since 24h] [--baseline 7d | A..B] [--by A,B] [--json] [--html FILE]
+                [--config FILE]
 
 Every command takes ``--db`` (default: ``$MONA_COLLECTOR_DB``, else the per-user data directory).
 The query commands only read the database, so they can run while the collector is writing.
@@ -198,7 +200,47 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="what the database holds")
     _add_db(stats)
     stats.add_argument("--json", action="store_true")
+    _add_report_parser(commands)
     return parser
+
+
+def _add_report_parser(commands: Any) -> None:
+    """``mona report``: statistics, drift and segment insights (see docs/report.md)."""
+    report = commands.add_parser("report", help="statistics, drift and segment insights of a class (or every class)")
+    _add_db(report)
+    report.add_argument("--arc-class", help="the class to report on (default: an overview of every class)")
+    report.add_argument("--since", help="start of the window: a duration back from now or an ISO time (default: 24h)")
+    report.add_argument("--until", help="end of the window, as --since (default: now)")
+    report.add_argument(
+        "--baseline", help="a duration right before the window (default: 7d) or A..B, two durations or ISO times"
+    )
+    report.add_argument("--by", default="", help="dimensions to segment by, comma separated; two or more add pairs")
+    report.add_argument("--json", action="store_true", help="one JSON object (see docs/report-json.md)")
+    report.add_argument("--html", metavar="FILE", help="write one self-contained HTML file")
+    report.add_argument("--config", metavar="FILE", help="a JSON monitoring config (see docs/report.md)")
+
+
+def _report(args: argparse.Namespace) -> int:
+    # Imported here: numpy loads only for this command.
+    from .report.command import ReportError, ReportOptions, run_report
+
+    options = ReportOptions(
+        arc_class=args.arc_class,
+        since=args.since,
+        baseline=args.baseline,
+        until=args.until,
+        by=[name.strip() for name in args.by.split(",") if name.strip()],
+        json=args.json,
+        html=args.html,
+        config=args.config,
+    )
+    store = SQLiteStore(args.db or default_db_path(), readonly=True)
+    try:
+        return run_report(store, options, sys.stdout)
+    except ReportError as exc:
+        raise CliError(str(exc), exc.status) from None
+    finally:
+        store.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -207,6 +249,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "collect":
             return _collect(args)
+        if args.command == "report":
+            return _report(args)
         return _query(args)
     except CliError as exc:
         print(f"mona: {exc}", file=sys.stderr)

@@ -112,6 +112,8 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     mona("arcs", "list", "--db", db_path)
     mona("arcs", "show", "txn-3", "--db", db_path)
+    # Statistics, drift and segment insights need a baseline period; here every class is one minute old.
+    mona("report", "--db", db_path)
     print(f"\nQuery it yourself: mona arcs list --db {db_path}")
     return 0
 
