@@ -26,7 +26,7 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path
-from typing import List, Tuple
+from typing import Deque, List, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -93,7 +93,7 @@ def send_all(port: int, frames: List[Tuple[bytes, str]], window: int) -> float:
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     decoder = forward.FrameDecoder()
-    waiting: deque = deque()
+    waiting: Deque[str] = deque()
     started = time.perf_counter()
     for frame, chunk_id in frames:
         while len(waiting) >= window:
@@ -107,7 +107,7 @@ def send_all(port: int, frames: List[Tuple[bytes, str]], window: int) -> float:
     return elapsed
 
 
-def _read_acks(sock: socket.socket, decoder: forward.FrameDecoder, waiting: deque) -> None:
+def _read_acks(sock: socket.socket, decoder: forward.FrameDecoder, waiting: Deque[str]) -> None:
     data = sock.recv(65536)
     if not data:
         raise SystemExit("the collector closed the connection")

@@ -18,7 +18,8 @@ from bench.micro import ARC_CLASS, MESSAGE, in_context
 from bench.timing import Loop, calibrate, collected, median
 
 # (label, builder) where builder(context_id) returns (stmt, names, needs_flush, inside_context)
-Step = Tuple[str, Callable[[str], Tuple[str, Dict[str, Any], bool, bool]]]
+Fragment = Tuple[str, Dict[str, Any], bool, bool]
+Step = Tuple[str, Callable[[str], Fragment]]
 
 
 def _export_steps() -> List[Step]:
@@ -27,16 +28,16 @@ def _export_steps() -> List[Step]:
     from mona_client.export import encode_entry
     from mona_client.runtime import runtime
 
-    def whole(_: str):
+    def whole(_: str) -> Fragment:
         return "export(msg)", {"export": client.export, "msg": MESSAGE}, True, True
 
-    def no_facade(_: str):
+    def no_facade(_: str) -> Fragment:
         return "export(msg)", {"export": runtime.export, "msg": MESSAGE}, True, True
 
-    def export_to(cid: str):
+    def export_to(cid: str) -> Fragment:
         return "export_to(cid, msg)", {"export_to": runtime.pipeline.export_to, "cid": cid, "msg": MESSAGE}, True, False
 
-    def lookup(_: str):
+    def lookup(_: str) -> Fragment:
         return (
             "rt.active\nstack = current_stack()\nstack[-1][0]",
             {"rt": runtime, "current_stack": ctx.current_stack},
@@ -44,18 +45,18 @@ def _export_steps() -> List[Step]:
             True,
         )
 
-    def key_check(_: str):
+    def key_check(_: str) -> Fragment:
         return 'type(msg) is not dict or "MONA_" in "\\n".join(msg)', {"msg": MESSAGE}, False, False
 
-    def clock(_: str):
+    def clock(_: str) -> Fragment:
         return "int(now())", {"now": time.time}, False, False
 
-    def record_id(_: str):
+    def record_id(_: str) -> Fragment:
         import itertools
 
         return "f'{src}{next(counter)}'", {"src": "3f2a9c0d1e4b5a67:", "counter": itertools.count(1)}, False, False
 
-    def encode(cid: str):
+    def encode(cid: str) -> Fragment:
         return (
             "encode(ts, uid, cid, msg, rid)",
             {
@@ -70,7 +71,7 @@ def _export_steps() -> List[Step]:
             False,
         )
 
-    def reused_packer(cid: str):
+    def reused_packer(cid: str) -> Fragment:
         packer = msgpack.Packer(use_bin_type=False, autoreset=True)
         return (
             "pack([ts, {'user_id': uid, 'context': cid, 'message': msg, 'export_timestamp': ts, 'record_id': rid}])",
@@ -86,13 +87,13 @@ def _export_steps() -> List[Step]:
             False,
         )
 
-    def strict_packer(cid: str):
+    def strict_packer(cid: str) -> Fragment:
         packer = msgpack.Packer(use_bin_type=False, autoreset=True, strict_types=True, default=str)
         names = reused_packer(cid)[1]
         names["pack"] = packer.pack
         return reused_packer(cid)[0], names, False, False
 
-    def build(cid: str):
+    def build(cid: str) -> Fragment:
         return (
             "[ts, {'user_id': uid, 'context': cid, 'message': msg, 'export_timestamp': ts, 'record_id': rid}]",
             {"ts": int(time.time()), "uid": "bench-user", "cid": cid, "msg": MESSAGE, "rid": "3f2a9c0d1e4b5a67:123456"},
@@ -100,7 +101,7 @@ def _export_steps() -> List[Step]:
             False,
         )
 
-    def packb_record(cid: str):
+    def packb_record(cid: str) -> Fragment:
         now = int(time.time())
         record = [
             now,
@@ -114,16 +115,16 @@ def _export_steps() -> List[Step]:
         ]
         return "packb(record)", {"packb": msgpack.packb, "record": record}, False, False
 
-    def put(cid: str):
+    def put(cid: str) -> Fragment:
         sender = runtime.sender
         assert sender is not None
         entry = encode_entry(int(time.time()), "bench-user", cid, MESSAGE, "3f2a9c0d1e4b5a67:123456")
         return "put(entry)", {"put": sender.put, "entry": entry}, True, False
 
-    def append(_: str):
+    def append(_: str) -> Fragment:
         return (
             "append(entry)\npop()",
-            {"append": (q := collections.deque()).append, "pop": q.pop, "entry": b"x"},
+            {"append": (q := collections.deque[bytes]()).append, "pop": q.pop, "entry": b"x"},
             False,
             False,
         )
@@ -151,7 +152,7 @@ def _context_steps() -> List[Step]:
     from mona_client import context as ctx
     from mona_client.runtime import runtime
 
-    def whole(_: str):
+    def whole(_: str) -> Fragment:
         return (
             "with new_context(arc_class=arc):\n    pass",
             {"new_context": client.new_mona_context, "arc": ARC_CLASS},
@@ -159,23 +160,23 @@ def _context_steps() -> List[Step]:
             False,
         )
 
-    def bare(_: str):
+    def bare(_: str) -> Fragment:
         return "with new_context():\n    pass", {"new_context": client.new_mona_context}, False, False
 
-    def construct(_: str):
+    def construct(_: str) -> Fragment:
         return "new_context(arc_class=arc)", {"new_context": client.new_mona_context, "arc": ARC_CLASS}, False, False
 
-    def new_id(_: str):
+    def new_id(_: str) -> Fragment:
         return "new_id()", {"new_id": ctx.new_context_id}, False, False
 
-    def push_pop(_: str):
+    def push_pop(_: str) -> Fragment:
         return "pop(push(stack))", {"push": ctx.push, "pop": ctx.pop, "stack": (("x", ARC_CLASS),)}, False, False
 
-    def cvar(_: str):
-        var: contextvars.ContextVar = contextvars.ContextVar("bench_breakdown")
+    def cvar(_: str) -> Fragment:
+        var: contextvars.ContextVar[Any] = contextvars.ContextVar("bench_breakdown")
         return "reset(set_(v))", {"set_": var.set, "reset": var.reset, "v": (("x", ARC_CLASS),)}, False, False
 
-    def arc_export(cid: str):
+    def arc_export(cid: str) -> Fragment:
         return (
             "open_exports(cid, arc, True, None)",
             {"open_exports": runtime.pipeline.open_context_exports, "cid": cid, "arc": ARC_CLASS},
@@ -183,10 +184,10 @@ def _context_steps() -> List[Step]:
             False,
         )
 
-    def sub_whole(_: str):
+    def sub_whole(_: str) -> Fragment:
         return "with new_sub():\n    pass", {"new_sub": client.new_mona_sub_context}, True, True
 
-    def sub_stack(cid: str):
+    def sub_stack(cid: str) -> Fragment:
         return (
             "sub_stack(stack, new_id(), None)",
             {"sub_stack": ctx.sub_stack, "stack": ((cid, ARC_CLASS),), "new_id": ctx.new_context_id},

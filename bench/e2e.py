@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 from bench.micro import ARC_CLASS
 from bench.sinks import CollectorProcess, Sink
@@ -145,14 +145,14 @@ def fluent_run(arcs: int, sink: Sink, timeout: float = 600.0) -> FluentRun:
         sender.close()
 
 
-def collector_frames(records: int) -> list:
+def collector_frames(records: int) -> List[Tuple[bytes, str]]:
     """Pre-encoded PackedForward chunks of ``records`` mona records, as bench/bench_collector.py makes them."""
     from bench.bench_collector import make_frames
 
     return make_frames(records, 1000, RECORDS_PER_ARC)
 
 
-def collector_alone_run(frames: list, records: int, workdir: str) -> float:
+def collector_alone_run(frames: List[Tuple[bytes, str]], records: int, workdir: str) -> float:
     """Records/s the collector alone stores: pre-encoded chunks, 8 in flight, until the last ack."""
     from bench.bench_collector import send_all
 

@@ -36,7 +36,7 @@ class Contender:
     names: Dict[str, Any]
     inside_context: bool = False  # run inside an open mona context
     before: Optional[Callable[[], None]] = None  # untimed, before each measurement
-    after: Optional[Callable[[], None]] = None  # untimed, after each batch and sample
+    after: Optional[Callable[[], object]] = None  # untimed, after each batch and sample
     loop: Optional[Loop] = None
     batch_n: int = 0
     sample_n: int = 0
@@ -166,7 +166,7 @@ class Micro:
         )
         log = structlog.get_logger()
 
-        var: contextvars.ContextVar = contextvars.ContextVar("bench_var")
+        var: contextvars.ContextVar[Any] = contextvars.ContextVar("bench_var")
         stack = (("3f2a9c0d1e4b5a67-1a", ARC_CLASS),)
 
         contenders = [

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 if __package__ in (None, ""):  # python3 bench/run.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,6 +29,8 @@ from bench import breakdown, e2e
 from bench.micro import Figures, Micro
 from bench.sinks import start_sink
 from bench.timing import median
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -69,7 +71,7 @@ def _fmt_ratio(value: Optional[float]) -> str:
     return f"{value:.2f}×" if value < 10 else f"{value:.1f}×"
 
 
-def _table(header: Sequence[str], rows: List[Sequence[str]], align: str) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
 
     def line(cells: Sequence[str]) -> str:
@@ -82,7 +84,7 @@ def _table(header: Sequence[str], rows: List[Sequence[str]], align: str) -> str:
     return "\n".join([line(header), rule] + [line(row) for row in rows])
 
 
-def _rotated(items: List, shift: int) -> List:
+def _rotated(items: List[T], shift: int) -> List[T]:
     shift %= len(items)
     return items[shift:] + items[:shift]
 
@@ -161,8 +163,8 @@ def report_micro(micro: Micro, rounds: List[Dict[str, Figures]]) -> Dict[str, fl
 PACED_ARCS = 500  # the paced runs flush every 500 ARCs (5,000 records)
 
 
-def run_e2e(arcs: int, repetitions: int, workdir: str, config_path: str, sink) -> Dict[str, list]:
-    runs: Dict[str, list] = {"mona": [], "paced": [], "fluent": [], "collector": []}
+def run_e2e(arcs: int, repetitions: int, workdir: str, config_path: str, sink: Sink) -> Dict[str, List[Any]]:
+    runs: Dict[str, List[Any]] = {"mona": [], "paced": [], "fluent": [], "collector": []}
     frames = e2e.collector_frames(arcs * e2e.RECORDS_PER_ARC)
     for repetition in range(repetitions):
         contenders: List[Tuple[str, Callable[[], object]]] = [
@@ -177,10 +179,10 @@ def run_e2e(arcs: int, repetitions: int, workdir: str, config_path: str, sink) -
     return runs
 
 
-def report_e2e(runs: Dict[str, list]) -> Dict[str, float]:
+def report_e2e(runs: Dict[str, List[Any]]) -> Dict[str, float]:
     mona_runs, paced_runs, fluent_runs = runs["mona"], runs["paced"], runs["fluent"]
 
-    def over_fluent(mona: list) -> float:
+    def over_fluent(mona: List[Any]) -> float:
         return median([m.exports_per_s / f.exports_per_s for m, f in zip(mona, fluent_runs)])
 
     first = mona_runs[0]
@@ -277,7 +279,8 @@ def run_memory(count: int) -> Dict[str, float]:
         timeout=300,
         check=True,
     )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    figures: Dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
 
 
 def run_collector_rss(arcs: int, workdir: str, config_path: str) -> e2e.MonaRun:

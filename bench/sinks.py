@@ -25,10 +25,11 @@ import msgpack
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
-def wait_listening(port: int, timeout: float = 20.0, process: Optional[subprocess.Popen] = None) -> None:
+def wait_listening(port: int, timeout: float = 20.0, process: Optional[subprocess.Popen[bytes]] = None) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -116,7 +117,8 @@ class Sink:
 
     @property
     def records(self) -> int:
-        return self.counter.value
+        value: int = self.counter.value
+        return value
 
     def wait_for(self, count: int, timeout: float = 120.0) -> bool:
         deadline = time.monotonic() + timeout
