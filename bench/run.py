@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # python3 bench/run.py
 
 from bench import breakdown, e2e
 from bench.micro import Figures, Micro
-from bench.sinks import start_sink
+from bench.sinks import Sink, start_sink
 from bench.timing import median
 
 T = TypeVar("T")
