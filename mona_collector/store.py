@@ -18,6 +18,7 @@ database (``--db``, e.g. ``collector.db``) and the raw log beside it (``collecto
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Se
 
 import msgpack
 
-from .event_time import UndecodedExtension
+from .event_time import is_undecoded_extension, pack_undecoded_extension
 from .forward_codec import Event, iter_entries
 from .merging.documents import CLASS, FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document
 
@@ -64,7 +65,7 @@ class StoreError(RuntimeError):
     """The database cannot be opened or is not a collector database."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError):  # noqa: N818 - its name is in the merger's error line and `mona stats`
     """The storage cannot take a write now (disk full, I/O error, locked, unreadable), whatever was
     being written: what failed must be written again later, never skipped as if it were bad data."""
 
@@ -79,7 +80,7 @@ def is_storage_failure(exc: BaseException) -> bool:
     return type(exc) is sqlite3.DatabaseError  # e.g. "database disk image is malformed"
 
 
-def raw_log_path(db_path: os.PathLike | str) -> Path:
+def raw_log_path(db_path: os.PathLike[str] | str) -> Path:
     """The raw log beside the ARC database: ``collector.db`` -> ``collector.raw.db``."""
     path = Path(db_path)
     return path.with_name(f"{path.stem}.raw{path.suffix}")
@@ -243,6 +244,7 @@ class ArcStore(abc.ABC):
     def freeze(self, changes: WriteSet) -> None:
         """Capture the documents of ``changes`` as they are now (a store that sets
         :attr:`concurrent_write` must, since they go on changing); called just before :meth:`write`."""
+        return None  # a store that writes the documents as they are needs no copy
 
     # --- query side ----------------------------------------------------------------------------
 
@@ -290,12 +292,12 @@ def dump_json(value: Any, **options: Any) -> str:
 
 def _pack_default(value: Any) -> Any:
     # The merger leaves msgpack extensions in records undecoded (see .event_time): packed as they came.
-    if type(value) is UndecodedExtension:
-        return value.to_ext_type()
+    if is_undecoded_extension(value):
+        return pack_undecoded_extension(value)
     raise TypeError(f"can not serialize {type(value).__name__!r} object")
 
 
-# strict_types: an UndecodedExtension is a tuple, which msgpack would pack as an array otherwise.
+# strict_types: an undecoded extension is a tuple, which msgpack would pack as an array otherwise.
 # Documents hold only the exact types msgpack decodes and the merger's own numbers, so nothing else
 # reaches the default.
 _DOCUMENT_PACKER = msgpack.Packer(
@@ -306,7 +308,8 @@ _DOCUMENT_PACKER = msgpack.Packer(
 def pack_document(document: Document) -> bytes:
     """The stored form of an ARC document: msgpack, several times faster to write than JSON (floats
     above all), and able to keep any value a record carried."""
-    return _DOCUMENT_PACKER.pack(document)
+    packed: bytes = _DOCUMENT_PACKER.pack(document)
+    return packed
 
 
 def _unpack(blob: bytes) -> Any:
@@ -520,7 +523,7 @@ class SQLiteStore(ArcStore):
     opened for queries only. One instance is used by one thread at a time.
     """
 
-    def __init__(self, path: os.PathLike | str, readonly: bool = False, synchronous: str = "FULL") -> None:
+    def __init__(self, path: os.PathLike[str] | str, readonly: bool = False, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         try:
             if readonly:
@@ -594,12 +597,12 @@ class SQLiteStore(ArcStore):
 
     def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
         sql = "SELECT ranges FROM seen_ranges WHERE user_id = ? AND source = ?"
-        found = {}
+        found: Dict[Tuple[str, str], List[Tuple[int, int]]] = {}
         for key in keys:
             row = self._lookups.execute(sql, (db_text(key[0]), db_text(key[1]))).fetchone()
             if row is not None:
-                found[key] = [tuple(pair) for pair in json.loads(row[0])]  # type: ignore[misc]
-        return found  # type: ignore[return-value]
+                found[key] = [(start, end) for start, end in json.loads(row[0])]
+        return found
 
     def known_record_ids(self, keys: Sequence[Tuple[str, str]]) -> Set[Tuple[str, str]]:
         sql = "SELECT 1 FROM seen_ids WHERE user_id = ? AND record_id = ?"
@@ -617,7 +620,6 @@ class SQLiteStore(ArcStore):
         if changes.frozen is None:
             self.freeze(changes)
         arcs, nodes = changes.frozen
-        db = self._db
         ranges = [(db_text(user), db_text(source), json.dumps(r)) for user, source, r in changes.id_ranges]
         ids = [(db_text(user), db_text(record_id)) for user, record_id in changes.record_ids]
         tags = [
@@ -757,10 +759,10 @@ class SQLiteStore(ArcStore):
     def close(self) -> None:
         if self._lookups is not self._db:
             self._lookups.close()
-            try:  # leave a small file behind: everything in the database, an empty WAL
+            # Leave a small file behind: everything in the database, an empty WAL. Readers may keep it
+            # busy: the next start or checkpoint will do it then.
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass  # readers keep it busy: the next start or checkpoint will do it
         self._db.close()
 
 
@@ -771,7 +773,7 @@ class SQLiteRawLog(RawLog):
     :class:`SQLiteStore`; the default ``FULL`` makes an appended row, hence an ack, survive a power loss.
     """
 
-    def __init__(self, path: os.PathLike | str, synchronous: str = "FULL") -> None:
+    def __init__(self, path: os.PathLike[str] | str, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreError(f"unknown synchronous setting {synchronous!r}")
@@ -838,14 +840,12 @@ class SQLiteRawLog(RawLog):
         return int(last)
 
     def close(self) -> None:
-        try:  # leave a small file behind when nobody else has it open
+        with contextlib.suppress(sqlite3.Error):  # leave a small file behind when nobody else has it open
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
         self._db.close()
 
 
-def note_merger_failure(raw_path: os.PathLike | str, error: str) -> None:
+def note_merger_failure(raw_path: os.PathLike[str] | str, error: str) -> None:
     """Count a death of the merger process and keep its error in the raw log's ``meta`` (what
     ``mona stats`` shows). Best effort, on a connection of its own: with the disk full this fails too,
     and the collector's log line is what tells."""

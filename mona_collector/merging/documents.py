@@ -92,13 +92,13 @@ def _export_time(value: Any, time: Any) -> float:
     try:
         seconds = time_seconds(time)
     except ForwardProtocolError as exc:
-        raise RejectedRecord(f"no usable export timestamp, and {exc}") from None
+        raise RejectedRecordError(f"no usable export timestamp, and {exc}") from None
     if -_TIME_LIMIT < seconds < _TIME_LIMIT:
         return seconds
-    raise RejectedRecord("neither the export timestamp nor the event time is a usable time")
+    raise RejectedRecordError("neither the export timestamp nor the event time is a usable time")
 
 
-class RejectedRecord(ValueError):
+class RejectedRecordError(ValueError):
     """A record of the mona tag that cannot be merged into an ARC (it is still kept raw)."""
 
 
@@ -164,10 +164,18 @@ def _key(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _set_export_times(document: Document, first: float, last: float, count: int) -> None:
+    document["first_export"], document["last_export"], document["export_count"] = first, last, count
+
+
 def _add_path(document: Document, path: str, changed: Set[str]) -> Node:
     """The node of a sub-context seen for the first time, its missing parents created first (and
     all of them noted in ``changed``). Walks up only as far as the nearest existing parent."""
     subs = document["subs"]
+    if CONTEXT_SEPARATOR not in path:  # a child of the root: the common case, kept cheap
+        node: Node = [None, None, {}, None, None]  # new_node(), without the call
+        subs[path] = node
+        return node
     missing = [path]
     parent = path
     while True:
@@ -178,7 +186,8 @@ def _add_path(document: Document, path: str, changed: Set[str]) -> Node:
     for created in reversed(missing):
         subs[created] = new_node()
         changed.add(created)
-    return subs[path]
+    node = subs[path]
+    return node
 
 
 def _set_if_later(values: Dict[str, Any], times: Dict[str, Any], name: str, value: Any, when: float) -> bool:
@@ -308,44 +317,6 @@ class MergeResult:
             self.reject_reason = reason
 
 
-class _OpenArc:
-    """The ARC document the records being merged belong to, with the paths of the nodes they changed,
-    and its export times and count as local numbers (written back by :meth:`close`)."""
-
-    __slots__ = ("changed", "count", "document", "first", "last", "root", "root_node", "subs", "user")
-
-    def __init__(self, user: str, root: str, document: Document, changed: Set[str]) -> None:
-        self.user = user
-        self.root = root
-        self.document = document
-        self.changed = changed
-        self.subs: Dict[str, Node] = document["subs"]
-        self.root_node: Node = document["node"]
-        self.first: float = document["first_export"]
-        self.last: float = document["last_export"]
-        self.count: int = document["export_count"]
-
-    def node(self, path: str) -> Node:
-        """The node of sub-context ``path`` ("" is the root), created when new, noted as changed."""
-        self.changed.add(path)
-        if not path:
-            return self.root_node
-        node = self.subs.get(path)
-        if node is None:
-            if CONTEXT_SEPARATOR in path:
-                return _add_path(self.document, path, self.changed)
-            node = self.subs[path] = new_node()
-        return node
-
-    def close(self) -> None:
-        document = self.document
-        document["first_export"], document["last_export"], document["export_count"] = self.first, self.last, self.count
-
-
-#: Before the first record of a message: no ARC is open.
-_NO_ARC = _OpenArc("", "", new_document("", "", 0.0), set())
-
-
 class ArcMerger:
     """Merges records into ARC documents held in an LRU cache backed by ``loader``.
 
@@ -455,8 +426,15 @@ class ArcMerger:
         """
         result = MergeResult()
         is_new = ids.for_message(entries).is_new
-        arc = _NO_ARC
         deep_length = self._deep_length
+        # The ARC of the record before (the common case is a run of records of one ARC), with its
+        # export times and count as local numbers, written back when another ARC comes.
+        arc_user = arc_root = None
+        document: Document = {}
+        changed: Set[str] = set()
+        subs: Dict[str, Node] = {}
+        first = last = 0.0
+        count = 0
         index = -1
         for entry in entries:
             index += 1
@@ -474,9 +452,10 @@ class ArcMerger:
             if type(record_id) is str and not is_new(user, record_id, index):
                 result.dropped.append(index)
                 continue
-            context = record.get(CONTEXT)
-            message = record.get(MESSAGE)
-            when = record.get(EXPORT_TIMESTAMP)
+            # Any: what a record holds is checked below, with type() (isinstance would take subclasses).
+            context: Any = record.get(CONTEXT)
+            message: Any = record.get(MESSAGE)
+            when: Any = record.get(EXPORT_TIMESTAMP)
             # The checks every record passes cost a few comparisons; _problem_of says what failed.
             if type(context) is not str or not context or type(message) is not dict or len(context) > deep_length:
                 problem = self._problem_of(context, message)
@@ -486,23 +465,31 @@ class ArcMerger:
             if type(when) is not int or not -_TIME_LIMIT < when < _TIME_LIMIT:
                 try:
                     when = _export_time(when, entry[0])
-                except RejectedRecord as exc:
+                except RejectedRecordError as exc:
                     result.reject(str(exc))
                     continue
             try:
                 root, _, path = context.partition(CONTEXT_SEPARATOR)
-                if root != arc.root or user != arc.user or arc is _NO_ARC:
-                    arc = self._switch_arc(arc, user, root, when)
-                if when < arc.first:
-                    arc.first = when
-                elif when > arc.last:
-                    arc.last = when
-                arc.count += 1
-                _merge_into_node(arc.document, arc.node(path), message, when)
+                if root != arc_root or user != arc_user:
+                    if arc_root is not None:
+                        _set_export_times(document, first, last, count)
+                        arc_root = None  # until the next one is open
+                    document, changed = self._open(user, root, when)
+                    subs = document["subs"]
+                    first, last, count = document["first_export"], document["last_export"], document["export_count"]
+                    arc_root, arc_user = root, user
+                if when < first:
+                    first = when
+                elif when > last:
+                    last = when
+                count += 1
+                changed.add(path)
+                node = document["node"] if not path else subs.get(path) or _add_path(document, path, changed)
+                _merge_into_node(document, node, message, when)
             except Exception as exc:
                 result.reject(f"cannot be merged: {type(exc).__name__}: {exc}")
-        if arc is not _NO_ARC:
-            arc.close()
+        if arc_root is not None:
+            _set_export_times(document, first, last, count)
         return result
 
     def _problem_of(self, context: Any, message: Any) -> Optional[str]:
@@ -516,13 +503,12 @@ class ArcMerger:
             return f"its context is nested {depth} levels deep, more than the limit of {self.max_depth}"
         return None
 
-    def _switch_arc(self, arc: _OpenArc, user: str, root: str, when: float) -> _OpenArc:
-        """The ARC of ``(user, root)``, opened for the records that follow (``arc`` is closed)."""
-        if arc is not _NO_ARC:
-            arc.close()
+    def _open(self, user: str, root: str, when: float) -> Tuple[Document, Set[str]]:
+        """The document of the ARC ``(user, root)`` for this transaction, and the set of the paths of
+        its nodes changed in it, for a record exported at ``when``."""
         key = (user, root)
         document = self._dirty.get(key) or self._touch(key, when)
-        return _OpenArc(user, root, document, self._changed[key])
+        return document, self._changed[key]
 
     def take_dirty(self) -> List[Tuple[ArcKey, Document]]:
         """The documents changed since the last call, each once; the caller writes them.

@@ -3,7 +3,7 @@
 The network side (:mod:`.server`, :mod:`.ingest`) only checks the framing of what it receives and
 appends one raw row per message; this merger reads the rows back in id order, decodes the entries
 (msgpack's C decoder; extensions, the EventTime above all, are left undecoded as
-:class:`~..event_time.UndecodedExtension`, because mona records carry their ``export_timestamp``), drops duplicates by
+:data:`~..event_time.UndecodedExtension`, because mona records carry their ``export_timestamp``), drops duplicates by
 ``(user_id, record_id)``, merges records of the mona tag into ARCs and writes the touched ARCs, the
 duplicate-detection state, the per-tag counters and the watermark ("raw rows up to id N are merged")
 in ONE transaction. A crash of either process therefore never merges a row twice nor skips one, and
@@ -24,6 +24,7 @@ Two ways to run it, both driven by :class:`MergeLoop`:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
@@ -42,7 +43,7 @@ import msgpack
 from mona_client.logs import RateLimitedLog
 from mona_client.record import TAG
 
-from ..event_time import EVENT_TIME_DATA, UndecodedExtension, keep_extension, time_seconds
+from ..event_time import EVENT_TIME_DATA, is_undecoded_extension, keep_extension, time_seconds
 from ..store import (
     ArcStore,
     RawLog,
@@ -77,7 +78,7 @@ def decode_entries(entries: bytes, count: int) -> Tuple[List[Any], int]:
     """The ``[time, record]`` entries of a raw row, and how many entries could not be decoded.
 
     Times stay as the wire has them: int, float, or an extension as an
-    :class:`~..event_time.UndecodedExtension` (so do extensions in records).
+    :data:`~..event_time.UndecodedExtension` (so do extensions in records).
     """
     try:  # as one array: a single call into msgpack's C decoder
         return _unpackb(_ARRAY32.pack(0xDD, count) + entries, **_DECODING), 0
@@ -110,11 +111,11 @@ def time_span(items: List[Any]) -> Tuple[Optional[float], Optional[float]]:
     times = [item[0] for item in items if type(item) is list and len(item) == 2]
     if not times:
         return None, None
-    if all(type(value) is UndecodedExtension for value in times):
+    if all(map(is_undecoded_extension, times)):
         # EventTime payloads (the network side lets no other extension through) compare as their times.
-        first, last = min(value.data for value in times), max(value.data for value in times)
+        first, last = min(value[1] for value in times), max(value[1] for value in times)
         if len(first) == len(last) == EVENT_TIME_DATA.size:
-            return time_seconds(UndecodedExtension(0, first)), time_seconds(UndecodedExtension(0, last))
+            return time_seconds(keep_extension(0, first)), time_seconds(keep_extension(0, last))
     seconds = []
     for value in times:
         try:
@@ -800,10 +801,8 @@ class MergerThread:
                     delay = min(delay * 2, self._max_backoff)
                     self._loop = self._new_loop()
         finally:
-            try:
+            with contextlib.suppress(Exception):  # a storage that failed may fail again here
                 self._loop.close()
-            except Exception:  # a storage that failed may fail again here
-                pass
             self.progress.end()
 
     def notify(self, last_id: int) -> None:
