@@ -51,10 +51,13 @@ class RateLimitedLog:
     by ``export()`` and may be held when a signal handler calls ``export()`` on the same thread (it
     would wait for ever) or when another thread forks (the child would find it taken for ever). A
     forked child also gets fresh locks (see ``_new_locks_after_fork``).
+
+    Lines go to ``mona-logger``, or to ``to`` when given (the collector logs to a logger of its own).
     """
 
-    def __init__(self, interval: float = 10.0) -> None:
+    def __init__(self, interval: float = 10.0, to: logging.Logger | None = None) -> None:
         self.interval = interval
+        self._logger = logger if to is None else to
         self._lock = threading.Lock()
         self._last: Dict[Tuple[int, str], Tuple[float, int]] = {}
         _instances.add(self)
@@ -83,7 +86,7 @@ class RateLimitedLog:
         if held:
             message += " (%d similar lines held back)"
             args = (*args, held)
-        logger.log(level, message, *args)
+        self._logger.log(level, message, *args)
 
 
 _instances: weakref.WeakSet[RateLimitedLog] = weakref.WeakSet()

@@ -8,7 +8,8 @@ Decoding is lenient where Fluentd is lenient and strict where a wrong guess woul
   can always be recovered.
 * ``compressed`` other than ``"gzip"`` means plain (out_forward sends ``"text"``); a gzip payload may
   hold several members.
-* times may be ``int``, ``EventTime`` (fixext8 or ext8), or, outside the spec, a finite ``float``.
+* times may be ``int``, ``EventTime`` (fixext8 or ext8), or, outside the spec, a finite ``float``
+  (decoded by :func:`~.event_time.decode_time`).
 
 The network side checks messages without decoding their records (:func:`split_event_message`); the
 merger decodes entries (:func:`iter_entries`). Nothing here opens a socket.
@@ -17,7 +18,6 @@ merger decodes entries (:func:`iter_entries`). Nothing here opens a socket.
 from __future__ import annotations
 
 import hmac
-import math
 import struct
 import zlib
 from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple, Union
@@ -34,6 +34,8 @@ from mona_client.forward import (
     password_digest,
     shared_key_digest,
 )
+
+from .event_time import decode_time
 
 __all__ = [
     "Event",
@@ -96,23 +98,6 @@ def pack_pong(ok: bool, reason: str, hostname: str, digest: str) -> bytes:
 
 
 # --- decoding -------------------------------------------------------------------------------------
-
-
-def _decode_time(value: Any) -> Tuple[int, int]:
-    if isinstance(value, EventTime):
-        return value.seconds, value.nanoseconds
-    if isinstance(value, bool):
-        raise ForwardProtocolError("event time is a boolean")
-    if isinstance(value, int):
-        return value, 0
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ForwardProtocolError(f"event time {value}")
-        seconds = int(value)
-        return seconds, round((value - seconds) * 1e9)
-    if isinstance(value, msgpack.ExtType):
-        raise ForwardProtocolError(f"unknown time extension type {value.code}")
-    raise ForwardProtocolError(f"event time of type {type(value).__name__}")
 
 
 def _raw_bytes(value: Any) -> bytes:
@@ -179,7 +164,7 @@ def _decode_entries(entries: bytes, max_bytes: int) -> List[Event]:
         elif kind is int:
             append(Event(time, 0, record))
         else:
-            seconds, nanoseconds = _decode_time(time)
+            seconds, nanoseconds = decode_time(time)
             append(Event(seconds, nanoseconds, record))
     return events
 
@@ -214,7 +199,7 @@ def decode_event_message(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> 
         for item in second:
             if not isinstance(item, (list, tuple)) or len(item) != 2:
                 raise ForwardProtocolError("a Forward entry is not a [time, record] pair")
-            seconds, nanoseconds = _decode_time(item[0])
+            seconds, nanoseconds = decode_time(item[0])
             events.append(Event(seconds, nanoseconds, item[1]))
         return EventBatch(tag, events, option, "forward"), None
     if isinstance(second, (bytes, bytearray, str)):  # (Compressed)PackedForward
@@ -223,7 +208,7 @@ def decode_event_message(obj: Any, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> 
     # Message: [tag, time, record, option?]
     if len(obj) < 3 or len(obj) > 4:
         raise ForwardProtocolError("Message mode takes 3 or 4 items")
-    seconds, nanoseconds = _decode_time(second)
+    seconds, nanoseconds = decode_time(second)
     option = _option(obj[3] if len(obj) > 3 else None)
     return EventBatch(tag, [Event(seconds, nanoseconds, obj[2])], option, "message"), None
 
@@ -236,7 +221,11 @@ _FLOAT32, _FLOAT64 = struct.Struct(">f"), struct.Struct(">d")
 
 
 def _check_packed_time(entries: bytes, position: int) -> None:
-    """The time of the entry at ``position`` (just after its array header) is one Forward allows."""
+    """The time of the entry at ``position`` (just after its array header) is one Forward allows.
+
+    The fast path of :func:`~.event_time.decode_time` on the bytes: an integer or EventTime passes
+    on its first bytes, a float is decoded and checked by that function.
+    """
     first = entries[position]
     if first in _INT_FIRST_BYTES:
         return
@@ -247,9 +236,8 @@ def _check_packed_time(entries: bytes, position: int) -> None:
     if first == 0xCA or first == 0xCB:  # outside the spec, accepted when finite
         form = _FLOAT32 if first == 0xCA else _FLOAT64
         (value,) = form.unpack_from(entries, position + 1)
-        if math.isfinite(value):
-            return
-        raise ForwardProtocolError(f"event time {value}")
+        decode_time(value)  # raises for NaN and infinities
+        return
     if first in (0xD4, 0xD5, 0xD6, 0xD7, 0xD8, 0xC7, 0xC8, 0xC9):
         raise ForwardProtocolError("unknown time extension type")
     raise ForwardProtocolError("an event time is neither an integer nor EventTime")

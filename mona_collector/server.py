@@ -47,11 +47,12 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Dict, List, Optional, Set, Union
 
 import msgpack
 
 from mona_client.forward import DEFAULT_MAX_FRAME_BYTES, ForwardProtocolError, FrameDecoder, shared_key_digest
+from mona_client.logs import RateLimitedLog
 
 from .forward_codec import check_ping, pack_ack, pack_helo, pack_pong, split_event_message
 from .ingest import Ingestor, IngestResult, Submission
@@ -153,50 +154,6 @@ def server_ssl_context(
 
 #: Largest PING, or anything a client may buffer before it authenticated.
 MAX_HANDSHAKE_BYTES = 64 * 1024
-
-
-class RefusalLog:
-    """One log line per refused peer address and reason, then at most one a minute with a count."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self.interval = interval
-        self._seen: Dict[Tuple[str, str], Tuple[float, int]] = {}
-
-    def log(self, host: str, reason: str, line: str, *args: Any) -> None:
-        now = time.monotonic()
-        key = (host, reason)
-        last = self._seen.get(key)
-        if last is not None and now - last[0] < self.interval:
-            self._seen[key] = (last[0], last[1] + 1)
-            return
-        if len(self._seen) > 1000:
-            self._seen.clear()
-        self._seen[key] = (now, 0)
-        if last is not None and last[1]:
-            line += f" (and {last[1]} more time(s) since the last such line)"
-        log.warning(line, *args)
-
-
-class LimitLog:
-    """One log line per kind of limit reached, then at most one per ``interval`` with a count of the
-    occurrences left out: a limit that is hit thousands of times a second must not flood the log."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self.interval = interval
-        self._last: Dict[str, float] = {}
-        self._left_out: Dict[str, int] = {}
-
-    def log(self, level: int, kind: str, line: str, *args: Any) -> None:
-        now = time.monotonic()
-        last = self._last.get(kind)
-        if last is not None and now - last < self.interval:
-            self._left_out[kind] = self._left_out.get(kind, 0) + 1
-            return
-        self._last[kind] = now
-        left_out = self._left_out.pop(kind, 0)
-        if left_out:
-            line += f" ({left_out} more time(s) since the last such line)"
-        log.log(level, line, *args)
 
 
 #: asyncio's message when accept() fails for lack of file descriptors, buffers or memory.
@@ -340,8 +297,8 @@ class ForwardConnection(asyncio.Protocol):
         except Exception as exc:
             reason = _tls_reason(exc)
             self.server.refusals.log(
-                self.host,
-                "tls:" + reason,
+                logging.WARNING,
+                f"{self.host} tls:{reason}",
                 "collector: refused connection from %s: TLS handshake failed: %s",
                 self.peer,
                 reason,
@@ -480,8 +437,8 @@ class ForwardConnection(asyncio.Protocol):
         if self.closed:
             return
         self.server.refusals.log(
-            self.host,
-            kind or reason,
+            logging.WARNING,
+            f"{self.host} {kind or reason}",
             "collector: refused connection from %s: %s; nothing from it is stored",
             self.peer,
             detail,
@@ -587,8 +544,9 @@ class ForwardServer:
         self._udp: Optional[asyncio.DatagramTransport] = None
         self._sweeper: Optional[asyncio.Task[None]] = None
         self.port = 0
-        self.refusals = RefusalLog()
-        self.limits = LimitLog()
+        # One line per refused address and reason, and per kind of limit reached, then one a minute.
+        self.refusals = RateLimitedLog(60.0, log)
+        self.limits = RateLimitedLog(60.0, log)
         #: Bytes held in incomplete frames, summed over the connections.
         self.buffered_bytes = 0
         self.ssl_context: Optional[ssl.SSLContext] = None

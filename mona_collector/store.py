@@ -18,6 +18,7 @@ database (``--db``, e.g. ``collector.db``) and the raw log beside it (``collecto
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import logging
 import os
@@ -30,8 +31,9 @@ from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Se
 
 import msgpack
 
+from .event_time import is_undecoded_extension, pack_undecoded_extension
 from .forward_codec import Event, iter_entries
-from .merging.documents import CLASS, FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document, upgrade_document
+from .merging.documents import CLASS, FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document
 
 log = logging.getLogger("mona_collector")
 
@@ -63,7 +65,7 @@ class StoreError(RuntimeError):
     """The database cannot be opened or is not a collector database."""
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError):  # noqa: N818 - its name is in the merger's error line and `mona stats`
     """The storage cannot take a write now (disk full, I/O error, locked, unreadable), whatever was
     being written: what failed must be written again later, never skipped as if it were bad data."""
 
@@ -78,7 +80,7 @@ def is_storage_failure(exc: BaseException) -> bool:
     return type(exc) is sqlite3.DatabaseError  # e.g. "database disk image is malformed"
 
 
-def raw_log_path(db_path: os.PathLike | str) -> Path:
+def raw_log_path(db_path: os.PathLike[str] | str) -> Path:
     """The raw log beside the ARC database: ``collector.db`` -> ``collector.raw.db``."""
     path = Path(db_path)
     return path.with_name(f"{path.stem}.raw{path.suffix}")
@@ -242,6 +244,7 @@ class ArcStore(abc.ABC):
     def freeze(self, changes: WriteSet) -> None:
         """Capture the documents of ``changes`` as they are now (a store that sets
         :attr:`concurrent_write` must, since they go on changing); called just before :meth:`write`."""
+        return None  # a store that writes the documents as they are needs no copy
 
     # --- query side ----------------------------------------------------------------------------
 
@@ -288,29 +291,29 @@ def dump_json(value: Any, **options: Any) -> str:
 
 
 def _pack_default(value: Any) -> Any:
-    # The merger leaves msgpack extensions undecoded as slice(code, data) (see .merger).
-    if type(value) is slice and type(value.start) is int and type(value.stop) is bytes:
-        return msgpack.ExtType(value.start, value.stop)
+    # The merger leaves msgpack extensions in records undecoded (see .event_time): packed as they came.
+    if is_undecoded_extension(value):
+        return pack_undecoded_extension(value)
     raise TypeError(f"can not serialize {type(value).__name__!r} object")
 
 
-_DOCUMENT_PACKER = msgpack.Packer(use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default)
+# strict_types: an undecoded extension is a tuple, which msgpack would pack as an array otherwise.
+# Documents hold only the exact types msgpack decodes and the merger's own numbers, so nothing else
+# reaches the default.
+_DOCUMENT_PACKER = msgpack.Packer(
+    use_bin_type=True, unicode_errors="surrogateescape", default=_pack_default, strict_types=True
+)
 
 
 def pack_document(document: Document) -> bytes:
     """The stored form of an ARC document: msgpack, several times faster to write than JSON (floats
     above all), and able to keep any value a record carried."""
-    return _DOCUMENT_PACKER.pack(document)
+    packed: bytes = _DOCUMENT_PACKER.pack(document)
+    return packed
 
 
 def _unpack(blob: bytes) -> Any:
     return msgpack.unpackb(blob, raw=False, unicode_errors="surrogateescape", strict_map_key=False)
-
-
-def load_document(blob: bytes) -> Document:
-    """An ARC document in the current internal form (see :mod:`.merging.documents`), from a stored form that
-    holds every node (version 1 or 2; see :func:`_assemble` for the form with node rows)."""
-    return upgrade_document(_unpack(blob))
 
 
 #: A document whose whole packed form stays below this many bytes is kept in one blob (rewriting
@@ -329,7 +332,7 @@ def _text_of(value: Any) -> str:
 def _assemble(db: sqlite3.Connection, user: Any, context: Any, blob: bytes) -> Document:
     """The internal document of an ``arcs`` row (``user`` and ``context`` as stored), with its node
     rows when it has them, and this store's bookkeeping (see ``_STORED``)."""
-    header = _unpack(blob)
+    header: Document = _unpack(blob)
     node_bytes = 0
     if header.get("v") == _HEADER_VERSION:
         subs: Dict[str, Any] = {}
@@ -340,8 +343,8 @@ def _assemble(db: sqlite3.Connection, user: Any, context: Any, blob: bytes) -> D
         header["subs"] = subs
         document = header
         stored = len(subs)
-    else:
-        document = upgrade_document(header)
+    else:  # a small document, whole in its row
+        document = header
         stored = 0
     document[_STORED] = [stored, node_bytes]
     document[SIZE_KEY] = len(blob) + node_bytes
@@ -442,8 +445,7 @@ CREATE TABLE IF NOT EXISTS seen_ids (
 ) WITHOUT ROWID;
 """
 
-# The raw log's file. (Databases written before the split also have a raw_chunks table in the ARC
-# database, all of it merged; queries still read it.)
+# The raw log's file.
 _RAW_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS raw_chunks (
@@ -472,9 +474,9 @@ INSERT INTO arc_nodes (user_id, context_id, path, ord, node) VALUES (?, ?, ?, ?,
 ON CONFLICT (user_id, context_id, path) DO UPDATE SET node = excluded.node
 """
 
-#: ``arcs.document`` without the sub-context nodes (which are rows of ``arc_nodes``). Version 2
-#: documents held them all (a whole document rewritten on every merge); they are read as they are
-#: and moved to rows by their next write.
+#: ``arcs.document`` without the sub-context nodes (which are rows of ``arc_nodes``). A document
+#: whose packed form is at most INLINE_DOCUMENT_BYTES is kept whole instead (the internal form,
+#: :data:`~.merging.documents.FORMAT_VERSION`); once it grows beyond, its next write moves its nodes to rows.
 _HEADER_VERSION = 3
 #: Internal bookkeeping of this store kept in a document while it is in memory (never written):
 #: ``[sub-context nodes already stored as rows, bytes of those rows]``.
@@ -521,7 +523,7 @@ class SQLiteStore(ArcStore):
     opened for queries only. One instance is used by one thread at a time.
     """
 
-    def __init__(self, path: os.PathLike | str, readonly: bool = False, synchronous: str = "FULL") -> None:
+    def __init__(self, path: os.PathLike[str] | str, readonly: bool = False, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         try:
             if readonly:
@@ -539,14 +541,9 @@ class SQLiteStore(ArcStore):
                 # pages); this also cuts the file back to 64 MiB after each checkpoint that reset it.
                 self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
                 self._db.executescript(_SCHEMA)
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    self._upgrade()
-                    self._db.execute("COMMIT")
-                except BaseException:
-                    if self._db.in_transaction:
-                        self._db.execute("ROLLBACK")
-                    raise
+                self._db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
+                )
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute("SELECT count(*) FROM arcs").fetchone()
             self._lookups = self._db
@@ -558,13 +555,6 @@ class SQLiteStore(ArcStore):
                 self.concurrent_write = True
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
-
-    def _upgrade(self) -> None:
-        """Version 1 kept raw events in this file, merged as they were written: they stay as they are
-        (queries still read them); the raw log is a file of its own from version 2 on."""
-        self._db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
-        )
 
     # --- merger side ---------------------------------------------------------------------------
 
@@ -607,12 +597,12 @@ class SQLiteStore(ArcStore):
 
     def load_id_ranges(self, keys: Sequence[Tuple[str, str]]) -> Dict[Tuple[str, str], List[Tuple[int, int]]]:
         sql = "SELECT ranges FROM seen_ranges WHERE user_id = ? AND source = ?"
-        found = {}
+        found: Dict[Tuple[str, str], List[Tuple[int, int]]] = {}
         for key in keys:
             row = self._lookups.execute(sql, (db_text(key[0]), db_text(key[1]))).fetchone()
             if row is not None:
-                found[key] = [tuple(pair) for pair in json.loads(row[0])]  # type: ignore[misc]
-        return found  # type: ignore[return-value]
+                found[key] = [(start, end) for start, end in json.loads(row[0])]
+        return found
 
     def known_record_ids(self, keys: Sequence[Tuple[str, str]]) -> Set[Tuple[str, str]]:
         sql = "SELECT 1 FROM seen_ids WHERE user_id = ? AND record_id = ?"
@@ -630,7 +620,6 @@ class SQLiteStore(ArcStore):
         if changes.frozen is None:
             self.freeze(changes)
         arcs, nodes = changes.frozen
-        db = self._db
         ranges = [(db_text(user), db_text(source), json.dumps(r)) for user, source, r in changes.id_ranges]
         ids = [(db_text(user), db_text(record_id)) for user, record_id in changes.record_ids]
         tags = [
@@ -706,10 +695,7 @@ class SQLiteStore(ArcStore):
         )
 
     def _raw_files(self) -> Iterator[sqlite3.Connection]:
-        """Connections to what holds raw events: this file if it was written before the raw log had a
-        file of its own, then the raw log (read-only), if they exist."""
-        if self._db.execute("SELECT 1 FROM sqlite_master WHERE name = 'raw_chunks'").fetchone():
-            yield self._db
+        """A read-only connection to the raw log beside this database, if it exists."""
         path = raw_log_path(self.path)
         if path.exists():
             raw = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
@@ -740,13 +726,12 @@ class SQLiteStore(ArcStore):
         unmerged_rows = unmerged_events = 0
         merger: Dict[str, Any] = {}
         for raw in self._raw_files():
-            if raw is not db:  # the raw log (rows in this file were merged as they were written)
-                merger = dict(raw.execute("SELECT key, value FROM meta"))
-                log_id = merger.get("log_id", "")
-                unmerged_rows, unmerged_events = raw.execute(
-                    "SELECT count(*), coalesce(sum(events), 0) FROM raw_chunks WHERE id > ?",
-                    (_watermark(db, log_id),),
-                ).fetchone()
+            merger = dict(raw.execute("SELECT key, value FROM meta"))
+            log_id = merger.get("log_id", "")
+            unmerged_rows, unmerged_events = raw.execute(
+                "SELECT count(*), coalesce(sum(events), 0) FROM raw_chunks WHERE id > ?",
+                (_watermark(db, log_id),),
+            ).fetchone()
         classes = {
             ("" if arc_class is None else arc_class): count
             for arc_class, count in db.execute(
@@ -774,10 +759,10 @@ class SQLiteStore(ArcStore):
     def close(self) -> None:
         if self._lookups is not self._db:
             self._lookups.close()
-            try:  # leave a small file behind: everything in the database, an empty WAL
+            # Leave a small file behind: everything in the database, an empty WAL. Readers may keep it
+            # busy: the next start or checkpoint will do it then.
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass  # readers keep it busy: the next start or checkpoint will do it
         self._db.close()
 
 
@@ -788,7 +773,7 @@ class SQLiteRawLog(RawLog):
     :class:`SQLiteStore`; the default ``FULL`` makes an appended row, hence an ack, survive a power loss.
     """
 
-    def __init__(self, path: os.PathLike | str, synchronous: str = "FULL") -> None:
+    def __init__(self, path: os.PathLike[str] | str, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreError(f"unknown synchronous setting {synchronous!r}")
@@ -800,9 +785,6 @@ class SQLiteRawLog(RawLog):
             self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
             self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
             self._db.executescript(_RAW_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(raw_chunks)")}
-            if "auth_user" not in columns:  # a raw log written before users were recorded
-                self._db.execute("ALTER TABLE raw_chunks ADD COLUMN auth_user TEXT")
             self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('log_id', ?)", (os.urandom(16).hex(),))
             (self.log_id,) = self._db.execute("SELECT value FROM meta WHERE key = 'log_id'").fetchone()
         except sqlite3.DatabaseError as exc:
@@ -858,14 +840,12 @@ class SQLiteRawLog(RawLog):
         return int(last)
 
     def close(self) -> None:
-        try:  # leave a small file behind when nobody else has it open
+        with contextlib.suppress(sqlite3.Error):  # leave a small file behind when nobody else has it open
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error:
-            pass
         self._db.close()
 
 
-def note_merger_failure(raw_path: os.PathLike | str, error: str) -> None:
+def note_merger_failure(raw_path: os.PathLike[str] | str, error: str) -> None:
     """Count a death of the merger process and keep its error in the raw log's ``meta`` (what
     ``mona stats`` shows). Best effort, on a connection of its own: with the disk full this fails too,
     and the collector's log line is what tells."""

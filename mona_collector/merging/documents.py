@@ -35,10 +35,10 @@ per node and most of the packing.
 
 from __future__ import annotations
 
-import struct
 from collections import OrderedDict, deque
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
+from mona_client.forward import ForwardProtocolError
 from mona_client.record import (
     ARC_CLASS_KEY,
     CONTEXT,
@@ -50,7 +50,8 @@ from mona_client.record import (
     USER_ID,
 )
 
-from .record_ids import LAST_SEQUENCE
+from ..event_time import time_seconds
+from .record_ids import RecordIdFilter
 
 ArcKey = Tuple[str, str]  # (user_id, root context id)
 Document = Dict[str, Any]
@@ -74,34 +75,30 @@ CLASS, CLASS_TIME, FIELDS, FIELD_TIMES, NEWEST = range(5)
 #: Export timestamps are kept when finite and within this many seconds of the epoch (SQLite's REAL
 #: columns and comparisons stay sane); others are replaced by the event time.
 _TIME_LIMIT = 2**53
-_EVENT_TIME = struct.Struct(">II")
 
 
-def event_seconds(time: Any) -> float:
-    """Seconds of an entry's time as the merger decodes it: an int, a finite float, or the EventTime
-    extension left undecoded as ``slice(0, 8 bytes)`` (see :mod:`.merger`)."""
-    if type(time) is slice:
-        data = time.stop
-        if time.start == 0 and type(data) is bytes and len(data) == 8:
-            seconds, nanoseconds = _EVENT_TIME.unpack(data)
-            return seconds + nanoseconds / 1e9
-        raise RejectedRecord("an event time of an unknown extension type")
-    if type(time) is int or type(time) is float:
-        return time
-    raise RejectedRecord(f"an event time of type {type(time).__name__}")
+def is_later_or_same(when: float, previous: Optional[float]) -> bool:
+    """The merge rule: a value exported at ``when`` replaces the one exported at ``previous`` (None:
+    there is none) unless that one is later. On equal times the later arrival wins: records are
+    merged in arrival order, so the one merged now is the one that arrived later."""
+    return previous is None or when >= previous
 
 
 def _export_time(value: Any, time: Any) -> float:
     """The export time of a record whose ``export_timestamp`` is ``value`` and event time ``time``."""
     if (type(value) is int or type(value) is float) and -_TIME_LIMIT < value < _TIME_LIMIT:
-        return value  # NaN fails the comparison
-    value = event_seconds(time)
-    if -_TIME_LIMIT < value < _TIME_LIMIT:
-        return value
-    raise RejectedRecord("neither the export timestamp nor the event time is a usable time")
+        exported: float = value  # an int or a finite float (NaN fails the comparison)
+        return exported
+    try:
+        seconds = time_seconds(time)
+    except ForwardProtocolError as exc:
+        raise RejectedRecordError(f"no usable export timestamp, and {exc}") from None
+    if -_TIME_LIMIT < seconds < _TIME_LIMIT:
+        return seconds
+    raise RejectedRecordError("neither the export timestamp nor the event time is a usable time")
 
 
-class RejectedRecord(ValueError):
+class RejectedRecordError(ValueError):
     """A record of the mona tag that cannot be merged into an ARC (it is still kept raw)."""
 
 
@@ -163,45 +160,22 @@ def public_document(document: Document) -> Document:
     return out
 
 
-def upgrade_document(document: Document) -> Document:
-    """A document in the current internal form, from any form a store may hold."""
-    if document.get("v") == FORMAT_VERSION:
-        return document
-
-    # Version 1: nested nodes {"arc_class", "fields", "sub_arcs", "_t": {"fields", "arc_class"}}.
-    def node_of(old: Document) -> Node:
-        times = old["_t"]["fields"]
-        return [old["arc_class"], old["_t"]["arc_class"], old["fields"], dict(times), max(times.values(), default=None)]
-
-    subs: Dict[str, Node] = {}
-
-    def walk(old: Document, prefix: str) -> None:
-        for name, child in old["sub_arcs"].items():
-            path = prefix + name
-            subs[path] = node_of(child)
-            walk(child, path + CONTEXT_SEPARATOR)
-
-    walk(document, "")
-    upgraded = new_document(document["user_id"], document["context_id"], document["first_export"])
-    upgraded.update(
-        last_export=document["last_export"],
-        export_count=document["export_count"],
-        globals=document["globals"],
-        globals_t=document["_t"]["globals"],
-        node=node_of(document),
-        subs=subs,
-    )
-    return upgraded
-
-
 def _key(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
+
+
+def _set_export_times(document: Document, first: float, last: float, count: int) -> None:
+    document["first_export"], document["last_export"], document["export_count"] = first, last, count
 
 
 def _add_path(document: Document, path: str, changed: Set[str]) -> Node:
     """The node of a sub-context seen for the first time, its missing parents created first (and
     all of them noted in ``changed``). Walks up only as far as the nearest existing parent."""
     subs = document["subs"]
+    if CONTEXT_SEPARATOR not in path:  # a child of the root: the common case, kept cheap
+        node: Node = [None, None, {}, None, None]  # new_node(), without the call
+        subs[path] = node
+        return node
     missing = [path]
     parent = path
     while True:
@@ -212,40 +186,83 @@ def _add_path(document: Document, path: str, changed: Set[str]) -> Node:
     for created in reversed(missing):
         subs[created] = new_node()
         changed.add(created)
-    return subs[path]
+    node = subs[path]
+    return node
 
 
-def _merge_slowly(document: Document, node: Node, message: Dict[Any, Any], when: float) -> None:
-    """Merge key by key: for exports older than what the node holds, MONA_GLOBALS, non-string keys."""
+def _set_if_later(values: Dict[str, Any], times: Dict[str, Any], name: str, value: Any, when: float) -> bool:
+    """Set ``values[name]`` exported at ``when``, by the merge rule; whether it was set."""
+    if is_later_or_same(when, times.get(name)):
+        values[name] = value
+        times[name] = when
+        return True
+    return False
+
+
+def _set_class(node: Node, value: Any, when: float) -> None:
+    """Set the node's ARC class exported at ``when``, by the merge rule."""
+    if is_later_or_same(when, node[CLASS_TIME]):
+        node[CLASS] = value if value is None else _key(value)
+        node[CLASS_TIME] = when
+
+
+def _field_times(node: Node) -> Dict[str, Any]:
+    """The node's time of each field, made explicit (it is implicit while all equal ``newest``)."""
+    field_times: Optional[Dict[str, Any]] = node[FIELD_TIMES]
+    if field_times is None:
+        field_times = node[FIELD_TIMES] = dict.fromkeys(node[FIELDS], node[NEWEST])
+    return field_times
+
+
+def _set_field(node: Node, field_times: Dict[str, Any], name: str, value: Any, when: float) -> None:
+    if _set_if_later(node[FIELDS], field_times, name, value, when) and (node[NEWEST] is None or when > node[NEWEST]):
+        node[NEWEST] = when
+
+
+def _merge_into_node(document: Document, node: Node, message: Dict[Any, Any], when: float) -> None:
+    """Merge an export's message into its node, by the merge rule.
+
+    The common case, an export not older than anything the node holds, with string keys and no
+    ``MONA_GLOBALS``, is one ``dict.update``; anything else is merged key by key.
+    """
+    newest = node[NEWEST]
+    if not is_later_or_same(when, newest) or GLOBALS_KEY in message:
+        _merge_key_by_key(document, node, message, when)
+        return
+    try:
+        "".join(message)  # raises TypeError unless every key is a string
+    except TypeError:
+        _merge_key_by_key(document, node, message, when)
+        return
     fields = node[FIELDS]
     field_times = node[FIELD_TIMES]
-    if field_times is None:
-        field_times = node[FIELD_TIMES] = dict.fromkeys(fields, node[NEWEST])
-    newest = node[NEWEST]
+    if field_times is None and newest is not None and when != newest and fields:
+        field_times = node[FIELD_TIMES] = dict.fromkeys(fields, newest)
+    fields.update(message)
+    if field_times is not None:
+        field_times.update(dict.fromkeys(message, when))
+    node[NEWEST] = when
+    if ARC_CLASS_KEY in message:  # merged as a field above: move it where the class goes
+        value = fields.pop(ARC_CLASS_KEY)
+        if field_times is not None:
+            del field_times[ARC_CLASS_KEY]
+        _set_class(node, value, when)
+        if not fields:
+            node[NEWEST] = newest
+
+
+def _merge_key_by_key(document: Document, node: Node, message: Dict[Any, Any], when: float) -> None:
+    """Merge key by key: for exports older than what the node holds, MONA_GLOBALS, non-string keys."""
+    field_times = _field_times(node)
     for name, value in message.items():
         if name == ARC_CLASS_KEY:
-            previous = node[CLASS_TIME]
-            if previous is None or when >= previous:
-                node[CLASS] = value if value is None else _key(value)
-                node[CLASS_TIME] = when
-            continue
-        if name == GLOBALS_KEY and isinstance(value, dict):
-            global_values = document["globals"]
-            global_times = document["globals_t"]
+            _set_class(node, value, when)
+        elif name == GLOBALS_KEY and isinstance(value, dict):
+            global_values, global_times = document["globals"], document["globals_t"]
             for global_name, global_value in value.items():
-                global_name = _key(global_name)
-                previous = global_times.get(global_name)
-                if previous is None or when >= previous:
-                    global_values[global_name] = global_value
-                    global_times[global_name] = when
-            continue
-        name = _key(name)
-        previous = field_times.get(name)
-        if previous is None or when >= previous:
-            fields[name] = value
-            field_times[name] = when
-            if newest is None or when > newest:
-                newest = node[NEWEST] = when
+                _set_if_later(global_values, global_times, _key(global_name), global_value, when)
+        else:
+            _set_field(node, field_times, _key(name), value, when)
 
 
 def combine_documents(stored: Document, later: Document) -> Document:
@@ -258,10 +275,7 @@ def combine_documents(stored: Document, later: Document) -> Document:
     stored["export_count"] += later["export_count"]
     global_values, global_times = stored["globals"], stored["globals_t"]
     for name, when in later["globals_t"].items():
-        previous = global_times.get(name)
-        if previous is None or when >= previous:
-            global_values[name] = later["globals"][name]
-            global_times[name] = when
+        _set_if_later(global_values, global_times, name, later["globals"][name], when)
     _combine_nodes(stored["node"], later["node"])
     subs = stored["subs"]
     for path, node in later["subs"].items():
@@ -273,39 +287,34 @@ def combine_documents(stored: Document, later: Document) -> Document:
 
 
 def _combine_nodes(node: Node, later: Node) -> None:
-    when = later[CLASS_TIME]
-    if when is not None and (node[CLASS_TIME] is None or when >= node[CLASS_TIME]):
-        node[CLASS], node[CLASS_TIME] = later[CLASS], when
+    """Merge the node ``later`` (merged from records that arrived after) into ``node``."""
+    if later[CLASS_TIME] is not None:
+        _set_class(node, later[CLASS], later[CLASS_TIME])
     later_times = later[FIELD_TIMES]
     if later_times is None:
         later_times = dict.fromkeys(later[FIELDS], later[NEWEST])
     if later_times:
-        _merge_slowly_times(node, later[FIELDS], later_times)
-
-
-def _merge_slowly_times(node: Node, values: Dict[str, Any], times: Dict[str, Any]) -> None:
-    fields = node[FIELDS]
-    field_times = node[FIELD_TIMES]
-    if field_times is None:
-        field_times = node[FIELD_TIMES] = dict.fromkeys(fields, node[NEWEST])
-    for name, when in times.items():
-        previous = field_times.get(name)
-        if previous is None or when >= previous:
-            fields[name] = values[name]
-            field_times[name] = when
-            if node[NEWEST] is None or when > node[NEWEST]:
-                node[NEWEST] = when
+        values = later[FIELDS]
+        field_times = _field_times(node)
+        for name, when in later_times.items():
+            _set_field(node, field_times, name, values[name], when)
 
 
 class MergeResult:
-    """What :meth:`ArcMerger.merge_events` did with one message's events."""
+    """What :meth:`ArcMerger.merge_entries` did with one message's entries."""
 
     __slots__ = ("dropped", "reject_reason", "rejected")
 
     def __init__(self) -> None:
-        self.dropped: List[int] = []  # indices of the events dropped as duplicates
+        self.dropped: List[int] = []  # indices of the entries dropped as duplicates
         self.rejected = 0
         self.reject_reason: Optional[str] = None
+
+    def reject(self, reason: str) -> None:
+        """Count a record that cannot be merged; the first reason is kept for the log line."""
+        self.rejected += 1
+        if self.reject_reason is None:
+            self.reject_reason = reason
 
 
 class ArcMerger:
@@ -333,6 +342,9 @@ class ArcMerger:
         self._cache_size = cache_size
         self._cache_bytes = cache_bytes
         self.max_depth = max_depth
+        # A context with more separators than max_depth is at least this long: shorter ones are not
+        # even counted (len() is nearly free, counting is not).
+        self._deep_length = 2 * max_depth
         self._on_pressure = on_pressure
         self._cache: OrderedDict[ArcKey, Document] = OrderedDict()
         self._charged: Dict[ArcKey, int] = {}  # the size each cached document counts for
@@ -396,17 +408,11 @@ class ArcMerger:
                 self._charge(key, document)
         self._evict()
 
-    def merge_events(self, events: Iterable[Tuple[int, int, Any]], ids: Any) -> MergeResult:
-        """:meth:`merge_entries` for decoded events ``(seconds, nanoseconds, record)``."""
-        return self.merge_entries(
-            [(seconds + nanos / 1e9 if nanos else seconds, record) for seconds, nanos, record in events], ids
-        )
-
-    def merge_entries(self, events: List[Any], ids: Any, owner: Optional[str] = None) -> MergeResult:
-        """Drop duplicates (with ``ids``, a :class:`~.dedup.RecordIdFilter`) and merge the other
-        records of one message of the mona tag, in order. ``events`` are its ``[time, record]``
-        entries (see :func:`event_seconds` for the time); the time is only read when a record has no
-        usable ``export_timestamp``.
+    def merge_entries(self, entries: List[Any], ids: RecordIdFilter, owner: Optional[str] = None) -> MergeResult:
+        """Drop duplicates (found with ``ids``) and merge the other records of one message of the mona
+        tag, in order. ``entries`` are its ``[time, record]`` entries; the time (see
+        :func:`~mona_collector.event_time.time_seconds`) is only read when a record has no usable
+        ``export_timestamp``.
 
         A record that cannot be merged (not a map, no context id, a message that is not a map, no
         usable time, a context nested deeper than :attr:`max_depth`, a ``user_id`` other than
@@ -414,156 +420,95 @@ class ArcMerger:
         rejected and the others are merged. Duplicates are found per user, so a record refused for
         its user never takes an id of that user.
 
-        This is the collector's hot loop (once per record): the checks, the duplicate test and the
-        merge are written out inline with local variables. The fast paths: the next sequential id of
-        the stream seen last, the same ARC as the record before, an export not older than what its node
-        holds (merged with ``dict.update``). Everything else goes through small functions.
+        This is the collector's hot loop (once per record): its steps are a few calls, each with a
+        fast path for the common case: the next sequential id of the stream seen last, the same ARC
+        as the record before, an export not older than what its node holds.
         """
         result = MergeResult()
-        dropped = result.dropped
-        dirty = self._dirty
-        changed_nodes = self._changed
-        max_depth = self.max_depth
-        # A context with more separators than max_depth is at least this long: shorter ones are not
-        # even counted (len() is nearly free, counting is not).
-        deep_length = 2 * max_depth
-        changed: Set[str] = set()
-        admit = ids.admit
-        ids.begin(events, 1)
-        # The stream of sequential ids seen last: the id that would come next, from which user.
-        expect_id = expect_user = expect_prefix = expect_ends = None
-        expect_n = 0
-        # The ARC of the record before.
-        last_user = last_root = None
+        is_new = ids.for_message(entries).is_new
+        deep_length = self._deep_length
+        # The ARC of the record before (the common case is a run of records of one ARC), with its
+        # export times and count as local numbers, written back when another ARC comes.
+        arc_user = arc_root = None
         document: Document = {}
+        changed: Set[str] = set()
+        subs: Dict[str, Node] = {}
         first = last = 0.0
         count = 0
-        subs: Dict[str, Node] = {}
-        root_node: Node = []
         index = -1
-        for entry in events:
+        for entry in entries:
             index += 1
             record = entry[1]
             if type(record) is not dict:
-                result.rejected += 1
-                result.reject_reason = result.reject_reason or "the record is not a map"
+                result.reject("the record is not a map")
                 continue
             user = record.get(USER_ID)
             if type(user) is not str:
                 user = "" if user is None else str(user)
             if owner is not None and user != owner:
-                result.rejected += 1
-                result.reject_reason = result.reject_reason or (
-                    f"user_id {user[:100]!r} is not the user the sender authenticated as ({owner[:100]!r})"
-                )
+                result.reject(f"user_id {user[:100]!r} is not the user the sender authenticated as ({owner[:100]!r})")
                 continue
-
-            # --- duplicates ---
             record_id = record.get(RECORD_ID)
-            if type(record_id) is str:
-                if record_id == expect_id and user == expect_user:
-                    expect_n += 1
-                    expect_ends[-1] = expect_n  # type: ignore[index]
-                    expect_id = expect_prefix + str(expect_n + 1) if expect_n < LAST_SEQUENCE else None
-                else:
-                    admitted, run = admit(user, record_id, index)
-                    if not admitted:
-                        dropped.append(index)
-                        continue
-                    if run is not None:
-                        expect_user, expect_prefix, expect_n, expect_ends = run
-                        expect_id = expect_prefix + str(expect_n + 1)
-
-            # --- checks ---
-            context = record.get(CONTEXT)
-            message = record.get(MESSAGE)
-            if type(context) is not str or not context:
-                result.rejected += 1
-                result.reject_reason = result.reject_reason or "the record has no context id"
+            if type(record_id) is str and not is_new(user, record_id, index):
+                result.dropped.append(index)
                 continue
-            if type(message) is not dict:
-                result.rejected += 1
-                result.reject_reason = result.reject_reason or "the record's message is not a map"
-                continue
-            if len(context) > deep_length and context.count(CONTEXT_SEPARATOR) > max_depth:
-                result.rejected += 1
-                result.reject_reason = result.reject_reason or (
-                    f"its context is nested {context.count(CONTEXT_SEPARATOR)} levels deep, more than the "
-                    f"limit of {max_depth}"
-                )
-                continue
-            when = record.get(EXPORT_TIMESTAMP)
+            # Any: what a record holds is checked below, with type() (isinstance would take subclasses).
+            context: Any = record.get(CONTEXT)
+            message: Any = record.get(MESSAGE)
+            when: Any = record.get(EXPORT_TIMESTAMP)
+            # The checks every record passes cost a few comparisons; _problem_of says what failed.
+            if type(context) is not str or not context or type(message) is not dict or len(context) > deep_length:
+                problem = self._problem_of(context, message)
+                if problem is not None:
+                    result.reject(problem)
+                    continue
             if type(when) is not int or not -_TIME_LIMIT < when < _TIME_LIMIT:
                 try:
                     when = _export_time(when, entry[0])
-                except RejectedRecord as exc:
-                    result.rejected += 1
-                    result.reject_reason = result.reject_reason or str(exc)
+                except RejectedRecordError as exc:
+                    result.reject(str(exc))
                     continue
-
             try:
-                # --- the document ---
                 root, _, path = context.partition(CONTEXT_SEPARATOR)
-                if root != last_root or user != last_user:
-                    if last_root is not None:  # the export times and count of the previous ARC
-                        document["first_export"], document["last_export"], document["export_count"] = first, last, count
-                    last_root = None
-                    key = (user, root)
-                    document = dirty.get(key) or self._touch(key, when)
-                    changed = changed_nodes[key]
+                if root != arc_root or user != arc_user:
+                    if arc_root is not None:
+                        _set_export_times(document, first, last, count)
+                        arc_root = None  # until the next one is open
+                    document, changed = self._open(user, root, when)
                     subs = document["subs"]
-                    root_node = document["node"]
                     first, last, count = document["first_export"], document["last_export"], document["export_count"]
-                    last_root, last_user = root, user
+                    arc_root, arc_user = root, user
                 if when < first:
                     first = when
                 elif when > last:
                     last = when
                 count += 1
-
-                # --- the node ---
-                if not path:
-                    node = root_node
-                else:
-                    node = subs.get(path)
-                    if node is None:
-                        if CONTEXT_SEPARATOR in path:
-                            node = _add_path(document, path, changed)
-                        else:
-                            node = subs[path] = [None, None, {}, None, None]
                 changed.add(path)
-                newest = node[NEWEST]
-                if (newest is not None and when < newest) or GLOBALS_KEY in message:
-                    _merge_slowly(document, node, message, when)
-                    continue
-                try:
-                    "".join(message)  # raises TypeError unless every key is a string
-                except TypeError:
-                    _merge_slowly(document, node, message, when)
-                    continue
-                fields = node[FIELDS]
-                field_times = node[FIELD_TIMES]
-                if field_times is None and newest is not None and when != newest and fields:
-                    field_times = node[FIELD_TIMES] = dict.fromkeys(fields, newest)
-                fields.update(message)
-                if field_times is not None:
-                    field_times.update(dict.fromkeys(message, when))
-                node[NEWEST] = when
-                if ARC_CLASS_KEY in message:
-                    value = fields.pop(ARC_CLASS_KEY)
-                    if field_times is not None:
-                        del field_times[ARC_CLASS_KEY]
-                    if node[CLASS_TIME] is None or when >= node[CLASS_TIME]:
-                        node[CLASS] = value if value is None else _key(value)
-                        node[CLASS_TIME] = when
-                    if not fields:
-                        node[NEWEST] = newest
+                node = document["node"] if not path else subs.get(path) or _add_path(document, path, changed)
+                _merge_into_node(document, node, message, when)
             except Exception as exc:
-                result.rejected += 1
-                result.reject_reason = result.reject_reason or f"cannot be merged: {type(exc).__name__}: {exc}"
-        if last_root is not None:
-            document["first_export"], document["last_export"], document["export_count"] = first, last, count
+                result.reject(f"cannot be merged: {type(exc).__name__}: {exc}")
+        if arc_root is not None:
+            _set_export_times(document, first, last, count)
         return result
+
+    def _problem_of(self, context: Any, message: Any) -> Optional[str]:
+        """Why a record with this context id and message cannot be merged (None: it can)."""
+        if type(context) is not str or not context:
+            return "the record has no context id"
+        if type(message) is not dict:
+            return "the record's message is not a map"
+        depth = context.count(CONTEXT_SEPARATOR) if len(context) > self._deep_length else 0
+        if depth > self.max_depth:
+            return f"its context is nested {depth} levels deep, more than the limit of {self.max_depth}"
+        return None
+
+    def _open(self, user: str, root: str, when: float) -> Tuple[Document, Set[str]]:
+        """The document of the ARC ``(user, root)`` for this transaction, and the set of the paths of
+        its nodes changed in it, for a record exported at ``when``."""
+        key = (user, root)
+        document = self._dirty.get(key) or self._touch(key, when)
+        return document, self._changed[key]
 
     def take_dirty(self) -> List[Tuple[ArcKey, Document]]:
         """The documents changed since the last call, each once; the caller writes them.
@@ -574,7 +519,7 @@ class ArcMerger:
         if self._unresolved:
             stored = self._loader(self._unresolved)
             for key, document in stored.items():
-                merged = combine_documents(upgrade_document(document), self._dirty[key])
+                merged = combine_documents(document, self._dirty[key])
                 self._dirty[key] = merged
                 if key in self._cache:
                     self._cache[key] = merged
@@ -594,13 +539,3 @@ class ArcMerger:
         """The oldest transaction taken by :meth:`take_dirty` is in the store now."""
         if self._in_flight:
             self._in_flight.popleft()
-
-    def forget(self) -> None:
-        """Drop every cached document (after a failed write, so that the store is the truth again)."""
-        self._cache.clear()
-        self._charged.clear()
-        self._cached_bytes = 0
-        self._dirty.clear()
-        self._changed.clear()
-        self._in_flight.clear()
-        self._unresolved = []

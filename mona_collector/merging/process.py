@@ -2,8 +2,8 @@
 
 The network side (:mod:`.server`, :mod:`.ingest`) only checks the framing of what it receives and
 appends one raw row per message; this merger reads the rows back in id order, decodes the entries
-(msgpack's C decoder; the EventTime extension is left undecoded, as ``slice(0, data)``, which costs no
-Python call per record, because mona records carry their ``export_timestamp``), drops duplicates by
+(msgpack's C decoder; extensions, the EventTime above all, are left undecoded as
+:data:`~..event_time.UndecodedExtension`, because mona records carry their ``export_timestamp``), drops duplicates by
 ``(user_id, record_id)``, merges records of the mona tag into ARCs and writes the touched ARCs, the
 duplicate-detection state, the per-tag counters and the watermark ("raw rows up to id N are merged")
 in ONE transaction. A crash of either process therefore never merges a row twice nor skips one, and
@@ -16,15 +16,15 @@ Two ways to run it, both driven by :class:`MergeLoop`:
 
 * :class:`MergerProcess` (what :class:`~.service.Collector` and ``mona collect`` use): a child process
   running ``python -m mona_collector.merging``, told of new rows on its stdin, reporting what it
-  merged on its stdout. It exits when told to stop (after merging everything up to the given row) or
-  when its stdin closes (its parent died).
+  merged on its stdout (the lines are those of :mod:`.protocol`). It exits when told to stop (after
+  merging everything up to the given row) or when its stdin closes (its parent died).
 * :class:`MergerThread`: the same loop on a thread of this process, for a store object given in code.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
+import contextlib
 import gc
 import logging
 import os
@@ -34,16 +34,16 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 import msgpack
 
+from mona_client.logs import RateLimitedLog
 from mona_client.record import TAG
 
+from ..event_time import EVENT_TIME_DATA, is_undecoded_extension, keep_extension, time_seconds
 from ..store import (
     ArcStore,
     RawLog,
@@ -57,7 +57,9 @@ from ..store import (
     note_merger_failure,
     raw_log_path,
 )
-from .documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, ArcMerger, event_seconds
+from . import protocol
+from .documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, ArcMerger
+from .protocol import Command, InputClosed, RowsAppended, StopAt
 from .record_ids import RecordIdFilter
 
 log = logging.getLogger("mona_collector")
@@ -65,20 +67,18 @@ log = logging.getLogger("mona_collector")
 #: Events merged per transaction, at most (a row is never split).
 BATCH_EVENTS = 50000
 
-_TIME = itemgetter(0)
-_STOP = attrgetter("stop")
-
-
 _ARRAY32 = struct.Struct(">BI")
-_DECODING: Dict[str, Any] = dict(raw=False, unicode_errors="surrogateescape", strict_map_key=False, ext_hook=slice)
+_DECODING: Dict[str, Any] = dict(
+    raw=False, unicode_errors="surrogateescape", strict_map_key=False, ext_hook=keep_extension
+)
 _unpackb = msgpack.unpackb
 
 
 def decode_entries(entries: bytes, count: int) -> Tuple[List[Any], int]:
     """The ``[time, record]`` entries of a raw row, and how many entries could not be decoded.
 
-    Times stay as the wire has them: int, float, or an extension as ``slice(code, data)`` (``slice``
-    is a builtin taking two arguments, so msgpack calls no Python code for it).
+    Times stay as the wire has them: int, float, or an extension as an
+    :data:`~..event_time.UndecodedExtension` (so do extensions in records).
     """
     try:  # as one array: a single call into msgpack's C decoder
         return _unpackb(_ARRAY32.pack(0xDD, count) + entries, **_DECODING), 0
@@ -111,39 +111,18 @@ def time_span(items: List[Any]) -> Tuple[Optional[float], Optional[float]]:
     times = [item[0] for item in items if type(item) is list and len(item) == 2]
     if not times:
         return None, None
-    kinds = set(map(type, times))
-    if kinds == {slice}:  # EventTime: big-endian seconds then nanoseconds compare as bytes
-        try:
-            datas = list(map(_STOP, times))
-            return event_seconds(slice(0, min(datas))), event_seconds(slice(0, max(datas)))
-        except Exception:
-            pass
+    if all(map(is_undecoded_extension, times)):
+        # EventTime payloads (the network side lets no other extension through) compare as their times.
+        first, last = min(value[1] for value in times), max(value[1] for value in times)
+        if len(first) == len(last) == EVENT_TIME_DATA.size:
+            return time_seconds(keep_extension(0, first)), time_seconds(keep_extension(0, last))
     seconds = []
     for value in times:
         try:
-            seconds.append(event_seconds(value))
-        except ValueError:
-            pass
+            seconds.append(time_seconds(value))
+        except ValueError:  # not a time: counted nowhere
+            continue
     return (min(seconds), max(seconds)) if seconds else (None, None)
-
-
-class RateLimitedLog:
-    """A warning at most once per ``interval`` seconds, the next one saying how many were left out."""
-
-    def __init__(self, interval: float = 60.0) -> None:
-        self.interval = interval
-        self._last = -interval
-        self._skipped = 0
-
-    def warning(self, line: str, *args: Any) -> None:
-        now = time.monotonic()
-        if now - self._last < self.interval:
-            self._skipped += 1
-            return
-        if self._skipped:
-            line += f" (and {self._skipped} more such message(s) since the last line)"
-        self._last, self._skipped = now, 0
-        log.warning(line, *args)
 
 
 class MergeLoop:
@@ -181,7 +160,7 @@ class MergeLoop:
         self._pressure_logged = False
         self.watermark = store.watermark(raw_log.log_id)  # merged (or being written) up to this row
         self.committed = self.watermark
-        self.rejected_log = RateLimitedLog()
+        self.rejected_log = RateLimitedLog(60.0, log)
         self._new()
         if committer is None and store.concurrent_write:
             committer = ThreadPoolExecutor(1, "mona-merger-commit")
@@ -298,7 +277,9 @@ class MergeLoop:
                 dropped = set(result.dropped)
                 items = [item for index, item in enumerate(items) if index not in dropped]
             if result.rejected or undecodable:
-                self.rejected_log.warning(
+                self.rejected_log.log(
+                    logging.WARNING,
+                    "rejected",
                     "collector: %d mona record(s) in raw row %d cannot be merged (first: %s); they are kept raw only",
                     result.rejected + undecodable,
                     row.id,
@@ -368,9 +349,10 @@ class MergeLoop:
 # --- running the loop -------------------------------------------------------------------------------
 
 
-def _serve(loop: MergeLoop, commands: queue.Queue[Tuple[str, int]], raw_log: RawLog) -> None:
-    """Merge as rows come; ``("raw", id)`` says rows up to ``id`` exist, ``("stop", id)`` says to merge
-    up to ``id`` and return, ``("eof", 0)`` to return at once."""
+def _serve(loop: MergeLoop, commands: queue.Queue[Command], raw_log: RawLog) -> None:
+    """Merge as rows come, told by ``commands`` (see :mod:`.protocol`): :class:`RowsAppended` says
+    rows up to an id exist, :class:`StopAt` says to merge up to an id and return, :class:`InputClosed`
+    to return at once (unless told to stop before)."""
     known = raw_log.last_id()
     stop_at: Optional[int] = None
     while True:
@@ -379,16 +361,16 @@ def _serve(loop: MergeLoop, commands: queue.Queue[Tuple[str, int]], raw_log: Raw
             loop.flush()  # caught up: commit (and report) before waiting for more
         try:
             while True:
-                command, value = commands.get(block, 1.0) if block else commands.get_nowait()
+                command = commands.get(block, 1.0) if block else commands.get_nowait()
                 block = False
-                if command == "eof":
+                if isinstance(command, InputClosed):
                     if stop_at is None:  # the parent is gone without a word: leave the rest for later
                         loop.flush()
                         return
                     continue
-                if command == "stop":
-                    stop_at = value
-                known = max(known, value)
+                if isinstance(command, StopAt):
+                    stop_at = command.last_id
+                known = max(known, command.last_id)
         except queue.Empty:
             if block:  # idle: look for rows appended by anyone else
                 known = max(known, raw_log.last_id())
@@ -403,9 +385,14 @@ def _serve(loop: MergeLoop, commands: queue.Queue[Tuple[str, int]], raw_log: Raw
             return
 
 
-def _lock(db_path: Path) -> Any:
-    """One merger per database: an exclusive lock on ``<db>.merger.lock``, waited for."""
-    handle = open(f"{db_path}.merger.lock", "a+")
+def _lock(db_path: Path) -> IO[str]:
+    """One merger per database: an exclusive lock on ``<db>.merger.lock``, waited for (the caller
+    closes the handle). Where there is no ``fcntl`` (Windows) nothing is locked."""
+    handle = open(f"{db_path}.merger.lock", "a+")  # noqa: SIM115 - held open as the lock, closed by the caller
+    try:
+        import fcntl  # here, not at the top: the module must import where fcntl does not exist
+    except ImportError:
+        return handle
     fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
 
@@ -414,7 +401,7 @@ class _ParentPipe:
     """The merger's report channel to the collector (its stdout). When the collector is gone the pipe
     breaks: that ends the merger quietly (what it merged is committed), never with a traceback."""
 
-    def __init__(self, commands: queue.Queue[Tuple[str, int]]) -> None:
+    def __init__(self, commands: queue.Queue[Command]) -> None:
         self._out = sys.stdout.buffer
         self._commands = commands
         self.gone = False
@@ -431,13 +418,13 @@ class _ParentPipe:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
-            self._commands.put(("eof", 0))
+            self._commands.put(InputClosed())
 
     def report(self, watermark: int, events: int) -> None:
-        self.say(b"merged %d %d\n" % (watermark, events))
+        self.say(protocol.encode(protocol.Merged(watermark, events)))
 
     def error(self, text: str) -> None:
-        self.say(b"error " + " ".join(text.split()).encode("utf-8", "replace") + b"\n")
+        self.say(protocol.encode(protocol.Failed(text)))
 
 
 def _worker_parser() -> argparse.ArgumentParser:
@@ -459,7 +446,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _worker_parser().parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    commands: queue.Queue[Tuple[str, int]] = queue.Queue()
+    commands: queue.Queue[Command] = queue.Queue()
     parent = _ParentPipe(commands)
     try:
         _run_worker(args, commands, parent)
@@ -470,13 +457,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             log.exception("collector merger: stopped by an unexpected error")
         parent.error(f"{type(exc).__name__}: {exc}")
         return 1
-    parent.say(b"stopped 0 0\n")
+    parent.say(protocol.encode(protocol.Stopped()))
     if parent.gone:
         log.warning("collector merger: the collector that started it is gone; stopped (what is merged is committed)")
     return 0
 
 
-def _run_worker(args: argparse.Namespace, commands: queue.Queue[Tuple[str, int]], parent: _ParentPipe) -> None:
+def _run_worker(args: argparse.Namespace, commands: queue.Queue[Command], parent: _ParentPipe) -> None:
     lock = _lock(Path(args.db))
     try:
         store = SQLiteStore(args.db, synchronous=args.synchronous)
@@ -497,9 +484,7 @@ def _run_worker(args: argparse.Namespace, commands: queue.Queue[Tuple[str, int]]
         lock.close()
 
 
-def _merge_from_commands(
-    loop: MergeLoop, commands: queue.Queue[Tuple[str, int]], raw_log: RawLog, parent: _ParentPipe
-) -> None:
+def _merge_from_commands(loop: MergeLoop, commands: queue.Queue[Command], raw_log: RawLog, parent: _ParentPipe) -> None:
     def read_commands() -> None:
         # Plain reads of the descriptor: a daemon thread blocked in a buffered reader would hold its
         # lock when the interpreter exits, which aborts the process.
@@ -510,10 +495,13 @@ def _merge_from_commands(
                 break
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
-                command, _, value = line.decode("ascii", "replace").strip().partition(" ")
-                if command:
-                    commands.put((command, int(value or 0)))
-        commands.put(("eof", 0))
+                if not line.strip():
+                    continue
+                try:
+                    commands.put(protocol.parse_command(line))
+                except protocol.ProtocolError as exc:  # the collector is of another version: say so, go on
+                    log.warning("collector merger: %s", exc)
+        commands.put(InputClosed())
 
     threading.Thread(target=read_commands, name="mona-merger-commands", daemon=True).start()
     parent.report(loop.watermark, 0)  # ready
@@ -637,14 +625,17 @@ class MergerProcess:
     def _read(self, process: subprocess.Popen[bytes]) -> None:
         assert process.stdout is not None
         for line in process.stdout:
-            kind, _, rest = line.decode("utf-8", "replace").rstrip("\n").partition(" ")
-            if kind == "merged":
-                watermark, events = map(int, rest.split())
-                if events:
+            try:
+                report = protocol.parse_report(line)
+            except protocol.ProtocolError as exc:
+                log.warning("collector: %s", exc)
+                continue
+            if isinstance(report, protocol.Merged):
+                if report.events:
                     self._delay = FIRST_RESTART_DELAY  # it works again
-                self.progress.update(watermark, events)
-            elif kind == "error":
-                self._reported_error = rest
+                self.progress.update(report.watermark, report.events)
+            elif isinstance(report, protocol.Failed):
+                self._reported_error = report.error
         if not self.progress.ready:  # died before it was ready: start() reports it
             self.progress.end()
 
@@ -689,15 +680,15 @@ class MergerProcess:
 
     def notify(self, last_id: int) -> None:
         """Rows up to ``last_id`` are in the raw log (called after each raw commit)."""
-        self._send(f"raw {last_id}\n")
+        self._send(protocol.encode(RowsAppended(last_id)))
 
-    def _send(self, line: str) -> None:
+    def _send(self, line: bytes) -> None:
         with self._lock:
             process = self._process
             if process is None or process.stdin is None or process.poll() is not None:
                 return
             try:
-                process.stdin.write(line.encode("ascii"))
+                process.stdin.write(line)
                 process.stdin.flush()
             except (BrokenPipeError, ValueError, OSError):
                 pass
@@ -724,7 +715,7 @@ class MergerProcess:
         return clean
 
     def _stop_process(self, process: subprocess.Popen[bytes], last_id: int, timeout: float) -> bool:
-        self._send(f"stop {last_id}\n")
+        self._send(protocol.encode(StopAt(last_id)))
         with self._lock:
             try:
                 if process.stdin is not None:
@@ -773,7 +764,7 @@ class MergerThread:
         self.progress = _Progress()
         self.restarts = 0
         self.last_error: Optional[str] = None
-        self._commands: queue.Queue[Tuple[str, int]] = queue.Queue()
+        self._commands: queue.Queue[Command] = queue.Queue()
         self._store = store
         self._options: Dict[str, int] = dict(cache_bytes=cache_bytes, max_depth=max_depth)
         self._raw_log = raw_log
@@ -810,17 +801,15 @@ class MergerThread:
                     delay = min(delay * 2, self._max_backoff)
                     self._loop = self._new_loop()
         finally:
-            try:
+            with contextlib.suppress(Exception):  # a storage that failed may fail again here
                 self._loop.close()
-            except Exception:  # a storage that failed may fail again here
-                pass
             self.progress.end()
 
     def notify(self, last_id: int) -> None:
-        self._commands.put(("raw", last_id))
+        self._commands.put(RowsAppended(last_id))
 
     def stop(self, last_id: int, timeout: float = 60.0) -> bool:
         self._stopping.set()
-        self._commands.put(("stop", last_id))
+        self._commands.put(StopAt(last_id))
         self._thread.join(timeout)
         return not self._thread.is_alive()

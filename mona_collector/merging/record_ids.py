@@ -15,8 +15,6 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tu
 
 from mona_client.record import RECORD_ID, USER_ID
 
-from ..forward_codec import Event
-
 
 class RangeSet:
     """A set of non-negative integers kept as sorted, disjoint, non-adjacent inclusive ranges."""
@@ -83,19 +81,17 @@ def split_record_id(record_id: str) -> Optional[Tuple[str, int]]:
 #: The largest sequence number of the ``"<source>:<n>"`` form (18 digits).
 LAST_SEQUENCE = 10**18 - 1
 
-#: A sequence stream's state for the merge loop's fast path: (user, "<source>:", highest, ends).
-Run = Tuple[str, str, int, List[int]]
-
 Loader = Callable[[Sequence[Tuple[str, str]]], Dict[Tuple[str, str], List[Tuple[int, int]]]]
 KnownIds = Callable[[Sequence[Tuple[str, str]]], Set[Tuple[str, str]]]
 
 
 class RecordIdFilter:
-    """Drops events whose ``(user_id, record_id)`` was stored before or seen earlier in the same
-    transaction, and collects what the store must remember about the ones it lets through.
+    """Which ``(user_id, record_id)`` pairs were stored before or seen earlier in the same
+    transaction, and what the store must remember about the new ones.
 
     ``load_ranges`` and ``known_ids`` are the store's lookups. Range sets of recently used sources are
     cached (LRU, ``cache_size`` of them); changed ones stay in memory until :meth:`take_changes`.
+    Each message's records are tested through the :class:`SeenIds` that :meth:`for_message` hands out.
     """
 
     def __init__(self, load_ranges: Loader, known_ids: KnownIds, cache_size: int = 100000) -> None:
@@ -105,11 +101,13 @@ class RecordIdFilter:
         self._ranges: OrderedDict[Tuple[str, str], RangeSet] = OrderedDict()
         self._dirty: Dict[Tuple[str, str], RangeSet] = {}
         self._pending_ids: Set[Tuple[str, str]] = set()
-        self._events: Sequence[Any] = ()
-        self._record_index = 2
         # What take_changes handed out for transactions not committed yet, oldest first.
         self._in_flight: Deque[Tuple[Dict[Tuple[str, str], RangeSet], Set[Tuple[str, str]]]] = deque()
-        self._known: Optional[Set[Tuple[str, str]]] = None
+
+    def for_message(self, entries: Sequence[Any], record_index: int = 1) -> SeenIds:
+        """The duplicate test for the records of one message: ``entries`` are its entries, each
+        holding its record at ``record_index`` (``[time, record]`` entries: 1)."""
+        return SeenIds(self, entries, record_index)
 
     def _range_set(self, key: Tuple[str, str]) -> RangeSet:
         ranges = self._ranges.get(key) or self._dirty.get(key)
@@ -126,66 +124,22 @@ class RecordIdFilter:
             self._ranges.popitem(last=False)
         return ranges
 
-    def begin(self, events: Sequence[Any], record_index: int = 2) -> None:
-        """Start a message: ``events`` are the tuples its ids come from, the record at
-        ``record_index`` (``(seconds, nanoseconds, record)`` or ``[time, record]``)."""
-        self._events = events
-        self._record_index = record_index
-        self._known: Optional[Set[Tuple[str, str]]] = None
-
-    def admit(self, user: str, record_id: str, index: int) -> Tuple[bool, Optional[Run]]:
-        """Whether the record at ``index`` of the current message is new (it is then remembered).
-
-        When its id is the highest of a sequence stream, also the stream's state for the caller's fast
-        path: ``(user, "<source>:", sequence, ends)``; the caller takes the next id of the stream
-        (``sequence + 1``) as new without calling here, by setting ``ends[-1]`` to it.
-        """
-        split = split_record_id(record_id)
-        if split is None:
-            key = (user, record_id)
-            if self._known is None:  # the first id of another form in this message: look up all
-                self._known = self._known_ids(self._other_ids(index))
-            if key in self._known or key in self._pending_ids or any(key in ids for _, ids in self._in_flight):
-                return False, None
-            self._pending_ids.add(key)
-            return True, None
-        source, number = split
+    def _admit_sequence(self, user: str, source: str, number: int) -> Optional[RangeSet]:
+        """Remember sequence ``number`` of ``(user, source)``; its range set, or None when it was
+        there already."""
         key = (user, source)
         ranges = self._range_set(key)
         if not ranges.add(number):
-            return False, None
+            return None
         self._dirty[key] = ranges
-        if number == ranges.ends[-1] and number < LAST_SEQUENCE:
-            return True, (user, source + ":", number, ranges.ends)
-        return True, None
+        return ranges
 
-    def _other_ids(self, start: int) -> List[Tuple[str, str]]:
-        """The ``(user, record_id)`` pairs of the current message from ``start`` on whose id is not
-        of the sequence form."""
-        keys = []
-        at = self._record_index
-        for event in itertools.islice(self._events, start, None):
-            record = event[at]
-            record_id = record.get(RECORD_ID) if type(record) is dict else None
-            if type(record_id) is str and split_record_id(record_id) is None:
-                user = record.get(USER_ID)
-                keys.append((user if type(user) is str else ("" if user is None else str(user)), record_id))
-        return keys
-
-    def filter(self, events: List[Event]) -> Tuple[List[Event], int]:
-        """The events to store, in their order, and how many were dropped as duplicates."""
-        self.begin(events)
-        kept = []
-        for index, event in enumerate(events):
-            record = event.record
-            record_id = record.get(RECORD_ID) if type(record) is dict else None
-            if type(record_id) is str:
-                user = record.get(USER_ID)
-                user = user if type(user) is str else ("" if user is None else str(user))
-                if not self.admit(user, record_id, index)[0]:
-                    continue
-            kept.append(event)
-        return kept, len(events) - len(kept)
+    def _admit_other(self, key: Tuple[str, str], known: Set[Tuple[str, str]]) -> bool:
+        """Remember an id of another form; False when it was stored (``known``) or seen already."""
+        if key in known or key in self._pending_ids or any(key in ids for _, ids in self._in_flight):
+            return False
+        self._pending_ids.add(key)
+        return True
 
     def take_changes(self) -> Tuple[List[Tuple[str, str, List[Tuple[int, int]]]], List[Tuple[str, str]]]:
         """The range sets and the other ids to write in this transaction."""
@@ -201,9 +155,74 @@ class RecordIdFilter:
         if self._in_flight:
             self._in_flight.popleft()
 
-    def forget(self) -> None:
-        """Drop all cached state (after a failed write, so that the store is the truth again)."""
-        self._ranges.clear()
-        self._dirty.clear()
-        self._pending_ids.clear()
-        self._in_flight.clear()
+
+class SeenIds:
+    """The duplicate test of one message's records, handed out by :meth:`RecordIdFilter.for_message`.
+
+    :meth:`is_new` is called once per record with an id, in order. Its fast path is the next id of
+    the sequence stream seen last (``"<source>:<n+1>"`` after ``"<source>:<n>"`` of the same user):
+    one string comparison, no parsing, no lookup.
+    """
+
+    __slots__ = (
+        "_ends",
+        "_entries",
+        "_filter",
+        "_known",
+        "_next_id",
+        "_next_user",
+        "_prefix",
+        "_record_index",
+        "_sequence",
+    )
+
+    def __init__(self, owner: RecordIdFilter, entries: Sequence[Any], record_index: int) -> None:
+        self._filter = owner
+        self._entries = entries
+        self._record_index = record_index
+        self._known: Optional[Set[Tuple[str, str]]] = None  # stored ids of other forms, looked up once
+        # The sequence stream seen last: the id that would come next, its user, "<source>:", the
+        # sequence seen last and the ends of its range set (the last one is that sequence).
+        self._next_id: Optional[str] = None
+        self._next_user = ""
+        self._prefix = ""
+        self._sequence = 0
+        self._ends: List[int] = []
+
+    def is_new(self, user: str, record_id: str, index: int) -> bool:
+        """Whether the record at ``index`` of the message, of ``user`` with ``record_id``, is new (it
+        is then remembered) rather than a duplicate."""
+        if record_id == self._next_id and user == self._next_user:
+            sequence = self._sequence = self._sequence + 1
+            self._ends[-1] = sequence  # what RangeSet.add does for the next number of its last range
+            self._next_id = self._prefix + str(sequence + 1) if sequence < LAST_SEQUENCE else None
+            return True
+        return self._admit(user, record_id, index)
+
+    def _admit(self, user: str, record_id: str, index: int) -> bool:
+        split = split_record_id(record_id)
+        if split is None:
+            if self._known is None:  # the first id of another form in this message: look up all
+                self._known = self._filter._known_ids(self._other_ids(index))
+            return self._filter._admit_other((user, record_id), self._known)
+        source, number = split
+        ranges = self._filter._admit_sequence(user, source, number)
+        if ranges is None:
+            return False
+        if number == ranges.ends[-1] and number < LAST_SEQUENCE:  # the highest of its stream: follow it
+            self._next_user, self._prefix, self._sequence, self._ends = user, source + ":", number, ranges.ends
+            self._next_id = self._prefix + str(number + 1)
+        return True
+
+    def _other_ids(self, start: int) -> List[Tuple[str, str]]:
+        """The ``(user, record_id)`` pairs of the message from ``start`` on whose id is not of the
+        sequence form."""
+        keys = []
+        at = self._record_index
+        for entry in itertools.islice(self._entries, start, None):
+            record = entry[at]
+            record_id = record.get(RECORD_ID) if type(record) is dict else None
+            if type(record_id) is str and split_record_id(record_id) is None:
+                user = record.get(USER_ID)
+                keys.append((user if type(user) is str else ("" if user is None else str(user)), record_id))
+        return keys
