@@ -94,7 +94,8 @@ class Runtime:
                 self._install_sigterm_handler()
             if not self._atexit_registered:
                 atexit.register(self._at_exit)
-                os.register_at_fork(after_in_child=self._after_fork_in_child)
+                if hasattr(os, "register_at_fork"):  # POSIX only
+                    os.register_at_fork(after_in_child=self._after_fork_in_child)
                 self._atexit_registered = True
             self._hook_multiprocessing()
 

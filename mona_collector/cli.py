@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import csv
 import errno
-import fcntl
 import logging
 import math
 import os
@@ -417,7 +416,8 @@ def _not_a_directory(path: Path) -> str:
 
 def _lock_database(db_path: Path) -> IO[str]:
     """Hold ``<db>.collector.lock`` for as long as this collector runs; a second collector on the same
-    database stops at once, saying so, instead of waiting for the first one's merger."""
+    database stops at once, saying so, instead of waiting for the first one's merger. Where there is
+    no ``fcntl`` (Windows) nothing is locked."""
     lock_path = f"{db_path}.collector.lock"
     try:
         # Held open for the collector's whole life (the lock lives as long as the file object).
@@ -425,7 +425,7 @@ def _lock_database(db_path: Path) -> IO[str]:
     except OSError as exc:
         raise CliError(f"cannot create the lock file {_printable(lock_path)}: {exc.strerror}") from None
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _lock_at_once(handle)
     except OSError as exc:
         handle.seek(0)
         owner = handle.read(32).strip()
@@ -449,12 +449,21 @@ def _lock_database(db_path: Path) -> IO[str]:
     return handle
 
 
+def _lock_at_once(handle: IO[str]) -> None:
+    """An exclusive lock on ``handle``'s file, or OSError when another process holds it. Where there is
+    no ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 def _merger_running(db_path: Path) -> bool:
     """Whether a merger process holds the database's merger lock right now."""
     try:
         with open(f"{db_path}.merger.lock", "a+", encoding="utf-8") as probe:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(probe, fcntl.LOCK_UN)
+            _lock_at_once(probe)  # released when the file is closed
     except OSError as exc:
         return exc.errno in (errno.EWOULDBLOCK, errno.EACCES)
     return False
