@@ -24,6 +24,9 @@ from mona_client.threads import MonaThread, in_new_mona_context, spawn_greenlet
 from .service import Collector
 
 TRANSACTIONS = 8
+#: Runs of the fraud scorer from the past 8 days, so that ``mona report`` has a baseline to compare with.
+HISTORY_RUNS = 2000
+DAY = 86400.0
 
 
 def score_transaction(index: int, rng: random.Random) -> str:
@@ -40,6 +43,25 @@ def score_transaction(index: int, rng: random.Random) -> str:
         enrich.start()
         enrich.join()
         return arc_id
+
+
+def backfill_history(rng: random.Random, now: float) -> None:
+    """A week and a day of fraud-scorer runs, exported with their own (past) timestamps.
+
+    In the last 24 hours the model scores Brazilian transactions higher than before and the feature
+    step got slower everywhere: what ``mona report`` should find, and nothing else.
+    """
+    for index in range(HISTORY_RUNS):
+        at = now - rng.uniform(60.0, 8 * DAY)
+        recent = at > now - DAY
+        country = rng.choice(["DE", "FR", "US", "BR"])
+        score = rng.betavariate(2, 5)
+        if recent and country == "BR":
+            score = min(1.0, score + 0.3)
+        latency = rng.gauss(8.0 if recent else 5.0, 1.0)
+        with client.new_mona_context(arc_class="FRAUD_SCORER", context_id=f"hist-{index}", export_timestamp=at):
+            client.export({"country": country, "customer_tier": rng.choice(["gold", "silver"])}, export_timestamp=at)
+            client.export({"features_latency_ms": round(latency, 2), "fraud_score": round(score, 3)}, export_timestamp=at)
 
 
 def recommend_with_greenlets(rng: random.Random) -> Optional[List[str]]:
@@ -93,6 +115,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         client.set_global_init_message({"service": "payments", "model_version": "2.3.1"})
         rng = random.Random(7)
 
+        backfill_history(rng, time.time())
         for index in range(TRANSACTIONS):
             score_transaction(index, rng)
         greenlet_arcs = recommend_with_greenlets(rng)
@@ -112,8 +135,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     mona("arcs", "list", "--db", db_path)
     mona("arcs", "show", "txn-3", "--db", db_path)
-    # Statistics, drift and segment insights need a baseline period; here every class is one minute old.
+    # Statistics, drift and segment insights: the last 24 hours against the 7 days before.
     mona("report", "--db", db_path)
+    mona("report", "--arc-class", "FRAUD_SCORER", "--db", db_path)
     print(f"\nQuery it yourself: mona arcs list --db {db_path}")
     return 0
 

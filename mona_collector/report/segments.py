@@ -6,7 +6,10 @@ the period's ARCs), three kinds of finding, each scored and judged against its t
 - ``outlier``: the segment's mean in the window deviates from the class-wide mean of the window by at
   least k standard deviations of the class's baseline (score = (segment mean - class mean) / baseline std);
 - ``drift``: the segment's mean moved against the same segment's baseline mean by at least k of those
-  standard deviations (score = (window mean - baseline mean) / baseline std);
+  standard deviations (score = (window mean - baseline mean) / baseline std), and by at least k more
+  than the whole class moved (|score - class score| >= k, the class score being the class-wide mean
+  shift in the same unit): a KAPI that drifts everywhere is reported once, as the class's own drift,
+  not again for every segment that merely moved with it;
 - ``size``: the segment's share of the class's ARCs changed by at least a factor (score = the factor,
   ≥ 1, whichever way the share moved; a share of 0 counts as half an ARC).
 
@@ -149,6 +152,7 @@ def _kapi_rows(
     class_std = float(baseline_values[baseline_ok].std())
     if class_std <= 0:
         return []  # a constant baseline gives no scale to measure deviations by
+    class_moved = (class_mean - float(baseline_values[baseline_ok].mean())) / class_std
     categories = len(cut.labels)
     window_n, window_mean = _means(cut.codes[periods.window][window_ok], window_values[window_ok], categories)
     baseline_n, baseline_mean = _means(
@@ -168,8 +172,11 @@ def _kapi_rows(
             rows.append({**row, "reason": reason})
         if baseline_n[code] >= periods.baseline_min:
             moved = (now - then) / class_std
-            if abs(moved) >= thresholds[0]:
-                reason = f"mean moved from {_fmt(then)} to {_fmt(now)}: {_fmt(moved)} baseline std"
+            if abs(moved) >= thresholds[0] and abs(moved - class_moved) >= thresholds[0]:
+                reason = (
+                    f"mean moved from {_fmt(then)} to {_fmt(now)}: {_fmt(moved)} baseline std"
+                    f" (the class moved {_fmt(class_moved)})"
+                )
                 row = _row(DRIFT, cut, code, kapi, moved, thresholds, baseline=then, reference=then, **common)
                 rows.append({**row, "reason": reason})
     return rows
