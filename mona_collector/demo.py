@@ -61,7 +61,9 @@ def backfill_history(rng: random.Random, now: float) -> None:
         latency = rng.gauss(8.0 if recent else 5.0, 1.0)
         with client.new_mona_context(arc_class="FRAUD_SCORER", context_id=f"hist-{index}", export_timestamp=at):
             client.export({"country": country, "customer_tier": rng.choice(["gold", "silver"])}, export_timestamp=at)
-            client.export({"features_latency_ms": round(latency, 2), "fraud_score": round(score, 3)}, export_timestamp=at)
+            client.export(
+                {"features_latency_ms": round(latency, 2), "fraud_score": round(score, 3)}, export_timestamp=at
+            )
 
 
 def recommend_with_greenlets(rng: random.Random) -> Optional[List[str]]:
