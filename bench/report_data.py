@@ -84,6 +84,9 @@ def _times(rng: np.random.Generator, count: int, start: float, end: float) -> An
     return np.sort(rng.uniform(start, end, count))
 
 
+#: The scenario's periods start this many seconds after the default periods of a report made at ``now``,
+#: so that a report made minutes later (a long test run) still finds every ARC in the same period.
+EDGE_MARGIN = 900.0
 COUNTRIES = ["DE", "FR", "US", "BR"]
 COUNTRY_SHARES = [0.32, 0.31, 0.31, 0.06]
 
@@ -97,8 +100,8 @@ def fraud_scenario(
     shifted up by 3 standard deviations, and ``latency_ms`` is 2.5 standard deviations higher for all."""
     rng = np.random.default_rng(seed)
     periods = [
-        (False, _times(rng, baseline_arcs, now - 8 * DAY, now - DAY)),
-        (True, _times(rng, window_arcs, now - DAY, now - 1)),
+        (False, _times(rng, baseline_arcs, now - 8 * DAY + EDGE_MARGIN, now - DAY)),
+        (True, _times(rng, window_arcs, now - DAY + EDGE_MARGIN, now - 1)),
     ]
     index = 0
     for in_window, times in periods:

@@ -10,6 +10,8 @@
     mona stats [--json]
     mona report [--arc-class C] [--since 24h] [--baseline 7d | A..B] [--by A,B] [--json] [--html FILE]
                 [--config FILE]
+    mona alerts check [--config FILE] [--json] [--at TIME]
+    mona alerts list [--open] [--json]
 
 Every command takes ``--db`` (default: ``$MONA_COLLECTOR_DB``, else the per-user data directory).
 The query commands only read the database, so they can run while the collector is writing.
@@ -200,7 +202,49 @@ def _parser() -> argparse.ArgumentParser:
     _add_db(stats)
     stats.add_argument("--json", action="store_true")
     _add_report_parser(commands)
+    _add_alerts_parser(commands, collect)
     return parser
+
+
+def _duration(text: str) -> float:
+    from .alerts.rules import parse_duration  # imported here: it loads the report package (numpy)
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_alerts_parser(commands: Any, collect: argparse.ArgumentParser) -> None:
+    """``mona alerts`` and the alert options of ``mona collect`` (see docs/alerts.md)."""
+    collect.add_argument(
+        "--evaluate-every", type=_duration, help="evaluate the alert rules this often, e.g. 5m (default: never)"
+    )
+    collect.add_argument("--alerts-config", metavar="FILE", help="the monitoring config with the alert rules")
+    alerts = commands.add_parser("alerts", help="alert rules and their states").add_subparsers(
+        dest="alerts_command", required=True
+    )
+    check = alerts.add_parser("check", help="evaluate every rule now; exit status 1 while an alert is open")
+    _add_db(check)
+    check.add_argument("--config", metavar="FILE", help="a JSON monitoring config with an alerts section")
+    check.add_argument("--json", action="store_true", help="one JSON object")
+    check.add_argument("--at", help="evaluate as of this time: a duration back from now or an ISO time")
+    listing = alerts.add_parser("list", help="the stored alerts")
+    _add_db(listing)
+    listing.add_argument("--open", action="store_true", help="only the open ones")
+    listing.add_argument("--json", action="store_true", help="one JSON list")
+
+
+def _alerts(args: argparse.Namespace) -> int:
+    from .alerts.command import AlertsError, run_check, run_list
+
+    db_path = Path(args.db).expanduser() if args.db else default_db_path()
+    try:
+        if args.alerts_command == "check":
+            return run_check(db_path, args.config, args.at, args.json, sys.stdout)
+        return run_list(db_path, args.open, args.json, sys.stdout)
+    except AlertsError as exc:
+        raise CliError(str(exc), exc.status) from None
 
 
 def _add_report_parser(commands: Any) -> None:
@@ -250,6 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _collect(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "alerts":
+            return _alerts(args)
         return _query(args)
     except CliError as exc:
         print(f"mona: {exc}", file=sys.stderr)
@@ -314,6 +360,8 @@ def _collect(args: argparse.Namespace) -> int:
     users = _read_users(args.users_file) if args.users_file else None
     if users and shared_key is None:
         raise CliError("--users-file needs a shared key (--shared-key-file or $MONA_COLLECTOR_SHARED_KEY)", 2)
+    if args.alerts_config and args.evaluate_every is None:
+        raise CliError("--alerts-config needs --evaluate-every", 2)
     db_path = _prepare_db_path(Path(args.db).expanduser() if args.db else default_db_path())
     lock = _lock_database(db_path)
     try:
@@ -346,8 +394,15 @@ def _new_collector(
             max_depth=args.max_depth,
             merge_cache_bytes=args.merge_cache_bytes,
             merger_max_backoff=args.merger_max_backoff,
+            evaluate_every=args.evaluate_every,
+            alerts_config=args.alerts_config,
         )
     except (OSError, ValueError) as exc:
+        if args.evaluate_every is not None:
+            from .report.monitoring_config import ConfigError  # loaded already by the alert evaluation
+
+            if isinstance(exc, ConfigError):
+                raise CliError(f"--alerts-config {_printable(args.alerts_config)}: {exc}", 2) from None
         raise CliError(str(exc), 2) from None
 
 

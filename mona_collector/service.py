@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from mona_client.forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 
@@ -24,6 +24,9 @@ from .merging.documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_DEPTH
 from .merging.process import MergerProcess, MergerThread
 from .server import ForwardServer, ServerSettings
 from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path, raw_log_path
+
+if TYPE_CHECKING:
+    from .alerts.runner import AlertLoop
 
 log = logging.getLogger("mona_collector")
 
@@ -49,6 +52,10 @@ class Collector:
     ``merger_max_backoff`` seconds. See docs/collector.md, "Limits".
     ``max_connections``, ``idle_timeout`` and ``max_buffered_bytes`` limit what clients can hold (see
     :class:`~mona_collector.server.ServerSettings` and docs/collector.md, "Limits").
+
+    ``evaluate_every`` (seconds) evaluates the alert rules of the monitoring config ``alerts_config``
+    (the default rules without one) on a thread of this process, see docs/alerts.md; an invalid
+    config raises ValueError here.
     """
 
     def __init__(
@@ -74,6 +81,8 @@ class Collector:
         max_depth: int = DEFAULT_MAX_DEPTH,
         merge_cache_bytes: int = DEFAULT_CACHE_BYTES,
         merger_max_backoff: float = 30.0,
+        evaluate_every: Optional[float] = None,
+        alerts_config: Optional[str] = None,
     ) -> None:
         if not 0 <= max_depth <= MAX_DEPTH_LIMIT:
             raise ValueError(f"the maximum context depth must be between 0 and {MAX_DEPTH_LIMIT}, not {max_depth}")
@@ -112,6 +121,13 @@ class Collector:
         self._thread: Optional[threading.Thread] = None
         self._start_error: Optional[BaseException] = None
         self.port = 0
+        self.alerts: Optional[AlertLoop] = None
+        if evaluate_every is not None:
+            if store is not None:
+                raise ValueError("alert evaluation needs the collector's own SQLite database, not a given store")
+            from .alerts.runner import AlertLoop  # imported here: it loads numpy, which only alerting needs
+
+            self.alerts = AlertLoop(self.db_path, evaluate_every, alerts_config)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -148,6 +164,8 @@ class Collector:
             self._thread = None
             self._close_store()
             raise error
+        if self.alerts is not None:
+            self.alerts.start()
         where = self.db_path if self._given_store is None else type(self._given_store).__name__
         log.info(
             "mona collector listening on %s:%d (%s, UDP heartbeat), storing in %s",
@@ -182,6 +200,8 @@ class Collector:
             return
         loop, server = self._loop, self._server
         assert loop is not None and server is not None
+        if self.alerts is not None:
+            self.alerts.stop()
         try:
             asyncio.run_coroutine_threadsafe(server.close(timeout), loop).result(timeout + 5)
         finally:

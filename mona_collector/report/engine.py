@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .drift import dimension_section, kapi_section
+from .model_metrics import metrics_section
 from .monitoring_config import ClassSettings
 from .periods import Periods
 from .segments import segment_insights
@@ -138,7 +139,16 @@ def build_report(
             if info.kind == COUNTED
         ],
         "segments": segments,
+        "metrics": metrics_section(table, window, baseline, _span(periods), settings, by),
     }
+
+
+def _span(periods: Periods) -> Tuple[float, float]:
+    """From the first period's start to the last one's end: the range the metrics' series cover."""
+    return (
+        min(periods.window_start, periods.baseline_start),
+        max(periods.window_end, periods.baseline_end),
+    )
 
 
 def overview_row(report: Dict[str, Any]) -> Dict[str, Any]:

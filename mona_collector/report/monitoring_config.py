@@ -9,13 +9,16 @@ Every key is optional; see docs/report.md for the reference::
         "FRAUD_SCORER": {
           "kapis": ["retries"], "dimensions": ["MODEL.version"], "ignore": ["request_id"],
           "buckets": {"amount": [10, 100, 1000]},
-          "thresholds": {"segment_k": [1, 2]}, "min_segment_arcs": 50, "min_segment_share": 0.02
+          "thresholds": {"segment_k": [1, 2]}, "min_segment_arcs": 50, "min_segment_share": 0.02,
+          "model": {"prediction": "MODEL.decision", "label": "outcome", "kind": "classification", "bucket": "day"}
         }
-      }
+      },
+      "alerts": {"rules": [...], "sinks": [...]}
     }
 
 ``defaults`` apply to every class; a class's own entry overrides them key by key (thresholds metric by
-metric). A malformed config raises :class:`ConfigError` naming the key at fault.
+metric; ``model`` key by key). A malformed config raises :class:`ConfigError` naming the key at fault.
+The ``alerts`` section is kept as written here and checked by :mod:`mona_collector.alerts.rules`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, FrozenSet, List, Mapping, Tuple
+from typing import Any, Dict, FrozenSet, List, Mapping, Optional, Tuple
 
 #: Each threshold: (warn, alert). A value at or above warn is ``warn``, at or above alert ``alert``.
 DEFAULT_THRESHOLDS: Dict[str, Tuple[float, float]] = {
@@ -37,6 +40,11 @@ DEFAULT_THRESHOLDS: Dict[str, Tuple[float, float]] = {
 DEFAULT_MIN_N = 100
 DEFAULT_MIN_SEGMENT_ARCS = 30
 DEFAULT_MIN_SEGMENT_SHARE = 0.01
+#: The kinds of model a class's prediction and label can be judged as, and the lengths of the
+#: buckets of the metrics' series.
+MODEL_KINDS = ("classification", "regression")
+METRIC_BUCKETS = {"day": 86400.0, "hour": 3600.0}
+_MODEL_KEYS = ("prediction", "label", "kind", "bucket")
 
 _SETTING_KEYS = {
     "kapis",
@@ -47,11 +55,29 @@ _SETTING_KEYS = {
     "min_n",
     "min_segment_arcs",
     "min_segment_share",
+    "model",
 }
 
 
 class ConfigError(ValueError):
     """A monitoring config that cannot be used; the message names the file's key at fault."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Where a class's model decision and its ground truth are, and how to judge them.
+
+    ``None`` fields are found or inferred: the fields named ``prediction`` and ``label`` (root first),
+    the kind from their values. ``bucket`` is the length of the metrics' series: ``day`` or ``hour``.
+    """
+
+    prediction: Optional[str] = None
+    label: Optional[str] = None
+    kind: Optional[str] = None
+    bucket: str = "day"
+
+    def as_json(self) -> Dict[str, Any]:
+        return {"prediction": self.prediction, "label": self.label, "kind": self.kind, "bucket": self.bucket}
 
 
 @dataclass(frozen=True)
@@ -66,6 +92,7 @@ class ClassSettings:
     min_n: int = DEFAULT_MIN_N
     min_segment_arcs: int = DEFAULT_MIN_SEGMENT_ARCS
     min_segment_share: float = DEFAULT_MIN_SEGMENT_SHARE
+    model: ModelSettings = field(default_factory=ModelSettings)
 
     def as_json(self) -> Dict[str, Any]:
         """The settings as the report's JSON shows them."""
@@ -78,6 +105,7 @@ class ClassSettings:
             "dimensions": sorted(self.dimensions),
             "ignore": sorted(self.ignore),
             "buckets": {name: list(bounds) for name, bounds in sorted(self.buckets.items())},
+            "model": self.model.as_json(),
         }
 
 
@@ -87,6 +115,8 @@ class MonitoringConfig:
 
     defaults: ClassSettings = field(default_factory=ClassSettings)
     classes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The ``alerts`` section as written (None when absent), see mona_collector.alerts.rules.
+    alerts: Optional[Any] = None
 
     def for_class(self, arc_class: str) -> ClassSettings:
         entry = self.classes.get(arc_class)
@@ -143,6 +173,30 @@ def _whole(value: Any, where: str) -> int:
     return value
 
 
+def _model(base: ModelSettings, value: Any, where: str) -> ModelSettings:
+    """``base`` with what the ``model`` object ``value`` sets."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected an object with {', '.join(_MODEL_KEYS)}")
+    unknown = sorted(set(value) - set(_MODEL_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown key (known: {', '.join(_MODEL_KEYS)})")
+    changes: Dict[str, Any] = {}
+    for key in ("prediction", "label"):
+        if key in value:
+            if not isinstance(value[key], str) or not value[key]:
+                raise ConfigError(f"{where}.{key}: expected a field name")
+            changes[key] = value[key]
+    if "kind" in value:
+        if value["kind"] not in MODEL_KINDS:
+            raise ConfigError(f"{where}.kind: expected one of {', '.join(MODEL_KINDS)}")
+        changes["kind"] = value["kind"]
+    if "bucket" in value:
+        if value["bucket"] not in METRIC_BUCKETS:
+            raise ConfigError(f"{where}.bucket: expected one of {', '.join(METRIC_BUCKETS)}")
+        changes["bucket"] = value["bucket"]
+    return replace(base, **changes)
+
+
 def _apply(settings: ClassSettings, entry: Mapping[str, Any], where: str) -> ClassSettings:
     """``settings`` with what ``entry`` (a config object) sets."""
     if not isinstance(entry, dict):
@@ -166,6 +220,8 @@ def _apply(settings: ClassSettings, entry: Mapping[str, Any], where: str) -> Cla
         if not 0 <= share <= 1:
             raise ConfigError(f"{where}.min_segment_share: expected a fraction between 0 and 1")
         changes["min_segment_share"] = share
+    if "model" in entry:
+        changes["model"] = _model(settings.model, entry["model"], f"{where}.model")
     result = replace(settings, **changes)
     both = result.kapis & result.dimensions
     if both:
@@ -180,15 +236,15 @@ def parse_config(text: str) -> MonitoringConfig:
     except ValueError as exc:
         raise ConfigError(f"not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise ConfigError("expected a JSON object with 'defaults' and/or 'classes'")
-    unknown: List[str] = sorted(set(document) - {"defaults", "classes"})
+        raise ConfigError("expected a JSON object with 'defaults', 'classes' and/or 'alerts'")
+    unknown: List[str] = sorted(set(document) - {"defaults", "classes", "alerts"})
     if unknown:
-        raise ConfigError(f"{unknown[0]}: unknown key (known: classes, defaults)")
+        raise ConfigError(f"{unknown[0]}: unknown key (known: alerts, classes, defaults)")
     defaults = _apply(ClassSettings(), document.get("defaults", {}), "defaults")
     classes = document.get("classes", {})
     if not isinstance(classes, dict):
         raise ConfigError("classes: expected a map of ARC class to its settings")
-    config = MonitoringConfig(defaults, classes)
+    config = MonitoringConfig(defaults, classes, document.get("alerts"))
     for arc_class in classes:  # check every entry now, not when its class is reported
         config.for_class(arc_class)
     return config

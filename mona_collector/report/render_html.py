@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from ..timeparse import format_time
 from .render_json import clean
 from .render_text import number, percent, segment_label
-from .svg import BASELINE_COLOUR, WINDOW_COLOUR, bars, lines
+from .svg import BASELINE_COLOUR, PALETTE, WINDOW_COLOUR, bars, lines
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:24px;color:#222}
@@ -111,6 +111,47 @@ def _segments(segments: Sequence[Dict[str, Any]]) -> str:
     return _table(["status", "kind", "segment", "KAPI", "now", "baseline", "n", "score", "why"], rows)
 
 
+def _metrics(metrics: Optional[Dict[str, Any]]) -> str:
+    """The model's metrics: a table of both periods, then per dimension a chart of the headline metric
+    per bucket, one line per segment."""
+    if not metrics:
+        return ""
+    keys = (
+        ["accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted"]
+        if metrics["kind"] == "classification"
+        else ["mae", "rmse", "mean_error"]
+    )
+    rows = [
+        [period, f"{metrics[period]['pairs']:,}", percent(metrics[period]["label_share"])]
+        + [number(metrics[period][key]) for key in keys]
+        for period in ("window", "baseline")
+    ]
+    headline = metrics["headline"]
+    bucket = metrics["series"]["bucket"]
+    charts = [
+        lines(
+            [("all", PALETTE[0], [point[headline] for point in metrics["series"]["points"]])],
+            f"{headline} per {bucket}",
+        )
+    ]
+    by_dimension: Dict[str, List[Dict[str, Any]]] = {}
+    for row in metrics["segments"]:
+        by_dimension.setdefault(row["dimension"], []).append(row)
+    for dimension, segments in by_dimension.items():
+        series = [
+            (f"{dimension}={row['value']}", PALETTE[index % len(PALETTE)], [p[headline] for p in row["series"]])
+            for index, row in enumerate(segments[: len(PALETTE)])
+        ]
+        charts.append(f"<div>{_text(dimension)}</div>" + lines(series, f"{headline} per {bucket} by {dimension}"))
+    return (
+        f"<h2>Model metrics</h2><p>{escape(metrics['kind'])}: prediction {_text(metrics['prediction'])}, "
+        f"label {_text(metrics['label'])}</p>"
+        f"{_table(['', 'with a label', 'label share', *keys], rows)}"
+        f"<div>{escape(headline)} per {escape(bucket)}, per segment</div>"
+        + "".join(f'<div class="kapi">{chart}</div>' for chart in charts)
+    )
+
+
 def render_html(report: Dict[str, Any]) -> str:
     """The whole report of one class as an HTML document."""
     window, baseline, overview = report["window"], report["baseline"], report["overview"]
@@ -129,6 +170,7 @@ def render_html(report: Dict[str, Any]) -> str:
         f"{arcs_chart}<h2>Segment insights</h2>{_segments(report['segments'])}"
         f"<h2>KAPIs</h2>{''.join(_kapi(kapi) for kapi in report['kapis'])}"
         f"<h2>Dimensions</h2>{''.join(_dimension(dimension) for dimension in report['dimensions'])}"
+        f"{_metrics(report.get('metrics'))}"
         f"<h2>Fields</h2>{_table(['field', 'kind', 'window', 'baseline'], fields)}"
         "</body></html>\n"
     )

@@ -166,9 +166,83 @@ def _segments(report: Dict[str, Any]) -> List[str]:
     return ["", title, *table(["status", "kind", "segment", "KAPI", "now", "baseline", "n", "score", "why"], rows)]
 
 
+_CLASSIFICATION_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted")
+_REGRESSION_KEYS = ("mae", "rmse", "mean_error")
+
+
+def _metric_keys(metrics: Dict[str, Any]) -> Sequence[str]:
+    return _CLASSIFICATION_KEYS if metrics["kind"] == "classification" else _REGRESSION_KEYS
+
+
+def _metrics_counts(name: str, block: Dict[str, Any]) -> str:
+    text = (
+        f"  {name}: {block['predicted']:,} predictions, {block['pairs']:,} with a label "
+        f"({percent(block['label_share'])})"
+    )
+    mismatches = block["prediction_type_mismatch"] + block["label_type_mismatch"]
+    if mismatches:
+        text += f", {mismatches:,} values of the wrong type left out"
+    if block["label_without_prediction"]:
+        text += f", {block['label_without_prediction']:,} labels without a prediction"
+    return text
+
+
+def _metrics(report: Dict[str, Any]) -> List[str]:
+    """The model's metrics: both periods, its classes, its series, and its segments."""
+    metrics = report.get("metrics")
+    if not metrics:
+        return []
+    keys = _metric_keys(metrics)
+    label = printable(metrics["label"]) + ("" if metrics["label_found"] else " (no ARC has it yet)")
+    lines = [
+        "",
+        f"Model metrics ({metrics['kind']}{' (config)' if metrics['kind_declared'] else ''}): "
+        f"prediction {printable(metrics['prediction'])}, label {label}",
+        _metrics_counts("window", metrics["window"]),
+        _metrics_counts("baseline", metrics["baseline"]),
+    ]
+    rows = [[period, *(number(metrics[period][key]) for key in keys)] for period in ("window", "baseline")]
+    lines += table(["", *keys], rows)
+    if metrics["kind"] == "classification" and metrics["window"]["classes"]:
+        classes = [
+            [
+                printable(row["class"]),
+                number(row["precision"]),
+                number(row["recall"]),
+                number(row["f1"]),
+                f"{row['support']:,}",
+            ]
+            for row in metrics["window"]["classes"]
+        ]
+        lines += [
+            "  per class in the window",
+            *table(["class", "precision", "recall", "F1", "support"], classes, "    "),
+        ]
+    if metrics["unseen_label_classes"]:
+        shown = ", ".join(printable(name) for name in metrics["unseen_label_classes"][:10])
+        lines.append(f"  label classes never predicted: {shown}")
+    headline = metrics["headline"]
+    points = metrics["series"]["points"]
+    values = [point[headline] for point in points]
+    lines.append(f"  {headline} per {metrics['series']['bucket']}: " + "  ".join(number(value) for value in values))
+    if metrics["segments"]:
+        segment_rows = [
+            [
+                f"{printable(row['dimension'])}={printable(row['value'])}",
+                f"{row['window']['pairs']:,}",
+                number(row["window"][headline]),
+                number(row["baseline"][headline]),
+            ]
+            for row in metrics["segments"][:SHOWN_SEGMENTS]
+        ]
+        lines += [f"  {headline} per segment", *table(["segment", "n", "window", "baseline"], segment_rows, "    ")]
+    return lines
+
+
 def render_text(report: Dict[str, Any]) -> str:
     """The report of one class."""
     lines = _header(report) + _fields(report) + _kapis(report) + _dimensions(report) + _segments(report)
+    lines += _metrics(report)
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,8 @@ from typing import List, Optional, Sequence, Tuple
 
 WINDOW_COLOUR = "#d9480f"
 BASELINE_COLOUR = "#1c7ed6"
+#: Colours of the series of one chart, in turn (a chart of many segments repeats them).
+PALETTE = ("#d9480f", "#1c7ed6", "#2b8a3e", "#ae3ec9", "#f08c00", "#0c8599", "#e64980", "#5c940d")
 _WIDTH, _HEIGHT, _PAD = 420, 160, 28
 
 
