@@ -17,13 +17,14 @@ cheap no-op.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from contextvars import Token
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import context as _ctx
 from .export import MonaExportException
-from .logs import logger
+from .logs import logger, rate_limited
 from .record import CONTEXT_SEPARATOR
 from .runtime import runtime as _runtime
 
@@ -33,6 +34,7 @@ __all__ = [
     "MonaExportException",
     "close",
     "close_sub_context",
+    "continue_mona_context",
     "export",
     "export_batch",
     "flush",
@@ -315,6 +317,49 @@ class new_mona_sub_context(_Block):  # noqa: N801
         )
         self._entries.append(None)
         return stack[-2][0]
+
+
+class continue_mona_context(new_mona_context):  # noqa: N801 - used like a function, as new_mona_context
+    """Continue, for the ``with`` block, an ARC begun elsewhere; yields its full context id.
+
+    ``context_id`` is a full id received from another process (an HTTP header, a message, a worker's
+    task): the block's exports land in that ARC and its sub-contexts nest under it. Nothing is exported
+    on entry: the process that opened the ARC already exported its arc class and globals.
+
+    An id from outside is not trusted blindly (see :func:`mona_client.context.malformed_reason`): a
+    malformed one is refused with one rate-limited warning, and the block opens a fresh root ARC of
+    ``arc_class`` instead, as it also does when ``context_id`` is empty or None (nothing to continue).
+    It never raises for a bad id, even with raising on: the id is input, not a programming error.
+    """
+
+    __slots__ = ("continued_id",)
+
+    def __init__(self, context_id: Optional[str], arc_class: Optional[str] = None) -> None:
+        super().__init__(arc_class)
+        self.continued_id = context_id
+
+    def __enter__(self) -> str:
+        continued = self.continued_id
+        if not continued:
+            return super().__enter__()
+        on = _runtime.active or _runtime.ensure_started()
+        if not on and not _runtime.may_turn_on_again():
+            self._entries.append(None)
+            return ""
+        reason = _ctx.malformed_reason(continued, _runtime.max_context_depth, _runtime.max_context_id_chars)
+        if reason is not None:
+            rate_limited.log(
+                logging.WARNING,
+                f"malformed-context-id:{reason}",
+                "mona-client: a context id to continue was refused (%s); a fresh ARC is opened instead",
+                reason,
+            )
+            return super().__enter__()
+        stack: _ctx.Stack = ((continued, None),)
+        self._entries.append((_push(stack), stack))
+        # While the config file has the client off the block still runs in the ARC (exports are refused
+        # until it is turned on), and yields "" as a disabled client does.
+        return continued if on else ""
 
 
 # --- the non-``with`` API ---------------------------------------------------------------------------

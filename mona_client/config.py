@@ -204,6 +204,7 @@ class Settings:
     max_queue_bytes: int = 64 * 2**20
     max_record_bytes: int = 2**20
     max_context_depth: int = 64
+    max_context_id_chars: int = 256
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -236,6 +237,9 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         max_queue_bytes=parse_size("MONA_MAX_QUEUE_BYTES", get("MONA_MAX_QUEUE_BYTES"), d.max_queue_bytes),
         max_record_bytes=parse_size("MONA_MAX_RECORD_BYTES", get("MONA_MAX_RECORD_BYTES"), d.max_record_bytes),
         max_context_depth=parse_int("MONA_MAX_CONTEXT_DEPTH", get("MONA_MAX_CONTEXT_DEPTH"), d.max_context_depth, 1),
+        max_context_id_chars=parse_int(
+            "MONA_MAX_CONTEXT_ID_CHARS", get("MONA_MAX_CONTEXT_ID_CHARS"), d.max_context_id_chars, 1
+        ),
     )
 
 

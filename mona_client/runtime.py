@@ -53,6 +53,7 @@ class Runtime:
         self.env_disabled = False
         self.file_disabled = False
         self.max_context_depth = 64  # MONA_MAX_CONTEXT_DEPTH, read by the sub-context blocks
+        self.max_context_id_chars = 256  # MONA_MAX_CONTEXT_ID_CHARS, read where an id is continued
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
         self._exited = False  # after the exit flush nothing starts again
@@ -82,6 +83,7 @@ class Runtime:
             configure_logging(settings.logging_level, settings.print_logs)
             self.env_disabled = settings.disable_all
             self.max_context_depth = settings.max_context_depth
+            self.max_context_id_chars = settings.max_context_id_chars
             sender = self._new_sender(settings)
             encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
             self.pipeline.configure(encoder, settings.should_raise_exceptions, sender)
