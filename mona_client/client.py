@@ -18,6 +18,7 @@ cheap no-op.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from contextvars import Token
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
@@ -132,6 +133,11 @@ def _deprecated(message: str) -> None:
     logger.warning("mona-client: %s", message)
 
 
+#: What a block's entry keeps: the token of its push, the stack pushed, and its start time (0.0: not
+#: measured).
+_Entry = Tuple[Token[_ctx.Stack], _ctx.Stack, float]
+
+
 class _Block:
     """A ``with`` block that pushes a stack on enter and restores the previous one on exit.
 
@@ -146,7 +152,8 @@ class _Block:
     def __init__(self) -> None:
         # (token, pushed stack) per entry: one block object may be entered again, nested or from
         # several threads at once. None for an entry that pushed nothing (disabled, or an error).
-        self._entries: List[Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]] = []
+        # The third item is the perf_counter at entry for a block that measures its duration, else 0.0.
+        self._entries: List[Optional[_Entry]] = []
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         entries = self._entries
@@ -157,13 +164,14 @@ class _Block:
             entry = self._entry_of_this_context(entry)
             if entry is None:
                 return
+        # A block that neither failed nor measures pays two tests here, nothing more.
+        if exc_type is not None or entry[2]:
+            _runtime.export_run_facts(entry[1][-1][0], exc, entry[2])
         _ctx.pop(entry[0])
         if _opened_while_off:  # empty unless blocks were opened while the config file had the client off
             _opened_while_off.pop(id(entry[1]), None)
 
-    def _entry_of_this_context(
-        self, last: Tuple[Token[_ctx.Stack], _ctx.Stack]
-    ) -> Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]:
+    def _entry_of_this_context(self, last: _Entry) -> Optional[_Entry]:
         """The entry this thread or task pushed, when the last one belongs to another."""
         entries = self._entries
         entries.append(last)
@@ -174,7 +182,7 @@ class _Block:
         return entries.pop(index)
 
 
-def _stack_of(entry: Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]) -> Optional[_ctx.Stack]:
+def _stack_of(entry: Optional[_Entry]) -> Optional[_ctx.Stack]:
     """The stack a block's entry pushed (None for an entry that pushed nothing)."""
     return entry[1] if entry is not None else None
 
@@ -183,6 +191,7 @@ _push = _ctx.push
 _current_stack = _ctx.current_stack
 _new_context_id = _ctx.new_context_id
 _opened_while_off = _ctx.opened_while_off
+_perf_counter = time.perf_counter
 
 
 def get_full_context_id() -> str:
@@ -196,7 +205,7 @@ def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timest
     """Push ``stack`` while the config file has the client off, so that the block carries on in its
     ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
     made then. Exports while off are still refused. Yields "" as a disabled client does."""
-    block._entries.append((_push(stack), stack))
+    block._entries.append((_push(stack), stack, 0.0))
     key = id(stack)
     if len(_opened_while_off) < _MAX_OPENED_WHILE_OFF:
         _opened_while_off[key] = (stack, root, export_timestamp)
@@ -217,9 +226,14 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
     another context, it starts an independent ARC for the block and restores the outer one on exit.
     ``export_timestamp`` (seconds) dates the exports the context itself makes (its arc class and the
     global init message). ``ARC_class`` is accepted as an alias of ``arc_class``.
+
+    Leaving the block by an exception exports its type and message (``MONA_EXCEPTION_TYPE``,
+    ``MONA_EXCEPTION_MESSAGE``) into the ARC, and the exception goes on unchanged.
+    ``measure_duration=True`` exports the block's run time as ``MONA_DURATION_MS`` when it exits;
+    ``None`` (the default) measures the classes listed in the config file's ``duration_classes``.
     """
 
-    __slots__ = ("arc_class", "context_id", "export_timestamp")
+    __slots__ = ("arc_class", "context_id", "export_timestamp", "measure_duration")
 
     def __init__(
         self,
@@ -228,11 +242,13 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         export_timestamp: Optional[float] = None,
         *,
         ARC_class: Optional[str] = None,  # noqa: N803 - older user code spells it so
+        measure_duration: Optional[bool] = None,
     ) -> None:
         self._entries = []
         self.arc_class = ARC_class if arc_class is None else arc_class
         self.context_id = context_id
         self.export_timestamp = export_timestamp
+        self.measure_duration = measure_duration
 
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
@@ -247,7 +263,13 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         # Exported before the push: when raising is on and this raises, no stack is left pushed.
         if arc_class is not None or _pipeline.global_init_message is not None:
             _pipeline.open_context_exports(context_id, arc_class, True, self.export_timestamp)
-        self._entries.append((_push(stack), stack))
+        measure = self.measure_duration
+        started = (
+            _perf_counter()
+            if measure or (measure is None and _runtime.duration_classes and arc_class in _runtime.duration_classes)
+            else 0.0
+        )
+        self._entries.append((_push(stack), stack, started))
         return context_id
 
 
@@ -256,9 +278,10 @@ class new_mona_sub_context(_Block):  # noqa: N801
 
     The full id is the parent's id and ``sub_context_id`` (a fresh one when empty) joined with ".".
     Outside any context there is nothing to nest in: that is an error (a log line, and ``""``).
+    Run facts (an exception leaving the block, ``measure_duration``) as for :class:`new_mona_context`.
     """
 
-    __slots__ = ("arc_class", "sub_context_id")
+    __slots__ = ("arc_class", "measure_duration", "sub_context_id")
 
     def __init__(
         self,
@@ -266,10 +289,12 @@ class new_mona_sub_context(_Block):  # noqa: N801
         sub_context_id: str = "",
         *,
         ARC_class: Optional[str] = None,  # noqa: N803
+        measure_duration: Optional[bool] = None,
     ) -> None:
         self._entries = []
         self.arc_class = ARC_class if arc_class is None else arc_class
         self.sub_context_id = sub_context_id
+        self.measure_duration = measure_duration
 
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
@@ -287,9 +312,16 @@ class new_mona_sub_context(_Block):  # noqa: N801
         context_id = stack[-1][0]
         if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
             return self._enter_too_deep(stack)
-        if self.arc_class is not None:
-            _pipeline.open_context_exports(context_id, self.arc_class, False, None)
-        self._entries.append((_push(stack), stack))
+        arc_class = self.arc_class
+        if arc_class is not None:
+            _pipeline.open_context_exports(context_id, arc_class, False, None)
+        measure = self.measure_duration
+        started = (
+            _perf_counter()
+            if measure or (measure is None and _runtime.duration_classes and arc_class in _runtime.duration_classes)
+            else 0.0
+        )
+        self._entries.append((_push(stack), stack, started))
         return context_id
 
     def _enter_while_off(self) -> str:
@@ -330,12 +362,16 @@ class continue_mona_context(new_mona_context):  # noqa: N801 - used like a funct
     malformed one is refused with one rate-limited warning, and the block opens a fresh root ARC of
     ``arc_class`` instead, as it also does when ``context_id`` is empty or None (nothing to continue).
     It never raises for a bad id, even with raising on: the id is input, not a programming error.
+    Run facts as for :class:`new_mona_context`; a continued ARC's duration is measured only with
+    ``measure_duration=True`` (its class is not known here).
     """
 
     __slots__ = ("continued_id",)
 
-    def __init__(self, context_id: Optional[str], arc_class: Optional[str] = None) -> None:
-        super().__init__(arc_class)
+    def __init__(
+        self, context_id: Optional[str], arc_class: Optional[str] = None, *, measure_duration: Optional[bool] = None
+    ) -> None:
+        super().__init__(arc_class, measure_duration=measure_duration)
         self.continued_id = context_id
 
     def __enter__(self) -> str:
@@ -356,7 +392,7 @@ class continue_mona_context(new_mona_context):  # noqa: N801 - used like a funct
             )
             return super().__enter__()
         stack: _ctx.Stack = ((continued, None),)
-        self._entries.append((_push(stack), stack))
+        self._entries.append((_push(stack), stack, _perf_counter() if self.measure_duration else 0.0))
         # While the config file has the client off the block still runs in the ARC (exports are refused
         # until it is turned on), and yields "" as a disabled client does.
         return continued if on else ""

@@ -50,7 +50,7 @@ Two ``stat`` calls a second see every such change within a second, whatever move
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-_KNOWN_FILE_KEYS: Mapping[str, type] = {"disable_all": bool}
+_KNOWN_FILE_KEYS: Mapping[str, type] = {"disable_all": bool, "duration_classes": list}
 _SIZE_UNITS: Mapping[str, int] = {
     "": 1,
     "b": 1,
@@ -205,6 +205,8 @@ class Settings:
     max_record_bytes: int = 2**20
     max_context_depth: int = 64
     max_context_id_chars: int = 256
+    export_exceptions: bool = True
+    exception_message_max_chars: int = 1000
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -239,6 +241,13 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         max_context_depth=parse_int("MONA_MAX_CONTEXT_DEPTH", get("MONA_MAX_CONTEXT_DEPTH"), d.max_context_depth, 1),
         max_context_id_chars=parse_int(
             "MONA_MAX_CONTEXT_ID_CHARS", get("MONA_MAX_CONTEXT_ID_CHARS"), d.max_context_id_chars, 1
+        ),
+        export_exceptions=parse_bool("MONA_EXPORT_EXCEPTIONS", get("MONA_EXPORT_EXCEPTIONS"), d.export_exceptions),
+        exception_message_max_chars=parse_int(
+            "MONA_EXCEPTION_MESSAGE_MAX_CHARS",
+            get("MONA_EXCEPTION_MESSAGE_MAX_CHARS"),
+            d.exception_message_max_chars,
+            0,
         ),
     )
 
@@ -278,10 +287,18 @@ def _parse(data: bytes, path: str) -> Dict[str, Any]:
     for key, expected in _KNOWN_FILE_KEYS.items():
         if key in config and not isinstance(config[key], expected):
             raise ConfigError(f"config file {path}: {key!r} must be a JSON {expected.__name__}, got {config[key]!r}")
+    _check_names(config, "duration_classes", path)
     unknown = sorted(set(config) - set(_KNOWN_FILE_KEYS))
     if unknown:
         logger.warning("config file %s has unknown keys %s (kept as they are)", path, ", ".join(unknown))
     return config
+
+
+def _check_names(config: Mapping[str, Any], key: str, path: str) -> None:
+    """A list of arc class names must hold strings only: a number there is a typo, not a class."""
+    names = config.get(key, ())
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"config file {path}: {key!r} must be a JSON list of strings, got {names!r}")
 
 
 def load_config_file(path: str) -> Dict[str, Any]:

@@ -18,23 +18,43 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import logging
 import os
 import signal
 import sys
 import threading
-from typing import Any, Dict, Iterable, Mapping, Optional, Set
+import time
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Set
 
 from . import context as ctx
 from .config import ConfigWatcher, Settings, settings_from_env
 from .export import EntryEncoder, MonaExportException
 from .logs import configure_logging, logger, rate_limited
 from .pipeline import GLOBALS_REFUSED, ExportPipeline
-from .record import ARC_CLASS_KEY
+from .record import ARC_CLASS_KEY, DURATION_MS_KEY, EXCEPTION_MESSAGE_KEY, EXCEPTION_TYPE_KEY
 from .sender_options import SenderOptions
 from .spool import Spool
 from .transport import Sender
 
-__all__ = ["Runtime", "runtime"]
+__all__ = ["Runtime", "exception_text", "exception_type_name", "runtime"]
+
+RUN_FACTS_REFUSED = "bad-run-facts"
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """``ValueError`` for a builtin, ``module.QualName`` otherwise: enough to tell two apart."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", "")
+    return cls.__qualname__ if module in ("builtins", "") else f"{module}.{cls.__qualname__}"
+
+
+def exception_text(exc: BaseException, max_chars: int) -> str:
+    """``str(exc)`` cut to ``max_chars`` characters (an exception's ``__str__`` may itself fail)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__name__} whose str() failed>"
+    return text[:max_chars]
 
 
 class Runtime:
@@ -54,6 +74,10 @@ class Runtime:
         self.file_disabled = False
         self.max_context_depth = 64  # MONA_MAX_CONTEXT_DEPTH, read by the sub-context blocks
         self.max_context_id_chars = 256  # MONA_MAX_CONTEXT_ID_CHARS, read where an id is continued
+        self.export_exceptions = True  # MONA_EXPORT_EXCEPTIONS, read when a block exits by an exception
+        self.exception_message_max_chars = 1000  # MONA_EXCEPTION_MESSAGE_MAX_CHARS
+        #: The config file's ``duration_classes``: contexts of these classes export MONA_DURATION_MS.
+        self.duration_classes: FrozenSet[str] = frozenset()
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
         self._exited = False  # after the exit flush nothing starts again
@@ -84,6 +108,8 @@ class Runtime:
             self.env_disabled = settings.disable_all
             self.max_context_depth = settings.max_context_depth
             self.max_context_id_chars = settings.max_context_id_chars
+            self.export_exceptions = settings.export_exceptions
+            self.exception_message_max_chars = settings.exception_message_max_chars
             sender = self._new_sender(settings)
             encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
             self.pipeline.configure(encoder, settings.should_raise_exceptions, sender)
@@ -160,6 +186,7 @@ class Runtime:
         if disabled != self.file_disabled:
             logger.info("mona-client %s by the config file", "disabled" if disabled else "enabled")
         self.file_disabled = disabled
+        self.duration_classes = frozenset(config.get("duration_classes", ()))
         self._update_active()
         if self.active and ctx.opened_while_off:
             self._export_contexts_opened_while_off()
@@ -308,6 +335,24 @@ class Runtime:
                 "export() called outside any mona context; open one with new_mona_context()",
             )
         return self._export_to(stack[-1][0], message, export_timestamp)
+
+    def export_run_facts(self, context_id: str, exc: Optional[BaseException], started: float) -> None:
+        """What a context exports about its run as it exits: the exception it exits by (an
+        ``Exception``, when MONA_EXPORT_EXCEPTIONS is on) and its duration (``started`` is the
+        ``perf_counter`` at entry, 0.0 when not measured). Never raises: the block's own exception,
+        if any, must reach the caller unchanged."""
+        message: Dict[str, Any] = {}
+        if started:
+            message[DURATION_MS_KEY] = round((time.perf_counter() - started) * 1000.0, 3)
+        if exc is not None and self.export_exceptions and isinstance(exc, Exception):
+            message[EXCEPTION_TYPE_KEY] = exception_type_name(exc)
+            message[EXCEPTION_MESSAGE_KEY] = exception_text(exc, self.exception_message_max_chars)
+        if not message or not self.active:
+            return
+        try:
+            self.pipeline.export_to(context_id, message, None, RUN_FACTS_REFUSED)
+        except Exception as refused:  # raising is on: the block's exit must not raise it
+            rate_limited.log(logging.ERROR, "run-facts", "mona-client: run facts not exported: %s", refused)
 
     def export_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
         """Export several messages; each may name its own ``context_id`` and ``arc_class``."""
