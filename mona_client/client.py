@@ -28,6 +28,7 @@ from .export import MonaExportException
 from .logs import logger, rate_limited
 from .record import CONTEXT_SEPARATOR
 from .runtime import runtime as _runtime
+from .sampling import SampledOutStack
 
 _pipeline = _runtime.pipeline
 
@@ -166,7 +167,7 @@ class _Block:
                 return
         # A block that neither failed nor measures pays two tests here, nothing more.
         if exc_type is not None or entry[2]:
-            _runtime.export_run_facts(entry[1][-1][0], exc, entry[2])
+            _runtime.export_run_facts(entry[1], exc, entry[2])
         _ctx.pop(entry[0])
         if _opened_while_off:  # empty unless blocks were opened while the config file had the client off
             _opened_while_off.pop(id(entry[1]), None)
@@ -198,7 +199,8 @@ def get_full_context_id() -> str:
     """The dotted id of the innermost open context; "" outside any, and while the config file has the
     client off (blocks then yield "" too, as a disabled client does)."""
     stack = _current_stack()
-    return stack[-1][0] if stack and not _runtime.off_by_config_file() else ""
+    # len(), not truth: a sampled-out context reads as false but has an id, which still propagates.
+    return stack[-1][0] if len(stack) and not _runtime.off_by_config_file() else ""
 
 
 def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
@@ -216,6 +218,16 @@ def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timest
 
 
 _MAX_OPENED_WHILE_OFF = _ctx.MAX_OPENED_WHILE_OFF
+
+
+def _enter_sampled_out(block: _Block, frames: _ctx.Stack, counted: bool = True) -> str:
+    """Push the context of an ARC that sampling does not keep: the block runs, its sub-contexts nest,
+    its ids propagate, and nothing is exported (its stack reads as "no context" to ``export()``)."""
+    stack = SampledOutStack(frames)
+    block._entries.append((_push(stack), stack, 0.0))
+    if counted:
+        _runtime.count_sampled_out()
+    return stack[-1][0]
 
 
 class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
@@ -259,6 +271,8 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
             return _enter_while_off(self, ((context_id, self.arc_class),), True, self.export_timestamp)
         context_id = str(self.context_id) if self.context_id else _new_context_id()
         arc_class = self.arc_class
+        if _runtime.sampling and not _runtime.keeps(context_id, arc_class):
+            return _enter_sampled_out(self, ((context_id, arc_class),))
         stack = ((context_id, arc_class),)
         # Exported before the push: when raising is on and this raises, no stack is left pushed.
         if arc_class is not None or _pipeline.global_init_message is not None:
@@ -301,6 +315,9 @@ class new_mona_sub_context(_Block):  # noqa: N801
             return self._enter_while_off()
         stack = _current_stack()
         if not stack:
+            if type(stack) is SampledOutStack:  # nested in a context that is not kept: not kept either
+                sub = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+                return _enter_sampled_out(self, sub, counted=False)
             # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
             _pipeline.fail(
                 "sub-outside-context",
@@ -392,6 +409,8 @@ class continue_mona_context(new_mona_context):  # noqa: N801 - used like a funct
             )
             return super().__enter__()
         stack: _ctx.Stack = ((continued, None),)
+        if _runtime.sampling and not _runtime.keeps(continued, self.arc_class):
+            return _enter_sampled_out(self, stack)
         self._entries.append((_push(stack), stack, _perf_counter() if self.measure_duration else 0.0))
         # While the config file has the client off the block still runs in the ARC (exports are refused
         # until it is turned on), and yields "" as a disabled client does.
@@ -433,7 +452,8 @@ def close_sub_context() -> str:
     if len(stack) <= 1:
         _pipeline.fail("close-root", "close_sub_context() called with no sub-context open")
         return get_full_context_id()
-    _ctx.set_stack(stack[:-1])
+    # Slicing gives a plain tuple: a sampled-out ARC must stay sampled out.
+    _ctx.set_stack(SampledOutStack(stack[:-1]) if type(stack) is SampledOutStack else stack[:-1])
     if _opened_while_off:
         _forget_opened_while_off(stack[-1:])
     return get_full_context_id()

@@ -50,7 +50,12 @@ Two ``stat`` calls a second see every such change within a second, whatever move
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-_KNOWN_FILE_KEYS: Mapping[str, type] = {"disable_all": bool, "duration_classes": list}
+_KNOWN_FILE_KEYS: Mapping[str, type] = {
+    "disable_all": bool,
+    "duration_classes": list,
+    "sample_rate": float,  # checked by _check_rates (an int is a rate too)
+    "sample_rates": dict,
+}
 _SIZE_UNITS: Mapping[str, int] = {
     "": 1,
     "b": 1,
@@ -285,9 +290,10 @@ def _parse(data: bytes, path: str) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a JSON object, not {type(config).__name__}")
     for key, expected in _KNOWN_FILE_KEYS.items():
-        if key in config and not isinstance(config[key], expected):
+        if key != "sample_rate" and key in config and not isinstance(config[key], expected):
             raise ConfigError(f"config file {path}: {key!r} must be a JSON {expected.__name__}, got {config[key]!r}")
     _check_names(config, "duration_classes", path)
+    _check_rates(config, path)
     unknown = sorted(set(config) - set(_KNOWN_FILE_KEYS))
     if unknown:
         logger.warning("config file %s has unknown keys %s (kept as they are)", path, ", ".join(unknown))
@@ -299,6 +305,23 @@ def _check_names(config: Mapping[str, Any], key: str, path: str) -> None:
     names = config.get(key, ())
     if not all(isinstance(name, str) for name in names):
         raise ConfigError(f"config file {path}: {key!r} must be a JSON list of strings, got {names!r}")
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _check_rates(config: Mapping[str, Any], path: str) -> None:
+    """``sample_rate`` a number in [0, 1]; ``sample_rates`` an object of class name to such a number."""
+    if "sample_rate" in config and not _is_rate(config["sample_rate"]):
+        raise ConfigError(
+            f"config file {path}: 'sample_rate' must be a number from 0 to 1, got {config['sample_rate']!r}"
+        )
+    rates = config.get("sample_rates", {})
+    if not isinstance(rates, dict) or not all(_is_rate(rate) for rate in rates.values()):
+        raise ConfigError(
+            f"config file {path}: 'sample_rates' must map arc classes to numbers from 0 to 1, got {rates!r}"
+        )
 
 
 def load_config_file(path: str) -> Dict[str, Any]:

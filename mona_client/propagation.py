@@ -26,6 +26,7 @@ from . import context as _ctx
 from .client import continue_mona_context
 from .config import Settings
 from .runtime import runtime as _runtime
+from .sampling import SampledOutStack
 
 __all__ = [
     "HEADER",
@@ -52,7 +53,8 @@ H = TypeVar("H", bound=MutableMapping[str, Any])
 def current_context_id() -> str:
     """The full id of the innermost open context, "" outside any (also while the client is off)."""
     stack = _ctx.current_stack()
-    return stack[-1][0] if stack and _runtime.active else ""
+    # len(), not truth: a sampled-out context reads as false, and its id propagates all the same.
+    return stack[-1][0] if len(stack) and _runtime.active else ""
 
 
 def context_headers() -> Dict[str, str]:
@@ -122,18 +124,23 @@ class ProcessCarrier(Generic[R]):
     for the start methods that pickle (a module-level function, not a lambda).
     """
 
-    def __init__(self, fn: Callable[..., R], context_id: str, settings: Optional[Settings]) -> None:
+    def __init__(
+        self, fn: Callable[..., R], context_id: str, settings: Optional[Settings], sampled_out: bool = False
+    ) -> None:
         self.fn = fn
         self.context_id = context_id
         self.settings = settings
+        self.sampled_out = sampled_out
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         if not _runtime.started and self.settings is not None:
             _runtime.start(dataclasses.asdict(self.settings))
-        if not self.context_id:
+        if not self.context_id or self.sampled_out:
             # Carried from outside any context: a forked worker may hold the context it was forked
-            # in, and must not lend it to this task.
-            token = _ctx.push(())
+            # in, and must not lend it to this task. From a sampled-out ARC: the task's exports are
+            # not kept either, whatever this process's sampling would decide.
+            stack: _ctx.Stack = SampledOutStack(((self.context_id, None),)) if self.sampled_out else ()
+            token = _ctx.push(stack)
             try:
                 return self.fn(*args, **kwargs)
             finally:
@@ -142,7 +149,7 @@ class ProcessCarrier(Generic[R]):
             return self.fn(*args, **kwargs)
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (ProcessCarrier, (self.fn, self.context_id, self.settings))
+        return (ProcessCarrier, (self.fn, self.context_id, self.settings, self.sampled_out))
 
 
 def carry_to_process(fn: Callable[..., R]) -> ProcessCarrier[R]:
@@ -155,7 +162,8 @@ def carry_to_process(fn: Callable[..., R]) -> ProcessCarrier[R]:
 
     The context is taken now, when the work is handed over.
     """
-    return ProcessCarrier(fn, current_context_id(), _runtime.settings if _runtime.started else None)
+    sampled_out = type(_ctx.current_stack()) is SampledOutStack
+    return ProcessCarrier(fn, current_context_id(), _runtime.settings if _runtime.started else None, sampled_out)
 
 
 class MonaProcessPoolExecutor(ProcessPoolExecutor):
