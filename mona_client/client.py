@@ -220,13 +220,11 @@ def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timest
 _MAX_OPENED_WHILE_OFF = _ctx.MAX_OPENED_WHILE_OFF
 
 
-def _enter_sampled_out(block: _Block, frames: _ctx.Stack, counted: bool = True) -> str:
+def _enter_sampled_out(block: _Block, frames: _ctx.Stack) -> str:
     """Push the context of an ARC that sampling does not keep: the block runs, its sub-contexts nest,
     its ids propagate, and nothing is exported (its stack reads as "no context" to ``export()``)."""
     stack = SampledOutStack(frames)
     block._entries.append((_push(stack), stack, 0.0))
-    if counted:
-        _runtime.count_sampled_out()
     return stack[-1][0]
 
 
@@ -317,7 +315,7 @@ class new_mona_sub_context(_Block):  # noqa: N801
         if not stack:
             if type(stack) is SampledOutStack:  # nested in a context that is not kept: not kept either
                 sub = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
-                return _enter_sampled_out(self, sub, counted=False)
+                return _enter_sampled_out(self, sub)
             # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
             _pipeline.fail(
                 "sub-outside-context",

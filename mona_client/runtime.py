@@ -322,11 +322,14 @@ class Runtime:
             self.watcher.start()
 
     def keeps(self, context_id: str, arc_class: Optional[str]) -> bool:
-        """Whether the sampling of the config file keeps the ARC of ``context_id`` (a full id)."""
-        return keep(root_of(context_id), sampling_rate(arc_class, self.sample_rate, self.sample_rates))
-
-    def count_sampled_out(self) -> None:
+        """Whether the sampling of the config file keeps the ARC of ``context_id`` (a full id); counts
+        the ARCs it does not keep. :func:`mona_client.sampling.keep` of the root id and the class's rate,
+        in one call: it is on the path of every root context while sampling is on."""
+        rate = sampling_rate(arc_class, self.sample_rate, self.sample_rates)
+        if rate >= 1.0 or (rate > 0.0 and keep(root_of(context_id), rate)):
+            return True
         next(self._sampled_out)  # atomic under the GIL, as a += on an attribute is not
+        return False
 
     def stats(self) -> Dict[str, Any]:
         sender_stats = self.sender.stats() if self.sender is not None else {}
