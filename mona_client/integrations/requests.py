@@ -7,40 +7,53 @@
 
     session = instrument_session(requests.Session())
     with client.new_mona_context(arc_class="CHECKOUT"):
-        session.post("http://scorer/score", json=...)   # carries Mona-Context-Id
+        session.post("http://scorer/score", json=...)  # carries Mona-Context-Id
 
-``requests`` is imported when this module is; it is not a dependency of mona-client.
+``requests`` is not a dependency of mona-client: this module imports it when first used, and says
+plainly when it is missing.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-try:
-    import requests
-    from requests.adapters import HTTPAdapter
-except ImportError as exc:  # said plainly rather than as a bare ModuleNotFoundError deep in a call
-    raise ImportError("mona_client.integrations.requests needs the requests package: pip install requests") from exc
+import functools
+from typing import TYPE_CHECKING, Any
 
 from ..propagation import inject
 
-__all__ = ["MonaHTTPAdapter", "instrument_session"]
+if TYPE_CHECKING:
+    import requests
+    from requests.adapters import HTTPAdapter
+
+__all__ = ["instrument_session", "mona_adapter"]
 
 
-class MonaHTTPAdapter(HTTPAdapter):
-    """An ``HTTPAdapter`` that adds ``Mona-Context-Id`` (the context current at send time) to each request."""
+@functools.lru_cache(maxsize=None)
+def _adapter_class() -> type[HTTPAdapter]:
+    """The adapter class, made on first use: defining it needs ``requests`` itself."""
+    try:
+        from requests.adapters import HTTPAdapter
+    except ImportError as exc:
+        raise ImportError("mona_client.integrations.requests needs the requests package: pip install requests") from exc
 
-    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
-        inject(request.headers)
-        return super().send(request, *args, **kwargs)
+    class MonaHTTPAdapter(HTTPAdapter):
+        """An ``HTTPAdapter`` adding ``Mona-Context-Id`` (the context current at send time) to each request."""
+
+        def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+            inject(request.headers)
+            return super().send(request, *args, **kwargs)
+
+    return MonaHTTPAdapter
+
+
+def mona_adapter(**adapter_options: Any) -> HTTPAdapter:
+    """An ``HTTPAdapter`` that adds ``Mona-Context-Id`` to each request it sends; ``adapter_options``
+    as for ``HTTPAdapter`` (``pool_maxsize``, ``max_retries``...). Mount it where you need it."""
+    return _adapter_class()(**adapter_options)
 
 
 def instrument_session(session: requests.Session, **adapter_options: Any) -> requests.Session:
-    """Mount a :class:`MonaHTTPAdapter` for ``http://`` and ``https://`` on ``session`` and return it.
-
-    ``adapter_options`` go to the adapter (``pool_maxsize``, ``max_retries``...), as for ``HTTPAdapter``.
-    """
-    adapter = MonaHTTPAdapter(**adapter_options)
+    """Mount a :func:`mona_adapter` for ``http://`` and ``https://`` on ``session`` and return it."""
+    adapter = mona_adapter(**adapter_options)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

@@ -517,3 +517,21 @@ def test_the_id_length_limit_is_a_setting(receiver, tmp_path, monkeypatch, warni
         assert "MONA_MAX_CONTEXT_ID_CHARS = 10" in refusal_lines(warnings_seen)[0]
     finally:
         client.close(5)
+
+
+@pytest.mark.parametrize(
+    ("module", "call"),
+    [("requests", "instrument_session(None)"), ("httpx", "instrument_client(None)")],
+)
+def test_an_integration_imports_without_its_package_and_says_what_is_missing(module, call):
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.modules[{module!r}] = None\n"  # as if the package were not installed
+        f"from mona_client.integrations.{module} import *\n"
+        f"try:\n    {call}\nexcept ImportError as exc:\n    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"needs the {module} package: pip install {module}" in result.stdout
