@@ -17,15 +17,18 @@ cheap no-op.
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from contextvars import Token
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import context as _ctx
 from .export import MonaExportException
-from .logs import logger
+from .logs import logger, rate_limited
 from .record import CONTEXT_SEPARATOR
 from .runtime import runtime as _runtime
+from .sampling import SampledOutStack
 
 _pipeline = _runtime.pipeline
 
@@ -33,6 +36,7 @@ __all__ = [
     "MonaExportException",
     "close",
     "close_sub_context",
+    "continue_mona_context",
     "export",
     "export_batch",
     "flush",
@@ -130,6 +134,11 @@ def _deprecated(message: str) -> None:
     logger.warning("mona-client: %s", message)
 
 
+#: What a block's entry keeps: the token of its push, the stack pushed, and its start time (0.0: not
+#: measured).
+_Entry = Tuple[Token[_ctx.Stack], _ctx.Stack, float]
+
+
 class _Block:
     """A ``with`` block that pushes a stack on enter and restores the previous one on exit.
 
@@ -144,7 +153,8 @@ class _Block:
     def __init__(self) -> None:
         # (token, pushed stack) per entry: one block object may be entered again, nested or from
         # several threads at once. None for an entry that pushed nothing (disabled, or an error).
-        self._entries: List[Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]] = []
+        # The third item is the perf_counter at entry for a block that measures its duration, else 0.0.
+        self._entries: List[Optional[_Entry]] = []
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
         entries = self._entries
@@ -155,13 +165,14 @@ class _Block:
             entry = self._entry_of_this_context(entry)
             if entry is None:
                 return
+        # A block that neither failed nor measures pays two tests here, nothing more.
+        if exc_type is not None or entry[2]:
+            _runtime.export_run_facts(entry[1], exc, entry[2])
         _ctx.pop(entry[0])
         if _opened_while_off:  # empty unless blocks were opened while the config file had the client off
             _opened_while_off.pop(id(entry[1]), None)
 
-    def _entry_of_this_context(
-        self, last: Tuple[Token[_ctx.Stack], _ctx.Stack]
-    ) -> Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]:
+    def _entry_of_this_context(self, last: _Entry) -> Optional[_Entry]:
         """The entry this thread or task pushed, when the last one belongs to another."""
         entries = self._entries
         entries.append(last)
@@ -172,7 +183,7 @@ class _Block:
         return entries.pop(index)
 
 
-def _stack_of(entry: Optional[Tuple[Token[_ctx.Stack], _ctx.Stack]]) -> Optional[_ctx.Stack]:
+def _stack_of(entry: Optional[_Entry]) -> Optional[_ctx.Stack]:
     """The stack a block's entry pushed (None for an entry that pushed nothing)."""
     return entry[1] if entry is not None else None
 
@@ -181,20 +192,22 @@ _push = _ctx.push
 _current_stack = _ctx.current_stack
 _new_context_id = _ctx.new_context_id
 _opened_while_off = _ctx.opened_while_off
+_perf_counter = time.perf_counter
 
 
 def get_full_context_id() -> str:
     """The dotted id of the innermost open context; "" outside any, and while the config file has the
     client off (blocks then yield "" too, as a disabled client does)."""
     stack = _current_stack()
-    return stack[-1][0] if stack and not _runtime.off_by_config_file() else ""
+    # len(), not truth: a sampled-out context reads as false but has an id, which still propagates.
+    return stack[-1][0] if len(stack) and not _runtime.off_by_config_file() else ""
 
 
 def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
     """Push ``stack`` while the config file has the client off, so that the block carries on in its
     ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
     made then. Exports while off are still refused. Yields "" as a disabled client does."""
-    block._entries.append((_push(stack), stack))
+    block._entries.append((_push(stack), stack, 0.0))
     key = id(stack)
     if len(_opened_while_off) < _MAX_OPENED_WHILE_OFF:
         _opened_while_off[key] = (stack, root, export_timestamp)
@@ -207,6 +220,14 @@ def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timest
 _MAX_OPENED_WHILE_OFF = _ctx.MAX_OPENED_WHILE_OFF
 
 
+def _enter_sampled_out(block: _Block, frames: _ctx.Stack) -> str:
+    """Push the context of an ARC that sampling does not keep: the block runs, its sub-contexts nest,
+    its ids propagate, and nothing is exported (its stack reads as "no context" to ``export()``)."""
+    stack = SampledOutStack(frames)
+    block._entries.append((_push(stack), stack, 0.0))
+    return stack[-1][0]
+
+
 class new_mona_context(_Block):  # noqa: N801 - used like a function, named as the original API
     """Open a root ARC for the ``with`` block; yields its full context id (``""`` when disabled).
 
@@ -215,9 +236,14 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
     another context, it starts an independent ARC for the block and restores the outer one on exit.
     ``export_timestamp`` (seconds) dates the exports the context itself makes (its arc class and the
     global init message). ``ARC_class`` is accepted as an alias of ``arc_class``.
+
+    Leaving the block by an exception exports its type and message (``MONA_EXCEPTION_TYPE``,
+    ``MONA_EXCEPTION_MESSAGE``) into the ARC, and the exception goes on unchanged.
+    ``measure_duration=True`` exports the block's run time as ``MONA_DURATION_MS`` when it exits;
+    ``None`` (the default) measures the classes listed in the config file's ``duration_classes``.
     """
 
-    __slots__ = ("arc_class", "context_id", "export_timestamp")
+    __slots__ = ("arc_class", "context_id", "export_timestamp", "measure_duration")
 
     def __init__(
         self,
@@ -226,11 +252,13 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         export_timestamp: Optional[float] = None,
         *,
         ARC_class: Optional[str] = None,  # noqa: N803 - older user code spells it so
+        measure_duration: Optional[bool] = None,
     ) -> None:
         self._entries = []
         self.arc_class = ARC_class if arc_class is None else arc_class
         self.context_id = context_id
         self.export_timestamp = export_timestamp
+        self.measure_duration = measure_duration
 
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
@@ -241,11 +269,19 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
             return _enter_while_off(self, ((context_id, self.arc_class),), True, self.export_timestamp)
         context_id = str(self.context_id) if self.context_id else _new_context_id()
         arc_class = self.arc_class
+        if _runtime.sampling and not _runtime.keeps(context_id, arc_class):
+            return _enter_sampled_out(self, ((context_id, arc_class),))
         stack = ((context_id, arc_class),)
         # Exported before the push: when raising is on and this raises, no stack is left pushed.
         if arc_class is not None or _pipeline.global_init_message is not None:
             _pipeline.open_context_exports(context_id, arc_class, True, self.export_timestamp)
-        self._entries.append((_push(stack), stack))
+        measure = self.measure_duration
+        started = (
+            _perf_counter()
+            if measure or (measure is None and _runtime.duration_classes and arc_class in _runtime.duration_classes)
+            else 0.0
+        )
+        self._entries.append((_push(stack), stack, started))
         return context_id
 
 
@@ -254,9 +290,10 @@ class new_mona_sub_context(_Block):  # noqa: N801
 
     The full id is the parent's id and ``sub_context_id`` (a fresh one when empty) joined with ".".
     Outside any context there is nothing to nest in: that is an error (a log line, and ``""``).
+    Run facts (an exception leaving the block, ``measure_duration``) as for :class:`new_mona_context`.
     """
 
-    __slots__ = ("arc_class", "sub_context_id")
+    __slots__ = ("arc_class", "measure_duration", "sub_context_id")
 
     def __init__(
         self,
@@ -264,16 +301,21 @@ class new_mona_sub_context(_Block):  # noqa: N801
         sub_context_id: str = "",
         *,
         ARC_class: Optional[str] = None,  # noqa: N803
+        measure_duration: Optional[bool] = None,
     ) -> None:
         self._entries = []
         self.arc_class = ARC_class if arc_class is None else arc_class
         self.sub_context_id = sub_context_id
+        self.measure_duration = measure_duration
 
     def __enter__(self) -> str:
         if not _runtime.active and not _runtime.ensure_started():
             return self._enter_while_off()
         stack = _current_stack()
         if not stack:
+            if type(stack) is SampledOutStack:  # nested in a context that is not kept: not kept either
+                sub = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+                return _enter_sampled_out(self, sub)
             # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
             _pipeline.fail(
                 "sub-outside-context",
@@ -285,9 +327,16 @@ class new_mona_sub_context(_Block):  # noqa: N801
         context_id = stack[-1][0]
         if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
             return self._enter_too_deep(stack)
-        if self.arc_class is not None:
-            _pipeline.open_context_exports(context_id, self.arc_class, False, None)
-        self._entries.append((_push(stack), stack))
+        arc_class = self.arc_class
+        if arc_class is not None:
+            _pipeline.open_context_exports(context_id, arc_class, False, None)
+        measure = self.measure_duration
+        started = (
+            _perf_counter()
+            if measure or (measure is None and _runtime.duration_classes and arc_class in _runtime.duration_classes)
+            else 0.0
+        )
+        self._entries.append((_push(stack), stack, started))
         return context_id
 
     def _enter_while_off(self) -> str:
@@ -315,6 +364,55 @@ class new_mona_sub_context(_Block):  # noqa: N801
         )
         self._entries.append(None)
         return stack[-2][0]
+
+
+class continue_mona_context(new_mona_context):  # noqa: N801 - used like a function, as new_mona_context
+    """Continue, for the ``with`` block, an ARC begun elsewhere; yields its full context id.
+
+    ``context_id`` is a full id received from another process (an HTTP header, a message, a worker's
+    task): the block's exports land in that ARC and its sub-contexts nest under it. Nothing is exported
+    on entry: the process that opened the ARC already exported its arc class and globals.
+
+    An id from outside is not trusted blindly (see :func:`mona_client.context.malformed_reason`): a
+    malformed one is refused with one rate-limited warning, and the block opens a fresh root ARC of
+    ``arc_class`` instead, as it also does when ``context_id`` is empty or None (nothing to continue).
+    It never raises for a bad id, even with raising on: the id is input, not a programming error.
+    Run facts as for :class:`new_mona_context`; a continued ARC's duration is measured only with
+    ``measure_duration=True`` (its class is not known here).
+    """
+
+    __slots__ = ("continued_id",)
+
+    def __init__(
+        self, context_id: Optional[str], arc_class: Optional[str] = None, *, measure_duration: Optional[bool] = None
+    ) -> None:
+        super().__init__(arc_class, measure_duration=measure_duration)
+        self.continued_id = context_id
+
+    def __enter__(self) -> str:
+        continued = self.continued_id
+        if not continued:
+            return super().__enter__()
+        on = _runtime.active or _runtime.ensure_started()
+        if not on and not _runtime.may_turn_on_again():
+            self._entries.append(None)
+            return ""
+        reason = _ctx.malformed_reason(continued, _runtime.max_context_depth, _runtime.max_context_id_chars)
+        if reason is not None:
+            rate_limited.log(
+                logging.WARNING,
+                f"malformed-context-id:{reason}",
+                "mona-client: a context id to continue was refused (%s); a fresh ARC is opened instead",
+                reason,
+            )
+            return super().__enter__()
+        stack: _ctx.Stack = ((continued, None),)
+        if _runtime.sampling and not _runtime.keeps(continued, self.arc_class):
+            return _enter_sampled_out(self, stack)
+        self._entries.append((_push(stack), stack, _perf_counter() if self.measure_duration else 0.0))
+        # While the config file has the client off the block still runs in the ARC (exports are refused
+        # until it is turned on), and yields "" as a disabled client does.
+        return continued if on else ""
 
 
 # --- the non-``with`` API ---------------------------------------------------------------------------
@@ -352,7 +450,8 @@ def close_sub_context() -> str:
     if len(stack) <= 1:
         _pipeline.fail("close-root", "close_sub_context() called with no sub-context open")
         return get_full_context_id()
-    _ctx.set_stack(stack[:-1])
+    # Slicing gives a plain tuple: a sampled-out ARC must stay sampled out.
+    _ctx.set_stack(SampledOutStack(stack[:-1]) if type(stack) is SampledOutStack else stack[:-1])
     if _opened_while_off:
         _forget_opened_while_off(stack[-1:])
     return get_full_context_id()

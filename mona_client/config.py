@@ -50,7 +50,12 @@ Two ``stat`` calls a second see every such change within a second, whatever move
 
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
-_KNOWN_FILE_KEYS: Mapping[str, type] = {"disable_all": bool}
+_KNOWN_FILE_KEYS: Mapping[str, type] = {
+    "disable_all": bool,
+    "duration_classes": list,
+    "sample_rate": float,  # checked by _check_rates (an int is a rate too)
+    "sample_rates": dict,
+}
 _SIZE_UNITS: Mapping[str, int] = {
     "": 1,
     "b": 1,
@@ -204,6 +209,9 @@ class Settings:
     max_queue_bytes: int = 64 * 2**20
     max_record_bytes: int = 2**20
     max_context_depth: int = 64
+    max_context_id_chars: int = 256
+    export_exceptions: bool = True
+    exception_message_max_chars: int = 1000
 
 
 def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -236,6 +244,16 @@ def settings_from_env(environ: Mapping[str, str] = os.environ) -> Settings:
         max_queue_bytes=parse_size("MONA_MAX_QUEUE_BYTES", get("MONA_MAX_QUEUE_BYTES"), d.max_queue_bytes),
         max_record_bytes=parse_size("MONA_MAX_RECORD_BYTES", get("MONA_MAX_RECORD_BYTES"), d.max_record_bytes),
         max_context_depth=parse_int("MONA_MAX_CONTEXT_DEPTH", get("MONA_MAX_CONTEXT_DEPTH"), d.max_context_depth, 1),
+        max_context_id_chars=parse_int(
+            "MONA_MAX_CONTEXT_ID_CHARS", get("MONA_MAX_CONTEXT_ID_CHARS"), d.max_context_id_chars, 1
+        ),
+        export_exceptions=parse_bool("MONA_EXPORT_EXCEPTIONS", get("MONA_EXPORT_EXCEPTIONS"), d.export_exceptions),
+        exception_message_max_chars=parse_int(
+            "MONA_EXCEPTION_MESSAGE_MAX_CHARS",
+            get("MONA_EXCEPTION_MESSAGE_MAX_CHARS"),
+            d.exception_message_max_chars,
+            0,
+        ),
     )
 
 
@@ -272,12 +290,38 @@ def _parse(data: bytes, path: str) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path} must hold a JSON object, not {type(config).__name__}")
     for key, expected in _KNOWN_FILE_KEYS.items():
-        if key in config and not isinstance(config[key], expected):
+        if key != "sample_rate" and key in config and not isinstance(config[key], expected):
             raise ConfigError(f"config file {path}: {key!r} must be a JSON {expected.__name__}, got {config[key]!r}")
+    _check_names(config, "duration_classes", path)
+    _check_rates(config, path)
     unknown = sorted(set(config) - set(_KNOWN_FILE_KEYS))
     if unknown:
         logger.warning("config file %s has unknown keys %s (kept as they are)", path, ", ".join(unknown))
     return config
+
+
+def _check_names(config: Mapping[str, Any], key: str, path: str) -> None:
+    """A list of arc class names must hold strings only: a number there is a typo, not a class."""
+    names = config.get(key, ())
+    if not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"config file {path}: {key!r} must be a JSON list of strings, got {names!r}")
+
+
+def _is_rate(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value <= 1.0
+
+
+def _check_rates(config: Mapping[str, Any], path: str) -> None:
+    """``sample_rate`` a number in [0, 1]; ``sample_rates`` an object of class name to such a number."""
+    if "sample_rate" in config and not _is_rate(config["sample_rate"]):
+        raise ConfigError(
+            f"config file {path}: 'sample_rate' must be a number from 0 to 1, got {config['sample_rate']!r}"
+        )
+    rates = config.get("sample_rates", {})
+    if not isinstance(rates, dict) or not all(_is_rate(rate) for rate in rates.values()):
+        raise ConfigError(
+            f"config file {path}: 'sample_rates' must map arc classes to numbers from 0 to 1, got {rates!r}"
+        )
 
 
 def load_config_file(path: str) -> Dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from contextvars import ContextVar, Token
 from typing import Callable, Dict, Optional, Tuple
 
@@ -23,6 +24,7 @@ __all__ = [
     "Stack",
     "current_stack",
     "get_full_context_id",
+    "malformed_reason",
     "new_context_id",
     "opened_while_off",
     "pop",
@@ -73,6 +75,28 @@ if hasattr(os, "register_at_fork"):
 def new_context_id() -> str:
     """A fresh root context id, e.g. ``"3f2a9c0d1e4b5a67-26"``."""
     return f"{_id_prefix}{next(_id_counter)}"
+
+
+_CONTEXT_ID_RE = re.compile(r"[A-Za-z0-9_:-]+(?:\.[A-Za-z0-9_:-]+)*", re.ASCII)
+
+
+def malformed_reason(context_id: object, max_depth: int, max_chars: int) -> Optional[str]:
+    """Why ``context_id``, received from outside the process, cannot be continued; None when it can.
+
+    A continued id names the ARC that later exports land in and is written into the collector's keys,
+    so only a plain shape is trusted: at most ``max_chars`` characters (MONA_MAX_CONTEXT_ID_CHARS) of
+    ``[A-Za-z0-9._:-]``, ids joined by single dots, at most ``max_depth`` (MONA_MAX_CONTEXT_DEPTH) ids
+    deep. The reason names no part of the id: it goes into a rate-limited log line, keyed by its text.
+    """
+    if not isinstance(context_id, str):
+        return f"it is a {type(context_id).__name__}, not a str"
+    if len(context_id) > max_chars:
+        return f"it is longer than MONA_MAX_CONTEXT_ID_CHARS = {max_chars} characters"
+    if _CONTEXT_ID_RE.fullmatch(context_id) is None:
+        return "it is empty, holds characters outside [A-Za-z0-9._:-] or an empty id between dots"
+    if context_id.count(CONTEXT_SEPARATOR) >= max_depth:
+        return f"it nests deeper than MONA_MAX_CONTEXT_DEPTH = {max_depth} ids"
+    return None
 
 
 def sub_stack(stack: Stack, sub_context_id: str, arc_class: Optional[str]) -> Stack:

@@ -25,6 +25,10 @@ RESERVED_PREFIX = "MONA_"
 ARC_CLASS_KEY = "MONA_ARC_CLASS"
 GLOBALS_KEY = "MONA_GLOBALS"
 INVALID_EXPORT_TIMESTAMP_KEY = "MONA_INVALID_EXPORT_TIMESTAMP"
+#: Run facts the client exports by itself when a context exits: see docs/arc-document.md.
+EXCEPTION_TYPE_KEY = "MONA_EXCEPTION_TYPE"
+EXCEPTION_MESSAGE_KEY = "MONA_EXCEPTION_MESSAGE"
+DURATION_MS_KEY = "MONA_DURATION_MS"
 
 #: Separator of the ids in a full context id: "root.sub.subsub".
 CONTEXT_SEPARATOR = "."

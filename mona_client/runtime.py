@@ -17,24 +17,47 @@ catches its own failures, logs a clear line on ``mona-logger`` and returns a fal
 from __future__ import annotations
 
 import atexit
+import copy
 import dataclasses
+import itertools
+import logging
 import os
 import signal
 import sys
 import threading
-from typing import Any, Dict, Iterable, Mapping, Optional, Set
+import time
+from typing import Any, Dict, FrozenSet, Iterable, Mapping, Optional, Set
 
 from . import context as ctx
 from .config import ConfigWatcher, Settings, settings_from_env
 from .export import EntryEncoder, MonaExportException
 from .logs import configure_logging, logger, rate_limited
 from .pipeline import GLOBALS_REFUSED, ExportPipeline
-from .record import ARC_CLASS_KEY
+from .record import ARC_CLASS_KEY, DURATION_MS_KEY, EXCEPTION_MESSAGE_KEY, EXCEPTION_TYPE_KEY
+from .sampling import SampledOutStack, keep, root_of, sampling_rate
 from .sender_options import SenderOptions
 from .spool import Spool
 from .transport import Sender
 
-__all__ = ["Runtime", "runtime"]
+__all__ = ["Runtime", "exception_text", "exception_type_name", "runtime"]
+
+RUN_FACTS_REFUSED = "bad-run-facts"
+
+
+def exception_type_name(exc: BaseException) -> str:
+    """``ValueError`` for a builtin, ``module.QualName`` otherwise: enough to tell two apart."""
+    cls = type(exc)
+    module = getattr(cls, "__module__", "")
+    return cls.__qualname__ if module in ("builtins", "") else f"{module}.{cls.__qualname__}"
+
+
+def exception_text(exc: BaseException, max_chars: int) -> str:
+    """``str(exc)`` cut to ``max_chars`` characters (an exception's ``__str__`` may itself fail)."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = f"<{type(exc).__name__} whose str() failed>"
+    return text[:max_chars]
 
 
 class Runtime:
@@ -53,6 +76,17 @@ class Runtime:
         self.env_disabled = False
         self.file_disabled = False
         self.max_context_depth = 64  # MONA_MAX_CONTEXT_DEPTH, read by the sub-context blocks
+        self.max_context_id_chars = 256  # MONA_MAX_CONTEXT_ID_CHARS, read where an id is continued
+        self.export_exceptions = True  # MONA_EXPORT_EXCEPTIONS, read when a block exits by an exception
+        self.exception_message_max_chars = 1000  # MONA_EXCEPTION_MESSAGE_MAX_CHARS
+        #: The config file's ``duration_classes``: contexts of these classes export MONA_DURATION_MS.
+        self.duration_classes: FrozenSet[str] = frozenset()
+        #: The config file's ``sample_rate`` and ``sample_rates``; ``sampling`` is True when any is below 1,
+        #: the one attribute a new context reads when nothing is sampled.
+        self.sample_rate = 1.0
+        self.sample_rates: Dict[str, float] = {}
+        self.sampling = False
+        self._sampled_out = itertools.count()
         self.watcher: Optional[ConfigWatcher] = None
         self._atexit_registered = False
         self._exited = False  # after the exit flush nothing starts again
@@ -82,6 +116,9 @@ class Runtime:
             configure_logging(settings.logging_level, settings.print_logs)
             self.env_disabled = settings.disable_all
             self.max_context_depth = settings.max_context_depth
+            self.max_context_id_chars = settings.max_context_id_chars
+            self.export_exceptions = settings.export_exceptions
+            self.exception_message_max_chars = settings.exception_message_max_chars
             sender = self._new_sender(settings)
             encoder = EntryEncoder(settings.user_id, settings.max_record_bytes)
             self.pipeline.configure(encoder, settings.should_raise_exceptions, sender)
@@ -159,6 +196,10 @@ class Runtime:
         if disabled != self.file_disabled:
             logger.info("mona-client %s by the config file", "disabled" if disabled else "enabled")
         self.file_disabled = disabled
+        self.duration_classes = frozenset(config.get("duration_classes", ()))
+        self.sample_rate = float(config.get("sample_rate", 1.0))
+        self.sample_rates = {str(k): float(v) for k, v in config.get("sample_rates", {}).items()}
+        self.sampling = self.sample_rate < 1.0 or any(rate < 1.0 for rate in self.sample_rates.values())
         self._update_active()
         if self.active and ctx.opened_while_off:
             self._export_contexts_opened_while_off()
@@ -281,9 +322,21 @@ class Runtime:
             self.watcher = ConfigWatcher(self.settings.config_file, self._on_config)
             self.watcher.start()
 
+    def keeps(self, context_id: str, arc_class: Optional[str]) -> bool:
+        """Whether the sampling of the config file keeps the ARC of ``context_id`` (a full id); counts
+        the ARCs it does not keep. :func:`mona_client.sampling.keep` of the root id and the class's rate,
+        in one call: it is on the path of every root context while sampling is on."""
+        rate = sampling_rate(arc_class, self.sample_rate, self.sample_rates)
+        if rate >= 1.0 or (rate > 0.0 and keep(root_of(context_id), rate)):
+            return True
+        next(self._sampled_out)  # atomic under the GIL, as a += on an attribute is not
+        return False
+
     def stats(self) -> Dict[str, Any]:
         sender_stats = self.sender.stats() if self.sender is not None else {}
-        return {"active": self.active, "started": self.started, **sender_stats}
+        # A copy of the counter tells its next value without taking it.
+        sampled_out = next(copy.copy(self._sampled_out))
+        return {"active": self.active, "started": self.started, "sampled_out": sampled_out, **sender_stats}
 
     # --- exports --------------------------------------------------------------------------------
 
@@ -302,11 +355,31 @@ class Runtime:
             return False
         stack = ctx.current_stack()
         if not stack:
+            if type(stack) is SampledOutStack:  # its ARC is not kept: nothing to do, and no error
+                return True
             return self.pipeline.fail(
                 "outside-context",
                 "export() called outside any mona context; open one with new_mona_context()",
             )
         return self._export_to(stack[-1][0], message, export_timestamp)
+
+    def export_run_facts(self, stack: ctx.Stack, exc: Optional[BaseException], started: float) -> None:
+        """What a context exports about its run as it exits: the exception it exits by (an
+        ``Exception``, when MONA_EXPORT_EXCEPTIONS is on) and its duration (``started`` is the
+        ``perf_counter`` at entry, 0.0 when not measured). Never raises: the block's own exception,
+        if any, must reach the caller unchanged."""
+        message: Dict[str, Any] = {}
+        if started:
+            message[DURATION_MS_KEY] = round((time.perf_counter() - started) * 1000.0, 3)
+        if exc is not None and self.export_exceptions and isinstance(exc, Exception):
+            message[EXCEPTION_TYPE_KEY] = exception_type_name(exc)
+            message[EXCEPTION_MESSAGE_KEY] = exception_text(exc, self.exception_message_max_chars)
+        if not message or not stack or not self.active:  # a sampled-out stack is false: nothing to say
+            return
+        try:
+            self.pipeline.export_to(stack[-1][0], message, None, RUN_FACTS_REFUSED)
+        except Exception as refused:  # raising is on: the block's exit must not raise it
+            rate_limited.log(logging.ERROR, "run-facts", "mona-client: run facts not exported: %s", refused)
 
     def export_batch(self, events: Iterable[Mapping[str, Any]]) -> bool:
         """Export several messages; each may name its own ``context_id`` and ``arc_class``."""
@@ -332,8 +405,12 @@ class Runtime:
             )
         context_id = event.get("context_id") or ctx.get_full_context_id()
         if not context_id:
+            if type(ctx.current_stack()) is SampledOutStack:
+                return True
             return pipeline.fail("outside-context", "a batch event has no context_id and no context is open")
         arc_class = event.get("arc_class")
+        if self.sampling and not self.keeps(str(context_id), arc_class):
+            return True
         if arc_class is not None:
             pipeline.export_to(
                 str(context_id), {ARC_CLASS_KEY: arc_class}, event.get("export_timestamp"), GLOBALS_REFUSED

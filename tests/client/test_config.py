@@ -255,10 +255,10 @@ def test_load_directory_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_unknown_keys_kept_with_one_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "c.json"
-    write(path, {"disable_all": True, "sample_rate": 0.5, "zeta": [1]})
-    assert load_config_file(str(path)) == {"disable_all": True, "sample_rate": 0.5, "zeta": [1]}
+    write(path, {"disable_all": True, "retention_days": 5, "zeta": [1]})
+    assert load_config_file(str(path)) == {"disable_all": True, "retention_days": 5, "zeta": [1]}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "sample_rate" in warnings[0] and "zeta" in warnings[0]
+    assert len(warnings) == 1 and "retention_days" in warnings[0] and "zeta" in warnings[0]
 
 
 # --- the watcher ----------------------------------------------------------------------------
