@@ -1,24 +1,36 @@
-"""Reading the ARCs a report needs from the collector's database, read-only.
+"""Reading the ARCs a report needs from the collector's database.
 
-The ``arcs`` table has the class and the first export time as columns, so the ARCs of one class and
-period are found by a query of their own; their documents are then loaded through the store's public
-API (:meth:`SQLiteStore.load_arcs`, which also assembles ARCs kept as node rows) and flattened into a
-:class:`~.table.TableBuilder`. Decoding each document is what costs most (see bench/report.py).
+The merger keeps the report's side table (:mod:`mona_collector.report_rows`): one row per ARC with
+its class, its time and its flattened fields as fixed-width records, indexed by class and time. The
+rows of one class and period are read in batches, each batch joined into one buffer and cut into
+columns by numpy (:func:`read_table`), with no ARC document decoded. A database whose side table is
+not complete yet (written before it existed) has it filled from the documents once, with a line on
+stderr; when that cannot be written (a read-only file), the documents themselves are read, as
+:func:`read_table_from_documents` does (much slower: each document is decoded and flattened).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
 
 from ..merging.documents import public_document
-from ..store import SQLiteStore, StoreError
-from .fields import flatten_arc
+from ..report_rows import COUNTED, KIND_BITS, NULL, NUMBER, TEXT, TIME_KEY, flatten_arc
+from ..store import SQLiteStore, StoreError, fill_report_rows, report_rows_complete
 from .monitoring_config import ClassSettings
-from .table import ColumnTable, TableBuilder
+from .table import ColumnTable, FieldArrays, FloatArray, IntArray, TableBuilder, table_from_arrays
 
 #: ARCs loaded per call of load_arcs: big enough to amortise the query, small enough to bound memory.
 _BATCH = 2000
+#: Side-table rows read per batch: about 2 MB of records for an ARC of 13 fields.
+_ROW_BATCH = 100_000
+#: One record of a side-table row: a key (name code and kind) and a value.
+_RECORD = np.dtype([("key", "<u4"), ("value", "<f8")])
 
 
 class ReportSourceError(StoreError):
@@ -64,8 +76,141 @@ def read_table(
     arc_class: str,
     ranges: Sequence[Tuple[float, float]],
     settings: Optional[ClassSettings] = None,
+    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> ColumnTable:
-    """The columns of the ARCs of ``arc_class`` first exported in any of the half-open ``ranges``."""
+    """The columns of the ARCs of ``arc_class`` first exported in any of the half-open ``ranges``,
+    from the side table (filled first when incomplete; ``say`` tells the user)."""
+    if not _side_table_ready(store, say):
+        return read_table_from_documents(store, arc_class, ranges, settings)
+    db = _connect(store)
+    try:
+        columns = _Columns()
+        for start, end in merged_ranges(ranges):
+            cursor = db.execute(
+                "SELECT fields FROM report_rows WHERE arc_class = ? AND arc_time >= ? AND arc_time < ?"
+                " ORDER BY arc_time, rowid",
+                (arc_class, start, end),
+            )
+            while True:
+                rows = cursor.fetchmany(_ROW_BATCH)
+                if not rows:
+                    break
+                columns.add(b"".join([blob for (blob,) in rows]))
+        return columns.table(db, settings)
+    except sqlite3.Error as exc:
+        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
+    finally:
+        db.close()
+
+
+def _side_table_ready(store: SQLiteStore, say: Callable[[str], None]) -> bool:
+    """Whether the side table can be read: complete, or filled now (False: it cannot be written)."""
+    db = _connect(store)
+    try:
+        if report_rows_complete(db):
+            return True
+        (arcs,) = db.execute("SELECT count(*) FROM arcs").fetchone()
+    except sqlite3.Error as exc:
+        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
+    finally:
+        db.close()
+    say(f"mona report: building the report table of {store.path} from its {arcs:,} ARC documents (done once)")
+    try:
+        fill_report_rows(store.path)
+    except sqlite3.Error as exc:
+        say(f"mona report: cannot write the report table ({exc}); reading the ARC documents instead (slower)")
+        return False
+    return True
+
+
+@dataclass
+class _FieldParts:
+    """The arrays of one field gathered batch by batch, by record kind: (rows, values) pairs."""
+
+    parts: Dict[int, List[Tuple[IntArray, FloatArray]]] = field(default_factory=dict)
+
+    def joined(self, kind: int) -> Tuple[IntArray, FloatArray]:
+        pieces = self.parts.get(kind)
+        if not pieces:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        return np.concatenate([rows for rows, _ in pieces]), np.concatenate([values for _, values in pieces])
+
+
+class _Columns:
+    """Side-table rows cut into per-field arrays, a batch of rows (one joined buffer) at a time."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.times: List[FloatArray] = []
+        self.fields: Dict[int, _FieldParts] = {}  # by name code
+
+    def add(self, buffer: bytes) -> None:
+        records = np.frombuffer(buffer, dtype=_RECORD)
+        keys, values = records["key"], records["value"]
+        is_time = keys == TIME_KEY
+        rows = np.cumsum(is_time) - 1 + self.rows  # each row starts with its time record
+        self.times.append(values[is_time])
+        self.rows += int(np.count_nonzero(is_time))
+        keys, values, rows = keys[~is_time], values[~is_time], rows[~is_time]
+        if not keys.size:
+            return
+        # Group the records by key with a stable sort (so rows stay ascending) of dense small codes.
+        counts = np.bincount(keys)
+        present = np.flatnonzero(counts)
+        dense = np.zeros(counts.size, dtype=np.uint16 if present.size < 2**16 else np.uint32)
+        dense[present] = np.arange(present.size)
+        order = np.argsort(dense[keys], kind="stable")
+        bounds = np.concatenate(([0], np.cumsum(counts[present])))
+        for key, start, end in zip(present.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+            chosen = order[start:end]
+            parts = self.fields.get(key >> KIND_BITS)
+            if parts is None:
+                parts = self.fields[key >> KIND_BITS] = _FieldParts()
+            parts.parts.setdefault(key & ((1 << KIND_BITS) - 1), []).append((rows[chosen], values[chosen]))
+
+    def table(self, db: sqlite3.Connection, settings: Optional[ClassSettings]) -> ColumnTable:
+        times = np.concatenate(self.times) if self.times else np.zeros(0, dtype=np.float64)
+        names = _texts(db, "report_names", "name", list(self.fields))
+        arrays: Dict[str, FieldArrays] = {}
+        for code, parts in self.fields.items():
+            number_rows, numbers = parts.joined(NUMBER)
+            text_rows, label_codes = parts.joined(TEXT)
+            other_rows, _ = parts.joined(COUNTED)
+            parts.parts.pop(NULL, None)  # a null value only says the field is there
+            text_codes, labels = _local_labels(db, label_codes)
+            arrays[names[code]] = FieldArrays(number_rows, numbers, text_rows, text_codes, labels, other_rows)
+        return table_from_arrays(times, arrays, settings)
+
+
+def _local_labels(db: sqlite3.Connection, label_codes: FloatArray) -> Tuple[IntArray, List[str]]:
+    """The field's codes renumbered in the order their labels first appear, and those labels."""
+    if not label_codes.size:
+        return np.zeros(0, dtype=np.int64), []
+    codes = label_codes.astype(np.int64)
+    unique, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    by_appearance = np.argsort(first, kind="stable")
+    local = np.empty(unique.size, dtype=np.int64)
+    local[by_appearance] = np.arange(unique.size)
+    texts = _texts(db, "report_labels", "label", unique.tolist())
+    return local[inverse.reshape(-1)], [texts[code] for code in unique[by_appearance].tolist()]
+
+
+def _texts(db: sqlite3.Connection, table: str, column: str, codes: List[int]) -> Dict[int, str]:
+    sql = f"SELECT code, {column} FROM {table} WHERE code IN (SELECT value FROM json_each(?))"
+    found = {int(code): _text(text) for code, text in db.execute(sql, (json.dumps(codes),))}
+    missing = [code for code in codes if code not in found]
+    if missing:
+        raise ReportSourceError(f"the report table refers to {table} code {missing[0]}, which is missing")
+    return found
+
+
+def read_table_from_documents(
+    store: SQLiteStore,
+    arc_class: str,
+    ranges: Sequence[Tuple[float, float]],
+    settings: Optional[ClassSettings] = None,
+) -> ColumnTable:
+    """:func:`read_table` from the ARC documents themselves: each decoded and flattened."""
     builder = TableBuilder()
     db = _connect(store)
     try:
