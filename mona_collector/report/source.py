@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,11 +45,17 @@ def _keys_in_range(db: sqlite3.Connection, arc_class: str, start: float, end: fl
         " ORDER BY first_export, rowid",
         (arc_class, start, end),
     )
+    for rows in _fetched(cursor, _BATCH):
+        yield [(_text(user), _text(context)) for user, context in rows]
+
+
+def _fetched(cursor: sqlite3.Cursor, size: int) -> Iterator[List[Any]]:
+    """The rows of ``cursor`` in lists of ``size``."""
     while True:
-        rows = cursor.fetchmany(_BATCH)
+        rows = cursor.fetchmany(size)
         if not rows:
             return
-        yield [(_text(user), _text(context)) for user, context in rows]
+        yield rows
 
 
 def _text(value: object) -> str:
@@ -58,6 +65,18 @@ def _text(value: object) -> str:
 
 def _connect(store: SQLiteStore) -> sqlite3.Connection:
     return sqlite3.connect(f"{store.path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+@contextmanager
+def _reading(store: SQLiteStore) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the store's database; its errors raised as :class:`ReportSourceError`."""
+    db = _connect(store)
+    try:
+        yield db
+    except sqlite3.Error as exc:
+        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
+    finally:
+        db.close()
 
 
 def merged_ranges(ranges: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
@@ -82,8 +101,7 @@ def read_table(
     from the side table (filled first when incomplete; ``say`` tells the user)."""
     if not _side_table_ready(store, say):
         return read_table_from_documents(store, arc_class, ranges, settings)
-    db = _connect(store)
-    try:
+    with _reading(store) as db:
         columns = _Columns()
         for start, end in merged_ranges(ranges):
             cursor = db.execute(
@@ -91,29 +109,17 @@ def read_table(
                 " ORDER BY arc_time, rowid",
                 (arc_class, start, end),
             )
-            while True:
-                rows = cursor.fetchmany(_ROW_BATCH)
-                if not rows:
-                    break
+            for rows in _fetched(cursor, _ROW_BATCH):
                 columns.add(b"".join([blob for (blob,) in rows]))
         return columns.table(db, settings)
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
 
 
 def _side_table_ready(store: SQLiteStore, say: Callable[[str], None]) -> bool:
     """Whether the side table can be read: complete, or filled now (False: it cannot be written)."""
-    db = _connect(store)
-    try:
+    with _reading(store) as db:
         if report_rows_complete(db):
             return True
         (arcs,) = db.execute("SELECT count(*) FROM arcs").fetchone()
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
     say(f"mona report: building the report table of {store.path} from its {arcs:,} ARC documents (done once)")
     try:
         fill_report_rows(store.path)
@@ -212,15 +218,10 @@ def read_table_from_documents(
 ) -> ColumnTable:
     """:func:`read_table` from the ARC documents themselves: each decoded and flattened."""
     builder = TableBuilder()
-    db = _connect(store)
-    try:
+    with _reading(store) as db:
         for start, end in merged_ranges(ranges):
             for keys in _keys_in_range(db, arc_class, start, end):
                 _add_documents(builder, store, keys)
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
     return builder.finish(settings)
 
 
@@ -236,25 +237,15 @@ def _add_documents(builder: TableBuilder, store: SQLiteStore, keys: List[Tuple[s
 
 def class_span(store: SQLiteStore, arc_class: str) -> Tuple[Optional[float], Optional[float]]:
     """The first and the last first-export time of the class's ARCs (None, None: it has none)."""
-    db = _connect(store)
-    try:
+    with _reading(store) as db:
         first, last = db.execute(
             "SELECT min(first_export), max(first_export) FROM arcs WHERE arc_class = ?", (arc_class,)
         ).fetchone()
         return first, last
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
 
 
 def class_counts(store: SQLiteStore) -> Dict[str, int]:
     """How many ARCs each class has (the ARCs without a class are not reported)."""
-    db = _connect(store)
-    try:
+    with _reading(store) as db:
         rows = db.execute("SELECT arc_class, count(*) FROM arcs WHERE arc_class IS NOT NULL GROUP BY arc_class")
         return {_text(arc_class): count for arc_class, count in rows}
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
