@@ -19,19 +19,26 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from ..merging.documents import public_document
-from ..report_rows import COUNTED, KIND_BITS, NULL, NUMBER, TEXT, TIME_KEY, flatten_arc
+from ..report_rows import COUNTED, KIND_BITS, NUMBER, TEXT, TIME_KEY, flatten_arc
 from ..store import SQLiteStore, StoreError, fill_report_rows, report_rows_complete
 from .monitoring_config import ClassSettings
-from .table import ColumnTable, FieldArrays, FloatArray, IntArray, TableBuilder, table_from_arrays
+from .table import BoolArray, ColumnTable, FieldArrays, FloatArray, IntArray, TableBuilder, table_from_arrays
 
 #: ARCs loaded per call of load_arcs: big enough to amortise the query, small enough to bound memory.
 _BATCH = 2000
 #: Side-table rows read per batch: about 2 MB of records for an ARC of 13 fields.
 _ROW_BATCH = 100_000
+#: Row numbers as the reader keeps them (half the memory of int64; a report reads fewer than 2**31 rows).
+RowArray = npt.NDArray[np.int32]
 #: One record of a side-table row: a key (name code and kind) and a value.
 _RECORD = np.dtype([("key", "<u4"), ("value", "<f8")])
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class ReportSourceError(StoreError):
@@ -95,7 +102,7 @@ def read_table(
     arc_class: str,
     ranges: Sequence[Tuple[float, float]],
     settings: Optional[ClassSettings] = None,
-    say: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+    say: Callable[[str], None] = _stderr,
 ) -> ColumnTable:
     """The columns of the ARCs of ``arc_class`` first exported in any of the half-open ``ranges``,
     from the side table (filled first when incomplete; ``say`` tells the user)."""
@@ -120,7 +127,8 @@ def _side_table_ready(store: SQLiteStore, say: Callable[[str], None]) -> bool:
         if report_rows_complete(db):
             return True
         (arcs,) = db.execute("SELECT count(*) FROM arcs").fetchone()
-    say(f"mona report: building the report table of {store.path} from its {arcs:,} ARC documents (done once)")
+    if arcs:
+        say(f"mona report: building the report table of {store.path} from its {arcs:,} ARC documents (done once)")
     try:
         fill_report_rows(store.path)
     except sqlite3.Error as exc:
@@ -133,13 +141,14 @@ def _side_table_ready(store: SQLiteStore, say: Callable[[str], None]) -> bool:
 class _FieldParts:
     """The arrays of one field gathered batch by batch, by record kind: (rows, values) pairs."""
 
-    parts: Dict[int, List[Tuple[IntArray, FloatArray]]] = field(default_factory=dict)
+    parts: Dict[int, List[Tuple[RowArray, FloatArray]]] = field(default_factory=dict)
 
     def joined(self, kind: int) -> Tuple[IntArray, FloatArray]:
         pieces = self.parts.get(kind)
         if not pieces:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-        return np.concatenate([rows for rows, _ in pieces]), np.concatenate([values for _, values in pieces])
+        rows = np.concatenate([rows for rows, _ in pieces]).astype(np.int64)
+        return rows, np.concatenate([values for _, values in pieces])
 
 
 class _Columns:
@@ -154,9 +163,34 @@ class _Columns:
         records = np.frombuffer(buffer, dtype=_RECORD)
         keys, values = records["key"], records["value"]
         is_time = keys == TIME_KEY
-        rows = np.cumsum(is_time) - 1 + self.rows  # each row starts with its time record
+        count = int(np.count_nonzero(is_time))
+        if not (count and records.size % count == 0 and self._add_alike(keys, values, count)):
+            self._add_any(keys, values, is_time)
+        self.rows += count
+
+    def _add_alike(self, keys: npt.NDArray[np.uint32], values: FloatArray, count: int) -> bool:
+        """The common batch, whose rows all have the same fields of the same kinds: a 2-d array whose
+        columns are the fields, no sorting (False: the rows differ)."""
+        grid = keys.reshape(count, -1)
+        if not (grid == grid[0]).all():
+            return False
+        columns = values.reshape(count, -1)
+        rows = np.arange(self.rows, self.rows + count, dtype=np.int32)  # shared by every field
+        self.times.append(columns[:, 0].copy())
+        for index, key in enumerate(grid[0, 1:].tolist(), start=1):
+            self._part(key, rows, columns[:, index].copy())
+        return True
+
+    def _part(self, key: int, rows: RowArray, values: FloatArray) -> None:
+        parts = self.fields.get(key >> KIND_BITS)
+        if parts is None:
+            parts = self.fields[key >> KIND_BITS] = _FieldParts()
+        parts.parts.setdefault(key & ((1 << KIND_BITS) - 1), []).append((rows, values))
+
+    def _add_any(self, keys: npt.NDArray[np.uint32], values: FloatArray, is_time: BoolArray) -> None:
+        """Any batch: the records grouped by key, each row's number from the time records before."""
+        rows = (np.cumsum(is_time) - 1 + self.rows).astype(np.int32)  # each row starts with its time record
         self.times.append(values[is_time])
-        self.rows += int(np.count_nonzero(is_time))
         keys, values, rows = keys[~is_time], values[~is_time], rows[~is_time]
         if not keys.size:
             return
@@ -169,23 +203,22 @@ class _Columns:
         bounds = np.concatenate(([0], np.cumsum(counts[present])))
         for key, start, end in zip(present.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
             chosen = order[start:end]
-            parts = self.fields.get(key >> KIND_BITS)
-            if parts is None:
-                parts = self.fields[key >> KIND_BITS] = _FieldParts()
-            parts.parts.setdefault(key & ((1 << KIND_BITS) - 1), []).append((rows[chosen], values[chosen]))
+            self._part(key, rows[chosen], values[chosen])
 
     def table(self, db: sqlite3.Connection, settings: Optional[ClassSettings]) -> ColumnTable:
         times = np.concatenate(self.times) if self.times else np.zeros(0, dtype=np.float64)
         names = _texts(db, "report_names", "name", list(self.fields))
-        arrays: Dict[str, FieldArrays] = {}
-        for code, parts in self.fields.items():
-            number_rows, numbers = parts.joined(NUMBER)
-            text_rows, label_codes = parts.joined(TEXT)
-            other_rows, _ = parts.joined(COUNTED)
-            parts.parts.pop(NULL, None)  # a null value only says the field is there
-            text_codes, labels = _local_labels(db, label_codes)
-            arrays[names[code]] = FieldArrays(number_rows, numbers, text_rows, text_codes, labels, other_rows)
-        return table_from_arrays(times, arrays, settings)
+        codes = {name: code for code, name in names.items()}
+        return table_from_arrays(times, sorted(codes), lambda name: self._field(db, codes[name]), settings)
+
+    def _field(self, db: sqlite3.Connection, code: int) -> FieldArrays:
+        """One field's arrays, its parts dropped as they are joined (one field's copy at a time)."""
+        parts = self.fields.pop(code)
+        number_rows, numbers = parts.joined(NUMBER)
+        text_rows, label_codes = parts.joined(TEXT)
+        other_rows, _ = parts.joined(COUNTED)  # a null value (NULL) only says the field is there
+        text_codes, labels = _local_labels(db, label_codes)
+        return FieldArrays(number_rows, numbers, text_rows, text_codes, labels, other_rows)
 
 
 def _local_labels(db: sqlite3.Connection, label_codes: FloatArray) -> Tuple[IntArray, List[str]]:
@@ -239,13 +272,18 @@ def class_span(store: SQLiteStore, arc_class: str) -> Tuple[Optional[float], Opt
     """The first and the last first-export time of the class's ARCs (None, None: it has none)."""
     with _reading(store) as db:
         first, last = db.execute(
-            "SELECT min(first_export), max(first_export) FROM arcs WHERE arc_class = ?", (arc_class,)
+            "SELECT min(arc_time), max(arc_time) FROM report_rows WHERE arc_class = ?", (arc_class,)
         ).fetchone()
         return first, last
 
 
-def class_counts(store: SQLiteStore) -> Dict[str, int]:
-    """How many ARCs each class has (the ARCs without a class are not reported)."""
+def class_counts(store: SQLiteStore, say: Callable[[str], None] = _stderr) -> Dict[str, int]:
+    """How many ARCs each class has (the ARCs without a class are not reported), from the side table
+    (its index on the class: no scan of the ARCs), filled first when incomplete."""
+    if not _side_table_ready(store, say):
+        with _reading(store) as db:
+            rows = db.execute("SELECT arc_class, count(*) FROM arcs WHERE arc_class IS NOT NULL GROUP BY arc_class")
+            return {_text(arc_class): count for arc_class, count in rows}
     with _reading(store) as db:
-        rows = db.execute("SELECT arc_class, count(*) FROM arcs WHERE arc_class IS NOT NULL GROUP BY arc_class")
+        rows = db.execute("SELECT arc_class, count(*) FROM report_rows WHERE arc_class IS NOT NULL GROUP BY arc_class")
         return {_text(arc_class): count for arc_class, count in rows}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -144,14 +144,20 @@ class FieldArrays:
 
 
 def table_from_arrays(
-    times: FloatArray, fields: Mapping[str, FieldArrays], settings: Optional[ClassSettings] = None
+    times: FloatArray,
+    names: Sequence[str],
+    field: Callable[[str], FieldArrays],
+    settings: Optional[ClassSettings] = None,
 ) -> ColumnTable:
-    """The typed table of columns read as arrays (the same typing as :meth:`TableBuilder.finish`)."""
+    """The typed table of columns read as arrays (the same typing as :meth:`TableBuilder.finish`):
+    ``field(name)`` gives each field's arrays, asked for one at a time in name order, so that only
+    one field is held twice at any moment."""
     settings = settings or ClassSettings()
     table = ColumnTable(times=np.ascontiguousarray(times, dtype=np.float64))
-    for name in sorted(fields):
+    for name in sorted(names):
+        values = field(name).values()  # asked for even when ignored: the reader drops its parts then
         if name not in settings.ignore:
-            _add_field(table, name, fields[name].values(), settings)
+            _add_field(table, name, values, settings)
     return table
 
 
