@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
 
-from bench.report_data import append_records, build_database, record
+from bench.report_data import append_records, build_database, record, unmerged_rows
 from mona_collector import Collector
 from mona_collector.merging.documents import new_document, new_node
 from mona_collector.report.source import read_table, read_table_from_documents
@@ -184,28 +184,20 @@ def test_rows_stay_in_step_when_the_merger_is_killed_and_restarted(tmp_path: Pat
     append_records(path, (record(f"mix-{i % 60}", {"round": float(i)}, NOW + i) for i in range(40000)))
     # a small merge cache: a raw row per transaction, so the kill lands amid many of them
     options: Dict[str, Any] = dict(synchronous="OFF", merger_max_backoff=0.2, merge_cache_bytes=2**20)
-    total = _unmerged(path)
+    total = unmerged_rows(path)
     with Collector(port=0, db_path=path, **options) as collector:
         merger = collector._merger
         assert merger is not None and merger.pid is not None
         deadline = time.monotonic() + 60
-        while _unmerged(path) == total:  # until one transaction is committed
+        while unmerged_rows(path) == total:  # until one transaction is committed
             assert time.monotonic() < deadline, "the merger did not start merging"
             time.sleep(0.01)
         os.kill(merger.pid, signal.SIGKILL)  # a real death, mid-transaction or between two
-        while _unmerged(path) or merger.restarts < 1:
+        while unmerged_rows(path) or merger.restarts < 1:
             assert time.monotonic() < deadline, "the restarted merger did not catch up"
             time.sleep(0.05)
     assert_side_table_matches(path)
     assert side_table(path)[("gen", "mix-19")][2]["round"] == (NUMBER, 39979.0)
-
-
-def _unmerged(path: Path) -> int:
-    store = SQLiteStore(path, readonly=True)
-    try:
-        return int(store.stats()["unmerged_rows"])
-    finally:
-        store.close()
 
 
 def _document(context: str, fields: Dict[str, Any]) -> Any:
