@@ -108,16 +108,14 @@ def flatten_document(document: Document) -> Dict[str, Any]:
     for path in subs:
         if CONTEXT_SEPARATOR in path:
             return flatten_arc(public_document(document))
-    flat: Dict[str, Any] = {}
-    for key, value in document["node"][FIELDS].items():
-        flat[_name(key)] = value
-    for key, value in document["globals"].items():
-        flat[GLOBALS_PREFIX + _name(key)] = value
+    # The merger keys fields and globals by strings only (documents.py): no conversion needed here.
+    flat: Dict[str, Any] = dict(document["node"][FIELDS])
+    if document["globals"]:
+        flat.update({GLOBALS_PREFIX + key: value for key, value in document["globals"].items()})
     for path, node in subs.items():
         arc_class = node[CLASS]
         prefix = (path if arc_class is None else arc_class) + "."
-        for key, value in node[FIELDS].items():
-            flat[prefix + _name(key)] = value
+        flat.update({prefix + key: value for key, value in node[FIELDS].items()})
     return flat
 
 
@@ -163,6 +161,8 @@ def kind_of(value: Any) -> int:
 
 
 _RECORDS: Dict[int, struct.Struct] = {}
+#: The kinds of the exact types msgpack decodes (anything else goes through kind_of).
+_KINDS: Dict[type, int] = {float: NUMBER, int: NUMBER, str: TEXT, bool: TEXT, bytes: TEXT, type(None): NULL}
 
 
 def _records(count: int) -> struct.Struct:
@@ -198,26 +198,37 @@ class RowEncoder:
         return (user, context, arc_class, arc_time, self.encode(db, arc_time, values))
 
     def encode(self, db: sqlite3.Connection, arc_time: float, values: Mapping[str, Any]) -> bytes:
-        """The record blob of an ARC of time ``arc_time`` with these flattened values."""
-        names, labels = self._names, self._labels
-        record: List[Any] = [TIME_KEY, arc_time]
-        for name, value in values.items():
-            code = names.get(name)
-            if code is None:
-                code = self._name_code(db, name)
-            kind = kind_of(value)
-            if kind == NUMBER:
-                record += (code << KIND_BITS, value if type(value) is float else _number(value))
-            elif kind == TEXT:
-                label = value if type(value) is str else text_label(value)
-                label_code = labels.get(label)
-                if label_code is None:
-                    label_code = self._label_code(db, label)
-                record += ((code << KIND_BITS) | TEXT, float(label_code))
-            else:
-                record += ((code << KIND_BITS) | kind, 0.0)
-        packed: bytes = _records(len(record) // 2).pack(*record)
+        """The record blob of an ARC of time ``arc_time`` with these flattened values.
+
+        Once per ARC and transaction in the merger, so written as list operations (each runs in C):
+        the names' codes, the values' kinds, then only the values that are not floats one by one.
+        """
+        names = self._names
+        for name in [name for name in values if name not in names]:
+            self._name_code(db, name)
+        codes = [names[name] for name in values]
+        items = list(values.values())
+        kinds = [_KINDS.get(type(value), -1) for value in items]
+        numbers = items
+        if not all(kind == NUMBER and type(value) is float for kind, value in zip(kinds, items)):
+            kinds = [kind if kind >= 0 else kind_of(value) for kind, value in zip(kinds, items)]
+            numbers = [self._payload(db, kind, value) for kind, value in zip(kinds, items)]
+        record: List[Any] = [None] * (2 * len(items) + 2)
+        record[0], record[1] = TIME_KEY, arc_time
+        record[2::2] = [(code << KIND_BITS) | kind for code, kind in zip(codes, kinds)]
+        record[3::2] = numbers
+        packed: bytes = _records(len(items) + 1).pack(*record)
         return packed
+
+    def _payload(self, db: sqlite3.Connection, kind: int, value: Any) -> float:
+        """The float a record holds for ``value``: the number, a text's label code, else 0."""
+        if kind == NUMBER:
+            return value if type(value) is float else _number(value)
+        if kind == TEXT:
+            label = value if type(value) is str else text_label(value)
+            code = self._labels.get(label)
+            return float(self._label_code(db, label) if code is None else code)
+        return 0.0
 
     def _name_code(self, db: sqlite3.Connection, name: str) -> int:
         code = _code(db, "report_names", "name", self._bind(name))
