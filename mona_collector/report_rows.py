@@ -114,9 +114,25 @@ def flatten_document(document: Document) -> Dict[str, Any]:
         flat.update({GLOBALS_PREFIX + key: value for key, value in document["globals"].items()})
     for path, node in subs.items():
         arc_class = node[CLASS]
-        prefix = (path if arc_class is None else arc_class) + "."
-        flat.update({prefix + key: value for key, value in node[FIELDS].items()})
+        fields = node[FIELDS]
+        flat.update(zip(_prefixed(path if arc_class is None else arc_class, tuple(fields)), fields.values()))
     return flat
+
+
+#: The prefixed names of the fields of sub-context nodes, by the node's name and its field names: the
+#: same few shapes recur in every ARC of a class, so the names are made once.
+_PREFIXED: Dict[Tuple[str, Tuple[str, ...]], Tuple[str, ...]] = {}
+_MAX_PREFIXED = 10_000
+
+
+def _prefixed(node_name: str, keys: Tuple[str, ...]) -> Tuple[str, ...]:
+    names = _PREFIXED.get((node_name, keys))
+    if names is None:
+        if len(_PREFIXED) >= _MAX_PREFIXED:
+            _PREFIXED.clear()
+        prefix = node_name + "."
+        names = _PREFIXED[(node_name, keys)] = tuple([prefix + key for key in keys])
+    return names
 
 
 # --- encoding ---------------------------------------------------------------------------------------
@@ -161,8 +177,21 @@ def kind_of(value: Any) -> int:
 
 
 _RECORDS: Dict[int, struct.Struct] = {}
+#: What encoding reuses for ARCs of one shape: the keys, the indexes of the text values and of the
+#: values recorded as 0 (null, counted), and the struct.
+_Shape = Tuple[List[int], List[int], List[int], struct.Struct]
 #: The kinds of the exact types msgpack decodes (anything else goes through kind_of).
-_KINDS: Dict[type, int] = {float: NUMBER, int: NUMBER, str: TEXT, bool: TEXT, bytes: TEXT, type(None): NULL}
+_KINDS: Dict[type, int] = {
+    float: NUMBER,
+    int: NUMBER,
+    str: TEXT,
+    bool: TEXT,
+    bytes: TEXT,
+    type(None): NULL,
+    list: COUNTED,
+    dict: COUNTED,
+    tuple: COUNTED,  # an undecoded msgpack extension
+}
 
 
 def _records(count: int) -> struct.Struct:
@@ -183,15 +212,19 @@ class RowEncoder:
     #: Labels cached at most; beyond, the cache starts again (a field of unique strings must not
     #: grow the merger without bound).
     MAX_CACHED_LABELS = 200_000
+    #: Shapes (field names and kinds of values) cached at most.
+    MAX_CACHED_SHAPES = 10_000
 
     def __init__(self, bind: Callable[[str], Any]) -> None:
         self._bind = bind
         self._names: Dict[str, int] = {}
         self._labels: Dict[str, int] = {}
+        self._shapes: Dict[Tuple[Tuple[str, ...], Tuple[int, ...]], _Shape] = {}
 
     def forget(self) -> None:
         self._names.clear()
         self._labels.clear()
+        self._shapes.clear()
 
     def row(self, db: sqlite3.Connection, flat: FlatRow) -> Tuple[Any, Any, Any, float, bytes]:
         user, context, arc_class, arc_time, values = flat
@@ -200,24 +233,61 @@ class RowEncoder:
     def encode(self, db: sqlite3.Connection, arc_time: float, values: Mapping[str, Any]) -> bytes:
         """The record blob of an ARC of time ``arc_time`` with these flattened values.
 
-        Once per ARC and transaction in the merger, so written as list operations (each runs in C):
-        the names' codes, the values' kinds, then only the values that are not floats one by one.
+        Once per ARC and transaction in the merger, so the work per value is kept to list operations
+        (each runs in C): ARCs of one class mostly have the same field names with values of the same
+        kinds, so the keys, where the texts are and the struct are cached per such shape, and only
+        the text values are looked up one by one.
         """
-        names = self._names
-        for name in [name for name in values if name not in names]:
-            self._name_code(db, name)
-        codes = [names[name] for name in values]
         items = list(values.values())
-        kinds = [_KINDS.get(type(value), -1) for value in items]
-        numbers = items
-        if not all(kind == NUMBER and type(value) is float for kind, value in zip(kinds, items)):
-            kinds = [kind if kind >= 0 else kind_of(value) for kind, value in zip(kinds, items)]
-            numbers = [self._payload(db, kind, value) for kind, value in zip(kinds, items)]
+        kinds = tuple([_KINDS.get(type(value), -1) for value in items])
+        shape_key = (tuple(values), kinds)
+        shape = self._shapes.get(shape_key)
+        if shape is None:
+            if -1 in kinds:  # a type msgpack does not decode: the slow way, not cached
+                return self._encode_any(db, arc_time, values)
+            shape = self._shape(db, shape_key)
+        keys, texts, zeros, packer = shape
+        labels = self._labels
+        for index in texts:
+            value = items[index]
+            label = value if type(value) is str else text_label(value)
+            code = labels.get(label)
+            items[index] = float(self._label_code(db, label) if code is None else code)
+        for index in zeros:
+            items[index] = 0.0
         record: List[Any] = [None] * (2 * len(items) + 2)
         record[0], record[1] = TIME_KEY, arc_time
-        record[2::2] = [(code << KIND_BITS) | kind for code, kind in zip(codes, kinds)]
-        record[3::2] = numbers
-        packed: bytes = _records(len(items) + 1).pack(*record)
+        record[2::2] = keys
+        record[3::2] = items
+        try:
+            packed: bytes = packer.pack(*record)
+        except OverflowError:  # an integer beyond the float range
+            record[3::2] = [_number(value) if type(value) is int else value for value in items]
+            packed = packer.pack(*record)
+        return packed
+
+    def _shape(self, db: sqlite3.Connection, shape_key: Tuple[Tuple[str, ...], Tuple[int, ...]]) -> _Shape:
+        """What :meth:`encode` reuses for every ARC with these names and kinds of values."""
+        if len(self._shapes) >= self.MAX_CACHED_SHAPES:
+            self._shapes.clear()
+        names, kinds = shape_key
+        codes = [self._names.get(name) or self._name_code(db, name) for name in names]
+        shape = (
+            [(code << KIND_BITS) | kind for code, kind in zip(codes, kinds)],
+            [index for index, kind in enumerate(kinds) if kind == TEXT],
+            [index for index, kind in enumerate(kinds) if kind in (NULL, COUNTED)],
+            _records(len(names) + 1),
+        )
+        self._shapes[shape_key] = shape
+        return shape
+
+    def _encode_any(self, db: sqlite3.Connection, arc_time: float, values: Mapping[str, Any]) -> bytes:
+        record: List[Any] = [TIME_KEY, arc_time]
+        for name, value in values.items():
+            code = self._names.get(name) or self._name_code(db, name)
+            kind = kind_of(value)
+            record += ((code << KIND_BITS) | kind, self._payload(db, kind, value))
+        packed: bytes = _records(len(record) // 2).pack(*record)
         return packed
 
     def _payload(self, db: sqlite3.Connection, kind: int, value: Any) -> float:
