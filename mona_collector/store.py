@@ -8,6 +8,8 @@ Two small interfaces, so that a server database can replace SQLite later:
 * :class:`ArcStore`, the merged state: ARC documents, the duplicate-detection state, per-tag counters
   and the watermark ("raw rows up to id N are merged"), all written by the merger in one transaction
   per :class:`WriteSet`, so that a crash never merges a row twice nor skips one; and the queries.
+  :class:`SQLiteStore` also keeps the report's side table of flattened ARCs in that transaction
+  (see :mod:`.report_rows`).
 
 :class:`SQLiteRawLog` and :class:`SQLiteStore` are the embedded implementations, in two SQLite files in
 WAL mode so that the network process and the merger never wait for each other's write lock: the ARC
@@ -34,6 +36,8 @@ import msgpack
 from .event_time import is_undecoded_extension, pack_undecoded_extension
 from .forward_codec import Event, iter_entries
 from .merging.documents import CLASS, FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document
+from .report_rows import ROWS_COMPLETE, ROWS_VERSION, UPSERT_ROW, FlatRow, RowEncoder, flat_row
+from .report_rows import SCHEMA as _REPORT_SCHEMA
 
 log = logging.getLogger("mona_collector")
 
@@ -49,6 +53,7 @@ __all__ = [
     "TagCounts",
     "WriteSet",
     "default_db_path",
+    "fill_report_rows",
     "raw_log_path",
 ]
 
@@ -498,6 +503,67 @@ ON CONFLICT (tag) DO UPDATE SET
 """
 
 
+def _create_schema(db: sqlite3.Connection) -> None:
+    """The tables and indexes, those missing created. A database created with the report's side table
+    has every ARC's row from the start; one that had ARCs before it gets them from
+    :func:`fill_report_rows` (``mona report`` calls it)."""
+    had_rows = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'report_rows'").fetchone()
+    db.executescript(_SCHEMA + _REPORT_SCHEMA)
+    if not had_rows and db.execute("SELECT 1 FROM arcs LIMIT 1").fetchone() is None:
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (ROWS_COMPLETE, ROWS_VERSION))
+
+
+def report_rows_complete(db: sqlite3.Connection) -> bool:
+    """Whether every ARC of the database has its up-to-date row in the report's side table."""
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (ROWS_COMPLETE,)).fetchone()
+    except sqlite3.OperationalError:  # no meta table: not a database this version wrote
+        return False
+    return row is not None and row[0] == ROWS_VERSION
+
+
+def fill_report_rows(path: os.PathLike[str] | str, batch: int = 2000) -> int:
+    """Write the report's row of every ARC from its document, and mark the side table complete;
+    the ARCs filled. For a database written before the side table existed (or by another version).
+
+    Each batch of ARCs is read and written in one transaction, so a merger running meanwhile (it
+    writes the rows of the ARCs it touches) never has a newer row replaced by an older one.
+    """
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=30.0)
+    try:
+        db.execute("PRAGMA busy_timeout=30000")
+        db.executescript(_REPORT_SCHEMA)
+        encoder = RowEncoder(db_text)
+        after = filled = 0
+        while True:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                arcs = db.execute(
+                    "SELECT rowid, user_id, context_id, arc_class, document FROM arcs WHERE rowid > ?"
+                    " ORDER BY rowid LIMIT ?",
+                    (after, batch),
+                ).fetchall()
+                rows = [
+                    encoder.row(db, flat_row((user, context), arc_class, _assemble(db, user, context, blob)))
+                    for _, user, context, arc_class, blob in arcs
+                ]
+                db.executemany(UPSERT_ROW, rows)
+                if not arcs:
+                    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (ROWS_COMPLETE, ROWS_VERSION))
+                db.execute("COMMIT")
+            except BaseException:
+                encoder.forget()
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if not arcs:
+                return filled
+            after = arcs[-1][0]
+            filled += len(arcs)
+    finally:
+        db.close()
+
+
 def _watermark(db: sqlite3.Connection, log_id: str) -> int:
     rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (_WATERMARK, _WATERMARK_LOG)))
     return int(rows.get(_WATERMARK, 0)) if rows.get(_WATERMARK_LOG) == log_id else 0
@@ -540,7 +606,7 @@ class SQLiteStore(ArcStore):
                 # The WAL is checkpointed into the database as it grows (SQLite's default, every 1000
                 # pages); this also cuts the file back to 64 MiB after each checkpoint that reset it.
                 self._db.execute(f"PRAGMA journal_size_limit={_WAL_SIZE_LIMIT}")
-                self._db.executescript(_SCHEMA)
+                _create_schema(self._db)
                 self._db.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(_SCHEMA_VERSION),)
                 )
@@ -553,6 +619,7 @@ class SQLiteStore(ArcStore):
                 self._lookups = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
                 self._lookups.execute("PRAGMA busy_timeout=5000")
                 self.concurrent_write = True
+            self._report_rows = RowEncoder(db_text)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
 
@@ -611,15 +678,18 @@ class SQLiteStore(ArcStore):
 
     def freeze(self, changes: WriteSet) -> None:
         nodes: List[Tuple[Any, ...]] = []
-        arcs = [
-            _freeze_document(key, document, changes.changed_nodes.get(key), nodes) for key, document in changes.arcs
-        ]
-        changes.frozen = (arcs, nodes)
+        arcs: List[Tuple[Any, ...]] = []
+        flat: List[FlatRow] = []  # the report's rows, encoded in the write transaction (codes are given there)
+        for key, document in changes.arcs:
+            arc = _freeze_document(key, document, changes.changed_nodes.get(key), nodes)
+            arcs.append(arc)
+            flat.append(flat_row((arc[0], arc[1]), arc[2], document))
+        changes.frozen = (arcs, nodes, flat)
 
     def write(self, changes: WriteSet) -> None:
         if changes.frozen is None:
             self.freeze(changes)
-        arcs, nodes = changes.frozen
+        arcs, nodes, flat = changes.frozen
         ranges = [(db_text(user), db_text(source), json.dumps(r)) for user, source, r in changes.id_ranges]
         ids = [(db_text(user), db_text(record_id)) for user, record_id in changes.record_ids]
         tags = [
@@ -627,13 +697,15 @@ class SQLiteStore(ArcStore):
             for tag, c in changes.tags.items()
         ]
         try:
-            self._write(changes, arcs, nodes, ranges, ids, tags)
+            self._write(changes, arcs, nodes, flat, ranges, ids, tags)
         except sqlite3.Error as exc:
             if is_storage_failure(exc):
                 raise StoreUnavailable(f"cannot write to {self.path}: {exc}") from exc
             raise
 
-    def _write(self, changes: WriteSet, arcs: Any, nodes: Any, ranges: Any, ids: Any, tags: Any) -> None:
+    def _write(
+        self, changes: WriteSet, arcs: Any, nodes: Any, flat: List[FlatRow], ranges: Any, ids: Any, tags: Any
+    ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -646,11 +718,13 @@ class SQLiteStore(ArcStore):
                 )
             db.executemany(_UPSERT_ARC, arcs)
             db.executemany(_UPSERT_NODE, nodes)
+            db.executemany(UPSERT_ROW, [self._report_rows.row(db, row) for row in flat])
             db.executemany("INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", ranges)
             db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", ids)
             db.executemany(_UPSERT_TAG, tags)
             db.execute("COMMIT")
         except BaseException:
+            self._report_rows.forget()  # the codes it gave in this transaction are gone
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise

@@ -1,24 +1,44 @@
-"""Reading the ARCs a report needs from the collector's database, read-only.
+"""Reading the ARCs a report needs from the collector's database.
 
-The ``arcs`` table has the class and the first export time as columns, so the ARCs of one class and
-period are found by a query of their own; their documents are then loaded through the store's public
-API (:meth:`SQLiteStore.load_arcs`, which also assembles ARCs kept as node rows) and flattened into a
-:class:`~.table.TableBuilder`. Decoding each document is what costs most (see bench/report.py).
+The merger keeps the report's side table (:mod:`mona_collector.report_rows`): one row per ARC with
+its class, its time and its flattened fields as fixed-width records, indexed by class and time. The
+rows of one class and period are read in batches, each batch joined into one buffer and cut into
+columns by numpy (:func:`read_table`), with no ARC document decoded. A database whose side table is
+not complete yet (written before it existed) has it filled from the documents once, with a line on
+stderr; when that cannot be written (a read-only file), the documents themselves are read, as
+:func:`read_table_from_documents` does (much slower: each document is decoded and flattened).
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
 
 from ..merging.documents import public_document
-from ..store import SQLiteStore, StoreError
-from .fields import flatten_arc
+from ..report_rows import COUNTED, KIND_BITS, NUMBER, TEXT, TIME_KEY, flatten_arc
+from ..store import SQLiteStore, StoreError, fill_report_rows, report_rows_complete
 from .monitoring_config import ClassSettings
-from .table import ColumnTable, TableBuilder
+from .table import BoolArray, ColumnTable, FieldArrays, FloatArray, IntArray, TableBuilder, table_from_arrays
 
 #: ARCs loaded per call of load_arcs: big enough to amortise the query, small enough to bound memory.
 _BATCH = 2000
+#: Side-table rows read per batch: about 2 MB of records for an ARC of 13 fields.
+_ROW_BATCH = 100_000
+#: Row numbers as the reader keeps them (half the memory of int64; a report reads fewer than 2**31 rows).
+RowArray = npt.NDArray[np.int32]
+#: One record of a side-table row: a key (name code and kind) and a value.
+_RECORD = np.dtype([("key", "<u4"), ("value", "<f8")])
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 class ReportSourceError(StoreError):
@@ -32,11 +52,17 @@ def _keys_in_range(db: sqlite3.Connection, arc_class: str, start: float, end: fl
         " ORDER BY first_export, rowid",
         (arc_class, start, end),
     )
+    for rows in _fetched(cursor, _BATCH):
+        yield [(_text(user), _text(context)) for user, context in rows]
+
+
+def _fetched(cursor: sqlite3.Cursor, size: int) -> Iterator[List[Any]]:
+    """The rows of ``cursor`` in lists of ``size``."""
     while True:
-        rows = cursor.fetchmany(_BATCH)
+        rows = cursor.fetchmany(size)
         if not rows:
             return
-        yield [(_text(user), _text(context)) for user, context in rows]
+        yield rows
 
 
 def _text(value: object) -> str:
@@ -46,6 +72,18 @@ def _text(value: object) -> str:
 
 def _connect(store: SQLiteStore) -> sqlite3.Connection:
     return sqlite3.connect(f"{store.path.resolve().as_uri()}?mode=ro", uri=True)
+
+
+@contextmanager
+def _reading(store: SQLiteStore) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the store's database; its errors raised as :class:`ReportSourceError`."""
+    db = _connect(store)
+    try:
+        yield db
+    except sqlite3.Error as exc:
+        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
+    finally:
+        db.close()
 
 
 def merged_ranges(ranges: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
@@ -64,18 +102,159 @@ def read_table(
     arc_class: str,
     ranges: Sequence[Tuple[float, float]],
     settings: Optional[ClassSettings] = None,
+    say: Callable[[str], None] = _stderr,
 ) -> ColumnTable:
-    """The columns of the ARCs of ``arc_class`` first exported in any of the half-open ``ranges``."""
-    builder = TableBuilder()
-    db = _connect(store)
+    """The columns of the ARCs of ``arc_class`` first exported in any of the half-open ``ranges``,
+    from the side table (filled first when incomplete; ``say`` tells the user)."""
+    if not _side_table_ready(store, say):
+        return read_table_from_documents(store, arc_class, ranges, settings)
+    with _reading(store) as db:
+        columns = _Columns()
+        for start, end in merged_ranges(ranges):
+            cursor = db.execute(
+                "SELECT fields FROM report_rows WHERE arc_class = ? AND arc_time >= ? AND arc_time < ?"
+                " ORDER BY arc_time, rowid",
+                (arc_class, start, end),
+            )
+            for rows in _fetched(cursor, _ROW_BATCH):
+                columns.add(b"".join([blob for (blob,) in rows]))
+        return columns.table(db, settings)
+
+
+def _side_table_ready(store: SQLiteStore, say: Callable[[str], None]) -> bool:
+    """Whether the side table can be read: complete, or filled now (False: it cannot be written)."""
+    with _reading(store) as db:
+        if report_rows_complete(db):
+            return True
+        (arcs,) = db.execute("SELECT count(*) FROM arcs").fetchone()
+    if arcs:
+        say(f"mona report: building the report table of {store.path} from its {arcs:,} ARC documents (done once)")
     try:
+        fill_report_rows(store.path)
+    except sqlite3.Error as exc:
+        say(f"mona report: cannot write the report table ({exc}); reading the ARC documents instead (slower)")
+        return False
+    return True
+
+
+@dataclass
+class _FieldParts:
+    """The arrays of one field gathered batch by batch, by record kind: (rows, values) pairs."""
+
+    parts: Dict[int, List[Tuple[RowArray, FloatArray]]] = field(default_factory=dict)
+
+    def joined(self, kind: int) -> Tuple[IntArray, FloatArray]:
+        pieces = self.parts.get(kind)
+        if not pieces:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        rows = np.concatenate([rows for rows, _ in pieces]).astype(np.int64)
+        return rows, np.concatenate([values for _, values in pieces])
+
+
+class _Columns:
+    """Side-table rows cut into per-field arrays, a batch of rows (one joined buffer) at a time."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.times: List[FloatArray] = []
+        self.fields: Dict[int, _FieldParts] = {}  # by name code
+
+    def add(self, buffer: bytes) -> None:
+        records = np.frombuffer(buffer, dtype=_RECORD)
+        keys, values = records["key"], records["value"]
+        is_time = keys == TIME_KEY
+        count = int(np.count_nonzero(is_time))
+        if not (count and records.size % count == 0 and self._add_alike(keys, values, count)):
+            self._add_any(keys, values, is_time)
+        self.rows += count
+
+    def _add_alike(self, keys: npt.NDArray[np.uint32], values: FloatArray, count: int) -> bool:
+        """The common batch, whose rows all have the same fields of the same kinds: a 2-d array whose
+        columns are the fields, no sorting (False: the rows differ)."""
+        grid = keys.reshape(count, -1)
+        if not (grid == grid[0]).all():
+            return False
+        columns = values.reshape(count, -1)
+        rows = np.arange(self.rows, self.rows + count, dtype=np.int32)  # shared by every field
+        self.times.append(columns[:, 0].copy())
+        for index, key in enumerate(grid[0, 1:].tolist(), start=1):
+            self._part(key, rows, columns[:, index].copy())
+        return True
+
+    def _part(self, key: int, rows: RowArray, values: FloatArray) -> None:
+        parts = self.fields.get(key >> KIND_BITS)
+        if parts is None:
+            parts = self.fields[key >> KIND_BITS] = _FieldParts()
+        parts.parts.setdefault(key & ((1 << KIND_BITS) - 1), []).append((rows, values))
+
+    def _add_any(self, keys: npt.NDArray[np.uint32], values: FloatArray, is_time: BoolArray) -> None:
+        """Any batch: the records grouped by key, each row's number from the time records before."""
+        rows = (np.cumsum(is_time) - 1 + self.rows).astype(np.int32)  # each row starts with its time record
+        self.times.append(values[is_time])
+        keys, values, rows = keys[~is_time], values[~is_time], rows[~is_time]
+        if not keys.size:
+            return
+        # Group the records by key with a stable sort (so rows stay ascending) of dense small codes.
+        counts = np.bincount(keys)
+        present = np.flatnonzero(counts)
+        dense = np.zeros(counts.size, dtype=np.uint16 if present.size < 2**16 else np.uint32)
+        dense[present] = np.arange(present.size)
+        order = np.argsort(dense[keys], kind="stable")
+        bounds = np.concatenate(([0], np.cumsum(counts[present])))
+        for key, start, end in zip(present.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+            chosen = order[start:end]
+            self._part(key, rows[chosen], values[chosen])
+
+    def table(self, db: sqlite3.Connection, settings: Optional[ClassSettings]) -> ColumnTable:
+        times = np.concatenate(self.times) if self.times else np.zeros(0, dtype=np.float64)
+        names = _texts(db, "report_names", "name", list(self.fields))
+        codes = {name: code for code, name in names.items()}
+        return table_from_arrays(times, sorted(codes), lambda name: self._field(db, codes[name]), settings)
+
+    def _field(self, db: sqlite3.Connection, code: int) -> FieldArrays:
+        """One field's arrays, its parts dropped as they are joined (one field's copy at a time)."""
+        parts = self.fields.pop(code)
+        number_rows, numbers = parts.joined(NUMBER)
+        text_rows, label_codes = parts.joined(TEXT)
+        other_rows, _ = parts.joined(COUNTED)  # a null value (NULL) only says the field is there
+        text_codes, labels = _local_labels(db, label_codes)
+        return FieldArrays(number_rows, numbers, text_rows, text_codes, labels, other_rows)
+
+
+def _local_labels(db: sqlite3.Connection, label_codes: FloatArray) -> Tuple[IntArray, List[str]]:
+    """The field's codes renumbered in the order their labels first appear, and those labels."""
+    if not label_codes.size:
+        return np.zeros(0, dtype=np.int64), []
+    codes = label_codes.astype(np.int64)
+    unique, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    by_appearance = np.argsort(first, kind="stable")
+    local = np.empty(unique.size, dtype=np.int64)
+    local[by_appearance] = np.arange(unique.size)
+    texts = _texts(db, "report_labels", "label", unique.tolist())
+    return local[inverse.reshape(-1)], [texts[code] for code in unique[by_appearance].tolist()]
+
+
+def _texts(db: sqlite3.Connection, table: str, column: str, codes: List[int]) -> Dict[int, str]:
+    sql = f"SELECT code, {column} FROM {table} WHERE code IN (SELECT value FROM json_each(?))"
+    found = {int(code): _text(text) for code, text in db.execute(sql, (json.dumps(codes),))}
+    missing = [code for code in codes if code not in found]
+    if missing:
+        raise ReportSourceError(f"the report table refers to {table} code {missing[0]}, which is missing")
+    return found
+
+
+def read_table_from_documents(
+    store: SQLiteStore,
+    arc_class: str,
+    ranges: Sequence[Tuple[float, float]],
+    settings: Optional[ClassSettings] = None,
+) -> ColumnTable:
+    """:func:`read_table` from the ARC documents themselves: each decoded and flattened."""
+    builder = TableBuilder()
+    with _reading(store) as db:
         for start, end in merged_ranges(ranges):
             for keys in _keys_in_range(db, arc_class, start, end):
                 _add_documents(builder, store, keys)
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
     return builder.finish(settings)
 
 
@@ -91,25 +270,20 @@ def _add_documents(builder: TableBuilder, store: SQLiteStore, keys: List[Tuple[s
 
 def class_span(store: SQLiteStore, arc_class: str) -> Tuple[Optional[float], Optional[float]]:
     """The first and the last first-export time of the class's ARCs (None, None: it has none)."""
-    db = _connect(store)
-    try:
+    with _reading(store) as db:
         first, last = db.execute(
-            "SELECT min(first_export), max(first_export) FROM arcs WHERE arc_class = ?", (arc_class,)
+            "SELECT min(arc_time), max(arc_time) FROM report_rows WHERE arc_class = ?", (arc_class,)
         ).fetchone()
         return first, last
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
 
 
-def class_counts(store: SQLiteStore) -> Dict[str, int]:
-    """How many ARCs each class has (the ARCs without a class are not reported)."""
-    db = _connect(store)
-    try:
-        rows = db.execute("SELECT arc_class, count(*) FROM arcs WHERE arc_class IS NOT NULL GROUP BY arc_class")
+def class_counts(store: SQLiteStore, say: Callable[[str], None] = _stderr) -> Dict[str, int]:
+    """How many ARCs each class has (the ARCs without a class are not reported), from the side table
+    (its index on the class: no scan of the ARCs), filled first when incomplete."""
+    if not _side_table_ready(store, say):
+        with _reading(store) as db:
+            rows = db.execute("SELECT arc_class, count(*) FROM arcs WHERE arc_class IS NOT NULL GROUP BY arc_class")
+            return {_text(arc_class): count for arc_class, count in rows}
+    with _reading(store) as db:
+        rows = db.execute("SELECT arc_class, count(*) FROM report_rows WHERE arc_class IS NOT NULL GROUP BY arc_class")
         return {_text(arc_class): count for arc_class, count in rows}
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()

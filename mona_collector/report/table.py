@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from array import array
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
+from ..report_rows import text_label
 from .monitoring_config import ClassSettings
 
 FloatArray = npt.NDArray[np.float64]
@@ -75,17 +76,6 @@ class ColumnTable:
         return int(self.times.size)
 
 
-def text_label(value: object) -> str:
-    """The dimension label of a text value: booleans as ``true``/``false``, bytes decoded."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
-    return str(value)
-
-
 def number_label(value: float) -> str:
     """A number used as a dimension value (a field declared a dimension without buckets)."""
     return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
@@ -128,6 +118,47 @@ class _FieldValues:
             self.numbers.append(number)
         elif value is not None:
             self.other_rows.append(row)
+
+
+@dataclass
+class FieldArrays:
+    """The values of one field read as columns: the rows (ascending) of each type and the values;
+    ``text_codes`` index ``labels``, numbered in the order the labels first appear."""
+
+    number_rows: IntArray
+    numbers: FloatArray
+    text_rows: IntArray
+    text_codes: IntArray
+    labels: List[str]
+    other_rows: IntArray
+
+    def values(self) -> _FieldValues:
+        values = _FieldValues()
+        values.number_rows.frombytes(self.number_rows.astype(np.int64).tobytes())
+        values.numbers.frombytes(self.numbers.astype(np.float64).tobytes())
+        values.text_rows.frombytes(self.text_rows.astype(np.int64).tobytes())
+        values.text_codes.frombytes(self.text_codes.astype(np.int64).tobytes())
+        values.labels = {label: code for code, label in enumerate(self.labels)}
+        values.other_rows.frombytes(self.other_rows.astype(np.int64).tobytes())
+        return values
+
+
+def table_from_arrays(
+    times: FloatArray,
+    names: Sequence[str],
+    field: Callable[[str], FieldArrays],
+    settings: Optional[ClassSettings] = None,
+) -> ColumnTable:
+    """The typed table of columns read as arrays (the same typing as :meth:`TableBuilder.finish`):
+    ``field(name)`` gives each field's arrays, asked for one at a time in name order, so that only
+    one field is held twice at any moment."""
+    settings = settings or ClassSettings()
+    table = ColumnTable(times=np.ascontiguousarray(times, dtype=np.float64))
+    for name in sorted(names):
+        values = field(name).values()  # asked for even when ignored: the reader drops its parts then
+        if name not in settings.ignore:
+            _add_field(table, name, values, settings)
+    return table
 
 
 class TableBuilder:
