@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 from pathlib import Path
-from typing import Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
@@ -43,12 +43,13 @@ class DashboardServer:
         self._app = create_app(self.reports, settings.token, open_connections)
         self._server: Optional[Union[BaseWSGIServer, MultiSocketServer]] = None
         self._thread: Optional[threading.Thread] = None
-        self._sockets: Dict[int, wasyncore.dispatcher] = {}
+        self._sockets: Dict[int, Any] = {}
         self.port = 0
 
     def start(self) -> int:
         """Listen and serve on a background thread; returns the port. Raises OSError if it cannot listen."""
-        sockets: Dict[int, wasyncore.dispatcher] = {}
+        # waitress's dispatchers by file descriptor (its stubs say sockets; they are dispatchers)
+        sockets: Dict[int, Any] = {}
         server = create_server(
             self._app,
             host=self.settings.bind,
