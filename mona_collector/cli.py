@@ -10,6 +10,7 @@
     mona stats [--json]
     mona report [--arc-class C] [--since 24h] [--baseline 7d | A..B] [--by A,B] [--json] [--html FILE]
                 [--config FILE]
+    mona ui [--port 8080] [--bind 127.0.0.1] [--token-file F] [--config FILE]
 
 Every command takes ``--db`` (default: ``$MONA_COLLECTOR_DB``, else the per-user data directory).
 The query commands only read the database, so they can run while the collector is writing.
@@ -48,6 +49,7 @@ from .server import ServerSettings
 from .service import Collector
 from .store import SQLiteStore, StoreError, default_db_path, dump_json, raw_log_path
 from .timeparse import format_time, parse_since
+from .web.command import add_http_options, add_ui_parser, collect_dashboard, run_ui
 
 log = logging.getLogger("mona_collector")
 
@@ -201,6 +203,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_db(stats)
     stats.add_argument("--json", action="store_true")
     _add_report_parser(commands)
+    add_http_options(collect)
+    add_ui_parser(commands)
     return parser
 
 
@@ -251,6 +255,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _collect(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "ui":
+            return run_ui(args, Path(args.db).expanduser() if args.db else default_db_path())
         return _query(args)
     except CliError as exc:
         print(f"mona: {exc}", file=sys.stderr)
@@ -347,6 +353,7 @@ def _new_collector(
             max_depth=args.max_depth,
             merge_cache_bytes=args.merge_cache_bytes,
             merger_max_backoff=args.merger_max_backoff,
+            dashboard=collect_dashboard(args),
         )
     except (OSError, ValueError) as exc:
         raise CliError(str(exc), 2) from None
@@ -361,6 +368,8 @@ def _serve(collector: Collector, args: argparse.Namespace, db_path: Path) -> int
         collector.start()
     except ssl.SSLError as exc:
         raise CliError(f"cannot use the TLS certificate or key: {exc}", 2) from None
+    except ImportError as exc:  # --http-port without the ui extra: the message says what to install
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
     files = [db_path, raw_log_path(db_path)]

@@ -24,6 +24,7 @@ from .merging.documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_DEPTH
 from .merging.process import MergerProcess, MergerThread
 from .server import ForwardServer, ServerSettings
 from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path, raw_log_path
+from .web.settings import DashboardSettings
 
 log = logging.getLogger("mona_collector")
 
@@ -49,6 +50,8 @@ class Collector:
     ``merger_max_backoff`` seconds. See docs/collector.md, "Limits".
     ``max_connections``, ``idle_timeout`` and ``max_buffered_bytes`` limit what clients can hold (see
     :class:`~mona_collector.server.ServerSettings` and docs/collector.md, "Limits").
+    ``dashboard`` serves the web dashboard and ``/metrics`` of ``db_path`` from this process, on a
+    thread started and stopped with the collector (needs the ``ui`` extra; see docs/dashboard.md).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Collector:
         max_depth: int = DEFAULT_MAX_DEPTH,
         merge_cache_bytes: int = DEFAULT_CACHE_BYTES,
         merger_max_backoff: float = 30.0,
+        dashboard: Optional[DashboardSettings] = None,
     ) -> None:
         if not 0 <= max_depth <= MAX_DEPTH_LIMIT:
             raise ValueError(f"the maximum context depth must be between 0 and {MAX_DEPTH_LIMIT}, not {max_depth}")
@@ -111,7 +115,10 @@ class Collector:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._start_error: Optional[BaseException] = None
+        self._dashboard_settings = dashboard
+        self._dashboard: Any = None
         self.port = 0
+        self.dashboard_port = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -148,6 +155,8 @@ class Collector:
             self._thread = None
             self._close_store()
             raise error
+        if self._dashboard_settings is not None:
+            self._start_dashboard(self._dashboard_settings)
         where = self.db_path if self._given_store is None else type(self._given_store).__name__
         log.info(
             "mona collector listening on %s:%d (%s, UDP heartbeat), storing in %s",
@@ -157,6 +166,17 @@ class Collector:
             where,
         )
         return self.port
+
+    def _start_dashboard(self, settings: DashboardSettings) -> None:
+        from .web import load_server  # the ui extra loads only when the dashboard is asked for
+
+        try:
+            self._dashboard = load_server()(self.db_path, settings, open_connections=lambda: self.open_connections)
+            self.dashboard_port = self._dashboard.start()
+        except BaseException:
+            self._dashboard = None
+            self.stop()
+            raise
 
     def _run(self, ready: threading.Event) -> None:
         loop = self._loop = asyncio.new_event_loop()
@@ -178,6 +198,9 @@ class Collector:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, store and ack what was received, close connections and the store."""
+        if self._dashboard is not None:
+            self._dashboard.stop()
+            self._dashboard = None
         if self._thread is None:
             return
         loop, server = self._loop, self._server
@@ -225,6 +248,11 @@ class Collector:
     def received_records(self) -> int:
         """Records appended to the raw log (and acked) since start."""
         return self._ingestor.stored_events if self._ingestor is not None else 0
+
+    @property
+    def open_connections(self) -> int:
+        """Forward connections open now."""
+        return len(self._server.connections) if self._server is not None else 0
 
     @property
     def merger_restarts(self) -> int:
