@@ -49,7 +49,7 @@ from .server import ServerSettings
 from .service import Collector
 from .store import SQLiteStore, StoreError, default_db_path, dump_json, raw_log_path
 from .timeparse import format_time, parse_since
-from .web.command import add_http_options, add_ui_parser, collect_dashboard, run_ui
+from .web.command import UiCommandError, add_http_options, add_ui_parser, collect_dashboard, run_ui
 
 log = logging.getLogger("mona_collector")
 
@@ -258,7 +258,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "ui":
             return run_ui(args, Path(args.db).expanduser() if args.db else default_db_path())
         return _query(args)
-    except CliError as exc:
+    except (CliError, UiCommandError) as exc:
         print(f"mona: {exc}", file=sys.stderr)
         return exc.status
     except (StoreError, ValueError) as exc:

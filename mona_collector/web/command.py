@@ -46,10 +46,16 @@ def add_http_options(collect: argparse.ArgumentParser) -> None:
     collect.add_argument("--http-token-file", help="a file holding the dashboard's token (required off loopback)")
 
 
-def _fail(message: str, status: int) -> Exception:
-    from ..cli import CliError  # the CLI imports this module, not the other way round
+class UiCommandError(Exception):
+    """A failure to report in one line, with the exit status (2: a wrong argument, 1: a failure)."""
 
-    return CliError(message, status)
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _fail(message: str, status: int) -> UiCommandError:
+    return UiCommandError(message, status)
 
 
 def _token(path: Optional[str], option: str) -> Optional[str]:
@@ -72,7 +78,7 @@ def _settings(
     try:
         return DashboardSettings(port, bind, _token(token_file, token_option))
     except ValueError as exc:
-        raise _fail(f"{bind_option} {bind}: {exc}", 2) from None
+        raise _fail(f"{bind_option}: {exc}", 2) from None
 
 
 def collect_dashboard(args: argparse.Namespace) -> Optional[DashboardSettings]:
