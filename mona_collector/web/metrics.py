@@ -115,8 +115,9 @@ class CollectorMetrics(MetricsCollector):
             return
         yield GaugeMetricFamily("mona_up", "Whether the collector database could be read.", 1.0)
         yield CounterMetricFamily("mona_records_received", "Records received and stored in the raw log.", received)
+        # tag_stats counts every record kept (rejected ones included) as an event; duplicates apart
         yield CounterMetricFamily(
-            "mona_records_merged", "Records the merger processed (merged, rejected or duplicates).", events
+            "mona_records_merged", "Records merged into ARCs (or counted, for other tags).", events - rejected
         )
         yield CounterMetricFamily("mona_records_rejected", "Records the merger rejected as malformed.", rejected)
         yield CounterMetricFamily(
