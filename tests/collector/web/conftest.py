@@ -15,8 +15,6 @@ from bench.report_data import build_database, fraud_scenario, record
 from mona_collector.web import DashboardSettings, load_server
 from mona_collector.web.server import DashboardServer
 
-NOW = time.time()
-
 
 def _demo_records(now: float) -> Iterator[Dict[str, Any]]:
     """The fraud scenario, plus one ARC like the demo's: globals and a sub-ARC tree two levels deep."""
@@ -28,9 +26,15 @@ def _demo_records(now: float) -> Iterator[Dict[str, Any]]:
 
 
 @pytest.fixture(scope="package")
-def demo_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def generated_at() -> float:
+    """The "now" of the generated data: its window is the 24 h before it."""
+    return time.time()
+
+
+@pytest.fixture(scope="package")
+def demo_db(tmp_path_factory: pytest.TempPathFactory, generated_at: float) -> Path:
     path = tmp_path_factory.mktemp("dashboard") / "arcs.db"
-    build_database(path, _demo_records(NOW))
+    build_database(path, _demo_records(generated_at))
     return path
 
 

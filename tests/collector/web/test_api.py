@@ -8,8 +8,9 @@ import http.client
 import sqlite3
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import pytest
 
@@ -21,8 +22,12 @@ from mona_collector.web.server import DashboardServer
 from .conftest import get, get_json
 
 
-def test_the_overview_lists_every_class_with_its_window_counts(dashboard: DashboardServer) -> None:
-    status, data = get_json(dashboard.url + "api/classes")
+def test_the_overview_lists_every_class_with_its_window_counts(dashboard: DashboardServer, generated_at: float) -> None:
+    # the window of the generated data, however long ago it was generated
+    since, until = (
+        datetime.fromtimestamp(moment, timezone.utc).isoformat() for moment in (generated_at - 86400, generated_at)
+    )
+    status, data = get_json(dashboard.url + "api/classes?" + urlencode({"since": since, "until": until}))
     assert status == 200
     rows = {row["arc_class"]: row for row in data["classes"]}
     assert set(rows) == {"FRAUD_SCORER", "CHECKOUT"}
