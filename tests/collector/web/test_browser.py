@@ -1,9 +1,11 @@
 """The dashboard in a real headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by
 Selenium): every page renders with non-empty charts, a filter narrows the ARC list, a click on a
-segment opens its ARCs, and the browser's console has no error. Screenshots go to docs/images/."""
+segment opens its ARCs, and the browser's console has no error. The screenshots of docs/images/ are
+made here: ``MONA_DASHBOARD_SCREENSHOTS=docs/images python3 -m pytest tests/collector/web/test_browser.py``."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Iterator, List
@@ -23,7 +25,9 @@ DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or DRIVER is None, reason="needs Chromium and its driver: apt-get install chromium chromium-driver"
 )
-IMAGES = Path(__file__).resolve().parents[3] / "docs" / "images"
+#: Where the screenshots go: a temporary folder, or (to refresh the documentation's) the folder named
+#: by $MONA_DASHBOARD_SCREENSHOTS, e.g. docs/images.
+SCREENSHOTS = os.environ.get("MONA_DASHBOARD_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +64,18 @@ def assert_charts_drawn(elements: List[WebElement]) -> None:
         assert painted > 50
 
 
-def test_every_page_renders_with_charts_and_no_console_error(browser: WebDriver, dashboard: DashboardServer) -> None:
+def test_every_page_renders_with_charts_and_no_console_error(
+    browser: WebDriver, dashboard: DashboardServer, tmp_path: Path
+) -> None:
+    images = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path
     browser.get(dashboard.url)
     assert_charts_drawn(wait_for(browser, "table.overview canvas"))
     assert {row.get_attribute("data-class") for row in browser.find_elements(By.CSS_SELECTOR, "tr[data-class]")} == {
         "FRAUD_SCORER",
         "CHECKOUT",
     }
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(IMAGES / "dashboard-overview.png"))
+    images.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(images / "dashboard-overview.png"))
 
     browser.find_element(By.LINK_TEXT, "FRAUD_SCORER").click()
     assert_charts_drawn(wait_for(browser, ".series-chart canvas"))
@@ -76,7 +83,7 @@ def test_every_page_renders_with_charts_and_no_console_error(browser: WebDriver,
     assert len(browser.find_elements(By.CSS_SELECTOR, "section.kapi")) == 3
     assert browser.find_elements(By.CSS_SELECTOR, "table.drift .status-alert")
     assert "/class/FRAUD_SCORER" in browser.current_url
-    browser.save_screenshot(str(IMAGES / "dashboard-class.png"))
+    assert browser.save_screenshot(str(images / "dashboard-class.png"))
 
     browser.get(dashboard.url + "arc/demo-1")
     tree = wait_for(browser, ".tree li")
