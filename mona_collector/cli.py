@@ -12,6 +12,7 @@
                 [--config FILE]
     mona alerts check [--config FILE] [--json] [--at TIME]
     mona alerts list [--open] [--json]
+    mona ui [--port 8080] [--bind 127.0.0.1] [--token-file F] [--config FILE]
 
 Every command takes ``--db`` (default: ``$MONA_COLLECTOR_DB``, else the per-user data directory).
 The query commands only read the database, so they can run while the collector is writing.
@@ -49,6 +50,7 @@ from .server import ServerSettings
 from .service import Collector
 from .store import SQLiteStore, StoreError, default_db_path, dump_json, raw_log_path
 from .timeparse import format_time, parse_since
+from .web.command import UiCommandError, add_http_options, add_ui_parser, collect_dashboard, run_ui
 
 log = logging.getLogger("mona_collector")
 
@@ -203,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true")
     _add_report_parser(commands)
     _add_alerts_parser(commands, collect)
+    add_http_options(collect)
+    add_ui_parser(commands)
     return parser
 
 
@@ -296,8 +300,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _report(args)
         if args.command == "alerts":
             return _alerts(args)
+        if args.command == "ui":
+            return run_ui(args, Path(args.db).expanduser() if args.db else default_db_path())
         return _query(args)
-    except CliError as exc:
+    except (CliError, UiCommandError) as exc:
         print(f"mona: {exc}", file=sys.stderr)
         return exc.status
     except (StoreError, ValueError) as exc:
@@ -396,6 +402,7 @@ def _new_collector(
             merger_max_backoff=args.merger_max_backoff,
             evaluate_every=args.evaluate_every,
             alerts_config=args.alerts_config,
+            dashboard=collect_dashboard(args),
         )
     except (OSError, ValueError) as exc:
         if args.evaluate_every is not None:
@@ -415,6 +422,8 @@ def _serve(collector: Collector, args: argparse.Namespace, db_path: Path) -> int
         collector.start()
     except ssl.SSLError as exc:
         raise CliError(f"cannot use the TLS certificate or key: {exc}", 2) from None
+    except ImportError as exc:  # --http-port without the ui extra: the message says what to install
+        raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
     files = [db_path, raw_log_path(db_path)]

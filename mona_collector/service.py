@@ -24,6 +24,7 @@ from .merging.documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_DEPTH
 from .merging.process import MergerProcess, MergerThread
 from .server import ForwardServer, ServerSettings
 from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path, raw_log_path
+from .web.settings import DashboardSettings
 
 if TYPE_CHECKING:
     from .alerts.runner import AlertLoop
@@ -56,6 +57,8 @@ class Collector:
     ``evaluate_every`` (seconds) evaluates the alert rules of the monitoring config ``alerts_config``
     (the default rules without one) on a thread of this process, see docs/alerts.md; an invalid
     config raises ValueError here.
+    ``dashboard`` serves the web dashboard and ``/metrics`` of ``db_path`` from this process, on a
+    thread started and stopped with the collector (needs the ``ui`` extra; see docs/dashboard.md).
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class Collector:
         merger_max_backoff: float = 30.0,
         evaluate_every: Optional[float] = None,
         alerts_config: Optional[str] = None,
+        dashboard: Optional[DashboardSettings] = None,
     ) -> None:
         if not 0 <= max_depth <= MAX_DEPTH_LIMIT:
             raise ValueError(f"the maximum context depth must be between 0 and {MAX_DEPTH_LIMIT}, not {max_depth}")
@@ -120,6 +124,8 @@ class Collector:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._start_error: Optional[BaseException] = None
+        self._dashboard_settings = dashboard
+        self._dashboard: Any = None
         self.port = 0
         self.alerts: Optional[AlertLoop] = None
         if evaluate_every is not None:
@@ -128,6 +134,7 @@ class Collector:
             from .alerts.runner import AlertLoop  # imported here: it loads numpy, which only alerting needs
 
             self.alerts = AlertLoop(self.db_path, evaluate_every, alerts_config)
+        self.dashboard_port = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -166,6 +173,8 @@ class Collector:
             raise error
         if self.alerts is not None:
             self.alerts.start()
+        if self._dashboard_settings is not None:
+            self._start_dashboard(self._dashboard_settings)
         where = self.db_path if self._given_store is None else type(self._given_store).__name__
         log.info(
             "mona collector listening on %s:%d (%s, UDP heartbeat), storing in %s",
@@ -175,6 +184,17 @@ class Collector:
             where,
         )
         return self.port
+
+    def _start_dashboard(self, settings: DashboardSettings) -> None:
+        from .web import load_server  # the ui extra loads only when the dashboard is asked for
+
+        try:
+            self._dashboard = load_server()(self.db_path, settings, open_connections=lambda: self.open_connections)
+            self.dashboard_port = self._dashboard.start()
+        except BaseException:
+            self._dashboard = None
+            self.stop()
+            raise
 
     def _run(self, ready: threading.Event) -> None:
         loop = self._loop = asyncio.new_event_loop()
@@ -196,6 +216,9 @@ class Collector:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, store and ack what was received, close connections and the store."""
+        if self._dashboard is not None:
+            self._dashboard.stop()
+            self._dashboard = None
         if self._thread is None:
             return
         loop, server = self._loop, self._server
@@ -245,6 +268,11 @@ class Collector:
     def received_records(self) -> int:
         """Records appended to the raw log (and acked) since start."""
         return self._ingestor.stored_events if self._ingestor is not None else 0
+
+    @property
+    def open_connections(self) -> int:
+        """Forward connections open now."""
+        return len(self._server.connections) if self._server is not None else 0
 
     @property
     def merger_restarts(self) -> int:
