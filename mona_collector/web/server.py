@@ -20,6 +20,9 @@ from .app import create_app
 from .reports import Reports
 from .settings import DashboardSettings
 
+#: How long one poll of the serving loop may wait: the longest a stop waits for it.
+_POLL_SECONDS = 0.2
+
 log = logging.getLogger("mona_collector")
 
 #: Requests answered at once (a class page computing a report does not hold up the others).
@@ -44,6 +47,7 @@ class DashboardServer:
         self._server: Optional[Union[BaseWSGIServer, MultiSocketServer]] = None
         self._thread: Optional[threading.Thread] = None
         self._sockets: Dict[int, Any] = {}
+        self._stopping = threading.Event()
         self.port = 0
 
     def start(self) -> int:
@@ -64,10 +68,23 @@ class DashboardServer:
         self.port = int(bound.getsockname()[1]) if bound is not None else self.settings.port
         self._sockets = sockets
         self._server = server
-        self._thread = threading.Thread(target=server.run, name="mona-dashboard", daemon=True)
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(
+            target=self._serve, args=(server, sockets, self._stopping), name="mona-dashboard", daemon=True
+        )
         self._thread.start()
         log.info("mona dashboard on http://%s:%d/", self.settings.bind, self.port)
         return self.port
+
+    @staticmethod
+    def _serve(
+        server: Union[BaseWSGIServer, MultiSocketServer], sockets: Dict[int, Any], stopping: threading.Event
+    ) -> None:
+        """waitress's loop, a short poll at a time, until told to stop; then this thread closes every
+        socket itself (closing them from another thread while it polls them fails with EBADF)."""
+        while not stopping.is_set():
+            wasyncore.loop(timeout=_POLL_SECONDS, map=sockets, count=1)
+        wasyncore.close_all(sockets)
 
     @property
     def url(self) -> str:
@@ -81,9 +98,9 @@ class DashboardServer:
             return
         self._server = self._thread = None
         # The worker threads first (they finish the requests they hold and touch the sockets no
-        # more), then every socket; waitress's loop ends when it has none left.
+        # more), then the serving loop, which closes every socket on its way out.
         server.task_dispatcher.shutdown(timeout=math.ceil(timeout))
-        wasyncore.close_all(self._sockets)
+        self._stopping.set()
         thread.join(timeout)
 
     def __enter__(self) -> DashboardServer:
