@@ -40,7 +40,7 @@ import numbers
 import operator
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import client
 from . import context as _ctx
@@ -93,8 +93,12 @@ def _value_kind(value: Any) -> int:
         return _KEPT if math.isfinite(value) else _NOT_FINITE
     except (TypeError, ValueError, OverflowError):
         pass
-    # pandas' missing markers, by name: pandas is not imported here, and NA refuses every comparison.
-    return _MISSING if kind.__name__ in ("NAType", "NaTType") else _KEPT
+    try:
+        # NaT (numpy's or pandas') is the one value here that is not equal to itself.
+        return _MISSING if bool(value != value) else _KEPT
+    except Exception:  # pandas.NA refuses to be a bool, a user's object may raise anything
+        # pandas' missing marker, by name: pandas is not imported here.
+        return _MISSING if kind.__name__ == "NAType" else _KEPT
 
 
 def _all_finite_numbers(values: Sequence[Any]) -> bool:
@@ -178,7 +182,7 @@ def _array_column(name: str, array: Any) -> _Column:
             column.not_finite = len(column.left_out)
         return column
     if kind == "M":  # datetime64: ISO text, as export() sends a datetime
-        column = _Column(name, np.datetime_as_string(array).tolist())
+        column = _Column(name, np.datetime_as_string(array, unit="auto").tolist())
         column.left_out = np.flatnonzero(np.isnat(array)).tolist()
         return column
     if kind == "m":  # timedelta64: seconds
@@ -191,7 +195,9 @@ def _array_column(name: str, array: Any) -> _Column:
 def _any_column(name: str, values: Any) -> _Column:
     """A column from a numpy array, a pandas Series or any sequence."""
     if _is_series(values):
-        values = values.to_numpy()
+        # A numpy dtype converts whole; pandas' own dtypes (nullable integers, categories, text, times with
+        # a zone) as objects, so that an integer stays an integer and pandas.NA stays missing.
+        values = values.to_numpy() if isinstance(values.dtype, _numpy().dtype) else values.to_numpy(dtype=object)
     if _is_array(values):
         if values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
@@ -624,11 +630,16 @@ def _batch(
 
 
 def log_ground_truth(
-    context_id: str, label: Any, *, export_timestamp: Optional[float] = None, arc_class: Optional[str] = None
+    context_id: Union[str, int],
+    label: Any,
+    *,
+    export_timestamp: Optional[float] = None,
+    arc_class: Optional[str] = None,
 ) -> bool:
     """Export the ground truth of a logged prediction, as the field ``label`` of its ARC; True when accepted.
 
-    ``context_id`` is what :func:`log_prediction` returned (or the id it was given). Nothing else is
+    ``context_id`` is what :func:`log_prediction` returned (or the id it was given; an integer id as
+    :func:`log_predictions` takes it, by ``str()``). Nothing else is
     exported: not the arc class again, not the globals. ``arc_class`` is only read by sampling with
     per-class rates, to decide as the prediction's process did. An id that cannot name an ARC, or a
     label that is None or NaN, is refused (a line, or an exception with raising on).
