@@ -39,8 +39,9 @@ import math
 import numbers
 import operator
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from . import client
 from . import context as _ctx
@@ -238,7 +239,7 @@ def _matrix_columns(array: Any, feature_names: Optional[Sequence[Any]]) -> List[
 def _records_columns(records: Sequence[Any]) -> List[_Column]:
     """The columns of a list of dicts: every key any row has; a row without a key leaves it out."""
     for record in records:
-        if not isinstance(record, Mapping):
+        if type(record) is not dict and not isinstance(record, Mapping):
             raise _BadInputError(f"a batch as a list takes one dict of features per row, not a {type(record).__name__}")
     names = list(dict.fromkeys(itertools.chain.from_iterable(records)))
     if not names:

@@ -408,3 +408,20 @@ def test_the_module_works_without_numpy_and_pandas_and_names_what_is_missing(mon
     assert result.stdout.split() == ["plain", "[]"]
     assert "log_predictions(): a Tensor needs the numpy package: pip install numpy" in result.stderr
     assert user_messages(mona, 1) == {"plain": {"a": 1.5, "prediction": 1}}
+
+
+def test_the_bench_runs_and_prints_its_table(tmp_path: Path) -> None:
+    """The bench keeps working (no figure is checked: times on a shared machine say nothing in a test)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.ml", "--quick"],
+        cwd=str(ROOT),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=80,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("| DataFrame |", "| list of dicts |", "| log_prediction(dict), one per call |"):
+        assert row in result.stdout, result.stdout
+    assert not list(tmp_path.glob("mona-bench-ml-*")), "the bench left its temporary files"
