@@ -193,12 +193,17 @@ def _array_column(name: str, array: Any) -> _Column:
     return _scanned(name, array.tolist())
 
 
+def _series_values(series: Any) -> Any:
+    """A Series' values as a numpy array: a numpy dtype whole; pandas' own dtypes (nullable integers,
+    categories, text, times with a zone) as objects, so that an integer stays an integer and
+    ``pandas.NA`` stays missing."""
+    return series.to_numpy() if isinstance(series.dtype, _numpy().dtype) else series.to_numpy(dtype=object)
+
+
 def _any_column(name: str, values: Any) -> _Column:
     """A column from a numpy array, a pandas Series or any sequence."""
     if _is_series(values):
-        # A numpy dtype converts whole; pandas' own dtypes (nullable integers, categories, text, times with
-        # a zone) as objects, so that an integer stays an integer and pandas.NA stays missing.
-        values = values.to_numpy() if isinstance(values.dtype, _numpy().dtype) else values.to_numpy(dtype=object)
+        values = _series_values(values)
     if _is_array(values):
         if values.ndim == 2 and values.shape[1] == 1:
             values = values[:, 0]
@@ -316,7 +321,7 @@ def _single_columns(features: Any, feature_names: Optional[Sequence[Any]]) -> Li
     if _is_series(features):
         if feature_names is not None:
             raise _BadInputError("feature_names= names the values of a numpy array; a Series names its own (its index)")
-        return _one_row([_column_name(name) for name in features.index], features.to_numpy())
+        return _one_row([_column_name(name) for name in features.index], _series_values(features))
     if _is_array(features):
         if features.ndim != 1 or feature_names is None or len(feature_names) != len(features):
             raise _BadInputError(

@@ -20,6 +20,7 @@ import pytest
 from mona_client import client, ml
 from mona_client.logs import rate_limited
 from mona_client.runtime import runtime
+from mona_client.sampling import keep
 from tests.support.collector import wait_merged
 from tests.support.embedded import Embedded, embedded, mona_cli
 from tests.support.receiver import ForwardReceiver
@@ -238,6 +239,27 @@ def test_the_report_computes_model_metrics_from_logged_predictions_and_late_labe
     assert window["classes"] and window["confusion"]["counts"]
     assert metrics["baseline"]["pairs"] == 112
     assert {segment["dimension"] for segment in metrics["segments"]} == {"country"}
+
+
+def test_sampling_keeps_a_prediction_and_its_label_together(receiver: ForwardReceiver, tmp_path: Path) -> None:
+    config = tmp_path / "mona_client_config.json"
+    config.write_text(json.dumps({"sample_rates": {"HALF": 0.5}}))
+    client.init_client(port=receiver.port, config_file=str(config), print_logs=False)
+    try:
+        ids = [f"req-{i}" for i in range(200)]
+        assert ml.log_predictions({"x": list(range(200))}, [1] * 200, arc_class="HALF", ids=ids) == ids
+        assert ml.log_ground_truths(ids, [0] * 200, arc_class="HALF") == 200  # accepted: kept or sampled out
+        with client.new_mona_context(arc_class="HALF", context_id=next(i for i in ids if not keep(i, 0.5))):
+            assert ml.log_exception(message="not kept") is True
+        kept = {i for i in ids if keep(i, 0.5)}
+        assert 60 < len(kept) < 140
+        messages = user_messages(receiver, 2 * len(kept))
+        assert set(messages) == kept
+        assert all(message == {"x": int(i[4:]), "prediction": 1, "label": 0} for i, message in messages.items())
+        assert not [r for r in receiver.records if "MONA_EXCEPTION_TYPE" in r["message"]]
+    finally:
+        client.reset()
+        client.close(5)
 
 
 # --- bad input, against a real receiver ----------------------------------------------------------------
