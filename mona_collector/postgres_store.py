@@ -659,7 +659,7 @@ class PostgresStore(ArcStore):
         tags = {
             tag: {"events": int(events), "rejected": int(rejected), "duplicates": int(duplicates)}
             for tag, events, rejected, duplicates in db.execute(
-                "SELECT tag, events, rejected, duplicates FROM tag_stats ORDER BY tag"
+                'SELECT tag, events, rejected, duplicates FROM tag_stats ORDER BY tag COLLATE "C"'
             )
         }
         span = db.execute("SELECT min(first_time), max(last_time) FROM tag_stats").fetchone()
@@ -673,7 +673,7 @@ class PostgresStore(ArcStore):
         classes = {
             ("" if arc_class is None else arc_class): int(count)
             for arc_class, count in db.execute(
-                'SELECT arc_class, count(*) FROM arcs GROUP BY arc_class ORDER BY arc_class COLLATE "C"'
+                'SELECT arc_class, count(*) FROM arcs GROUP BY arc_class ORDER BY arc_class COLLATE "C" NULLS FIRST'
             )
         }
         return {
