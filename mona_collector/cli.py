@@ -13,8 +13,11 @@
     mona alerts check [--config FILE] [--json] [--at TIME]
     mona alerts list [--open] [--json]
     mona ui [--port 8080] [--bind 127.0.0.1] [--token-file F] [--config FILE]
+    mona db migrate [--db PATH|URL]
+    mona prune --older-than 30d [--db PATH|URL]
 
-Every command takes ``--db`` (default: ``$MONA_COLLECTOR_DB``, else the per-user data directory).
+Every command takes ``--db`` (default: ``$MONA_COLLECTOR_DB``, else the per-user data directory): an
+SQLite file, or a ``postgresql://user@host/dbname`` URL that several collectors share.
 The query commands only read the database, so they can run while the collector is writing.
 ``mona collect`` takes the shared key from ``--shared-key-file`` or ``$MONA_COLLECTOR_SHARED_KEY``.
 
@@ -45,10 +48,11 @@ from typing import IO, Any, Callable, Dict, Iterable, Iterator, List, Match, Opt
 
 from mona_client.forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 
+from .databases import Database, describe, open_store, resolve_db
 from .merging.documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_DEPTH_LIMIT
 from .server import ServerSettings
 from .service import Collector
-from .store import SQLiteStore, StoreError, default_db_path, dump_json, raw_log_path
+from .store import ArcStore, StoreError, default_db_path, dump_json, raw_log_path
 from .timeparse import format_time, parse_since
 from .web.command import UiCommandError, add_http_options, add_ui_parser, collect_dashboard, run_ui
 
@@ -109,7 +113,9 @@ _count = _whole_number(1, _MAX_LIMIT)
 
 
 def _add_db(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", help=f"database file (default: {default_db_path()})")
+    parser.add_argument(
+        "--db", help=f"database file or postgresql://user@host/dbname URL (default: {default_db_path()})"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -207,7 +213,54 @@ def _parser() -> argparse.ArgumentParser:
     _add_alerts_parser(commands, collect)
     add_http_options(collect)
     add_ui_parser(commands)
+    _add_maintenance_parsers(commands)
     return parser
+
+
+def _add_maintenance_parsers(commands: Any) -> None:
+    """``mona db migrate`` and ``mona prune`` (see docs/deployment.md)."""
+    db = commands.add_parser("db", help="the database schema").add_subparsers(dest="db_command", required=True)
+    migrate = db.add_parser("migrate", help="create or upgrade the collector's schema (idempotent)")
+    _add_db(migrate)
+    prune = commands.add_parser("prune", help="delete merged raw events and ARCs older than a duration")
+    _add_db(prune)
+    prune.add_argument(
+        "--older-than", type=_duration, required=True, help="e.g. 30d: raw events and ARCs last exported before then"
+    )
+
+
+def _sqlite_only(db: Database, command: str) -> Path:
+    """``db`` as an SQLite file, or one clear line for a PostgreSQL URL (``command`` reads SQLite only)."""
+    if isinstance(db, str):
+        raise CliError(
+            f"`mona {command}` reads an SQLite database only, not {describe(db)}; use `mona arcs` and `mona stats`"
+        )
+    return db
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from .databases import migrate
+
+    db = resolve_db(args.db)
+    before, after = migrate(db)
+    where = _printable(describe(db))
+    if before == after:
+        print(f"{where}: schema version {after}, up to date")
+    elif before == 0:
+        print(f"{where}: schema version {after} created")
+    else:
+        print(f"{where}: schema migrated from version {before} to {after}")
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .databases import prune
+
+    db = resolve_db(args.db)
+    raw, arcs = prune(db, args.older_than)
+    where = _printable(describe(db))
+    print(f"{where}: deleted {raw} merged raw row(s) and {arcs} ARC(s) older than {args.older_than:g} s")
+    return 0
 
 
 def _duration(text: str) -> float:
@@ -242,7 +295,7 @@ def _add_alerts_parser(commands: Any, collect: argparse.ArgumentParser) -> None:
 def _alerts(args: argparse.Namespace) -> int:
     from .alerts.command import AlertsError, run_check, run_list
 
-    db_path = Path(args.db).expanduser() if args.db else default_db_path()
+    db_path = _sqlite_only(resolve_db(args.db), "alerts")
     try:
         if args.alerts_command == "check":
             return run_check(db_path, args.config, args.at, args.json, sys.stdout)
@@ -281,7 +334,9 @@ def _report(args: argparse.Namespace) -> int:
         html=args.html,
         config=args.config,
     )
-    store = SQLiteStore(args.db or default_db_path(), readonly=True)
+    from .store import SQLiteStore
+
+    store = SQLiteStore(_sqlite_only(resolve_db(args.db), "report"), readonly=True)
     try:
         return run_report(store, options, sys.stdout)
     except ReportError as exc:
@@ -302,6 +357,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _alerts(args)
         if args.command == "ui":
             return run_ui(args, Path(args.db).expanduser() if args.db else default_db_path())
+        if args.command == "db":
+            return _migrate(args)
+        if args.command == "prune":
+            return _prune(args)
         return _query(args)
     except (CliError, UiCommandError) as exc:
         print(f"mona: {exc}", file=sys.stderr)
@@ -320,11 +379,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    store = SQLiteStore(args.db or default_db_path(), readonly=True)
+    store = open_store(resolve_db(args.db), readonly=True)
     try:
         if args.command == "stats":
             return _stats(store, args)
-        commands: Dict[str, Callable[[SQLiteStore, argparse.Namespace], int]] = {
+        commands: Dict[str, Callable[[ArcStore, argparse.Namespace], int]] = {
             "list": _list,
             "show": _show,
             "export": _export,
@@ -332,6 +391,11 @@ def _query(args: argparse.Namespace) -> int:
         return commands[args.arcs_command](store, args)
     finally:
         store.close()
+
+
+def _where(store: ArcStore) -> str:
+    """The database a store reads, for messages (a PostgreSQL URL without its password)."""
+    return str(getattr(store, "path", type(store).__name__))
 
 
 def _discard_stdout() -> None:
@@ -368,7 +432,12 @@ def _collect(args: argparse.Namespace) -> int:
         raise CliError("--users-file needs a shared key (--shared-key-file or $MONA_COLLECTOR_SHARED_KEY)", 2)
     if args.alerts_config and args.evaluate_every is None:
         raise CliError("--alerts-config needs --evaluate-every", 2)
-    db_path = _prepare_db_path(Path(args.db).expanduser() if args.db else default_db_path())
+    db = resolve_db(args.db)
+    if isinstance(db, str):  # PostgreSQL: several collectors may share it, each with its own merger
+        if args.evaluate_every is not None:
+            raise CliError("--evaluate-every needs an SQLite --db (alerts read SQLite only)", 2)
+        return _serve(_new_collector(args, db, shared_key, users), args, db)
+    db_path = _prepare_db_path(db)
     lock = _lock_database(db_path)
     try:
         collector = _new_collector(args, db_path, shared_key, users)
@@ -378,7 +447,7 @@ def _collect(args: argparse.Namespace) -> int:
 
 
 def _new_collector(
-    args: argparse.Namespace, db_path: Path, shared_key: Optional[str], users: Optional[Dict[str, str]]
+    args: argparse.Namespace, db_path: Database, shared_key: Optional[str], users: Optional[Dict[str, str]]
 ) -> Collector:
     try:
         return Collector(
@@ -413,7 +482,7 @@ def _new_collector(
         raise CliError(str(exc), 2) from None
 
 
-def _serve(collector: Collector, args: argparse.Namespace, db_path: Path) -> int:
+def _serve(collector: Collector, args: argparse.Namespace, db_path: Database) -> int:
     """Start, run until SIGINT/SIGTERM (exit 0) or until the database files go away (exit 1)."""
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -426,7 +495,7 @@ def _serve(collector: Collector, args: argparse.Namespace, db_path: Path) -> int
         raise CliError(str(exc)) from None
     except OSError as exc:
         raise CliError(f"cannot listen on {args.bind}:{args.port}: {exc.strerror or exc}") from None
-    files = [db_path, raw_log_path(db_path)]
+    files = [] if isinstance(db_path, str) else [db_path, raw_log_path(db_path)]
     identities = [_identity(path) for path in files]
     status = 0
     while not stop.wait(_DB_CHECK_INTERVAL):
@@ -642,7 +711,7 @@ def _finite(value: Any) -> Any:
 # --- queries --------------------------------------------------------------------------------------
 
 
-def _list(store: SQLiteStore, args: argparse.Namespace) -> int:
+def _list(store: ArcStore, args: argparse.Namespace) -> int:
     documents = store.list_arcs(args.arc_class, args.since, args.limit)
     if args.json:
         for document in documents:
@@ -672,11 +741,11 @@ def _print_table(header: List[str], rows: List[List[Any]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _show(store: SQLiteStore, args: argparse.Namespace) -> int:
+def _show(store: ArcStore, args: argparse.Namespace) -> int:
     documents = store.find_arcs(args.context_id)
     if not documents:
         print(
-            f"mona: no ARC with context id {_printable(repr(args.context_id))} in {_printable(store.path)}",
+            f"mona: no ARC with context id {_printable(repr(args.context_id))} in {_printable(_where(store))}",
             file=sys.stderr,
         )
         return 1
@@ -697,7 +766,7 @@ def flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
     return {prefix: value}
 
 
-def _export(store: SQLiteStore, args: argparse.Namespace) -> int:
+def _export(store: ArcStore, args: argparse.Namespace) -> int:
     documents = store.iter_arcs(args.arc_class)
     if not args.out:
         _write_documents(sys.stdout, documents, args.format)
@@ -758,12 +827,12 @@ def _write_csv(out: TextIO, rows: Iterable[Dict[str, Any]]) -> None:
     writer.writerows(table)
 
 
-def _stats(store: SQLiteStore, args: argparse.Namespace) -> int:
+def _stats(store: ArcStore, args: argparse.Namespace) -> int:
     stats = store.stats()
     if args.json:
         print(_json(stats))
         return 0
-    print(f"database      {_printable(store.path)}")
+    print(f"database      {_printable(_where(store))}")
     print(f"events        {stats['events']}")
     print(f"rejected      {stats['rejected']}  (malformed mona records, kept raw)")
     print(f"duplicates    {stats['duplicates']}  (resent records, dropped)")

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from mona_client.forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
 
+from .databases import Database, describe, is_postgres_url, migrate, open_raw_log, resolve_db
 from .ingest import Ingestor
 from .merging.documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, MAX_DEPTH_LIMIT
 from .merging.process import MergerProcess, MergerThread
 from .server import ForwardServer, ServerSettings
-from .store import ArcStore, RawLog, SQLiteRawLog, SQLiteStore, default_db_path, raw_log_path
+from .store import ArcStore, RawLog, SQLiteStore
 from .web.settings import DashboardSettings
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ class Collector:
         )
         self.bind = bind
         self.requested_port = port
-        self.db_path = Path(db_path) if db_path is not None else default_db_path()
+        #: An SQLite file, or a PostgreSQL URL that several collectors may share (see docs/deployment.md).
+        self.db_path: Database = resolve_db(db_path)
         self.settings = ServerSettings(
             max_frame_bytes=max_frame_bytes,
             stall_timeout=stall_timeout,
@@ -129,11 +131,13 @@ class Collector:
         self.port = 0
         self.alerts: Optional[AlertLoop] = None
         if evaluate_every is not None:
-            if store is not None:
+            if store is not None or isinstance(self.db_path, str):
                 raise ValueError("alert evaluation needs the collector's own SQLite database, not a given store")
             from .alerts.runner import AlertLoop  # imported here: it loads numpy, which only alerting needs
 
             self.alerts = AlertLoop(self.db_path, evaluate_every, alerts_config)
+        if dashboard is not None and isinstance(self.db_path, str):
+            raise ValueError("the dashboard reads the collector's own SQLite database, not a PostgreSQL one yet")
         self.dashboard_port = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -143,15 +147,16 @@ class Collector:
         if self._thread is not None:
             return self.port
         if self._given_store is None:
-            SQLiteStore(self.db_path, synchronous=self._synchronous).close()  # creates or upgrades the file
-            self._raw_log = SQLiteRawLog(raw_log_path(self.db_path), synchronous=self._synchronous)
+            if is_postgres_url(self.db_path):
+                migrate(self.db_path)  # creates or upgrades the schema; collectors starting together take turns
+            else:
+                SQLiteStore(self.db_path, synchronous=self._synchronous).close()  # creates or upgrades the file
+            self._raw_log = open_raw_log(self.db_path, synchronous=self._synchronous)
             self._merger = MergerProcess(self.db_path, self._synchronous, **self._merger_options)
         else:
             self._store = self._given_store
             raw_log = getattr(self._given_store, "raw_log", None)
-            self._raw_log = (
-                raw_log() if callable(raw_log) else SQLiteRawLog(raw_log_path(self.db_path), self._synchronous)
-            )
+            self._raw_log = raw_log() if callable(raw_log) else open_raw_log(self.db_path, self._synchronous)
             self._merger = MergerThread(self._given_store, self._raw_log, **self._merger_options)
         try:
             self._merger.start()
@@ -175,7 +180,7 @@ class Collector:
             self.alerts.start()
         if self._dashboard_settings is not None:
             self._start_dashboard(self._dashboard_settings)
-        where = self.db_path if self._given_store is None else type(self._given_store).__name__
+        where = describe(self.db_path) if self._given_store is None else type(self._given_store).__name__
         log.info(
             "mona collector listening on %s:%d (%s, UDP heartbeat), storing in %s",
             self.bind,
@@ -188,6 +193,7 @@ class Collector:
     def _start_dashboard(self, settings: DashboardSettings) -> None:
         from .web import load_server  # the ui extra loads only when the dashboard is asked for
 
+        assert isinstance(self.db_path, Path)  # refused in __init__ otherwise
         try:
             self._dashboard = load_server()(self.db_path, settings, open_connections=lambda: self.open_connections)
             self.dashboard_port = self._dashboard.start()

@@ -36,13 +36,14 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, List, Optional, Tuple
+from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
 import msgpack
 
 from mona_client.logs import RateLimitedLog
 from mona_client.record import TAG
 
+from ..databases import Database, is_postgres_url, note_failure
 from ..event_time import EVENT_TIME_DATA, is_undecoded_extension, keep_extension, time_seconds
 from ..store import (
     ArcStore,
@@ -54,7 +55,6 @@ from ..store import (
     TagCounts,
     WriteSet,
     is_storage_failure,
-    note_merger_failure,
     raw_log_path,
 )
 from . import protocol
@@ -464,6 +464,11 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run_worker(args: argparse.Namespace, commands: queue.Queue[Command], parent: _ParentPipe) -> None:
+    if is_postgres_url(args.db):
+        from .shared import run_shared_worker  # imports psycopg: only for a PostgreSQL database
+
+        run_shared_worker(args, commands, parent)
+        return
     lock = _lock(Path(args.db))
     try:
         store = SQLiteStore(args.db, synchronous=args.synchronous)
@@ -485,6 +490,17 @@ def _run_worker(args: argparse.Namespace, commands: queue.Queue[Command], parent
 
 
 def _merge_from_commands(loop: MergeLoop, commands: queue.Queue[Command], raw_log: RawLog, parent: _ParentPipe) -> None:
+    start_command_reader(commands)
+    parent.report(loop.watermark, 0)  # ready
+    try:
+        _serve(loop, commands, raw_log)
+    finally:
+        loop.close()
+
+
+def start_command_reader(commands: queue.Queue[Command]) -> None:
+    """Put the collector's commands (lines on stdin) into ``commands``, then :class:`InputClosed`."""
+
     def read_commands() -> None:
         # Plain reads of the descriptor: a daemon thread blocked in a buffered reader would hold its
         # lock when the interpreter exits, which aborts the process.
@@ -504,11 +520,6 @@ def _merge_from_commands(loop: MergeLoop, commands: queue.Queue[Command], raw_lo
         commands.put(InputClosed())
 
     threading.Thread(target=read_commands, name="mona-merger-commands", daemon=True).start()
-    parent.report(loop.watermark, 0)  # ready
-    try:
-        _serve(loop, commands, raw_log)
-    finally:
-        loop.close()
 
 
 class _Progress:
@@ -554,14 +565,14 @@ class MergerProcess:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Union[Path, str],
         synchronous: str = "FULL",
         *,
         max_depth: int = DEFAULT_MAX_DEPTH,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_backoff: float = 30.0,
     ) -> None:
-        self.db_path = Path(db_path)
+        self.db_path: Database = db_path if is_postgres_url(db_path) else Path(db_path)
         self.synchronous = synchronous
         self.max_depth = max_depth
         self.cache_bytes = cache_bytes
@@ -676,7 +687,7 @@ class MergerProcess:
             self._delay,
             self.restarts,
         )
-        note_merger_failure(raw_log_path(self.db_path), error)
+        note_failure(self.db_path, error)
 
     def notify(self, last_id: int) -> None:
         """Rows up to ``last_id`` are in the raw log (called after each raw commit)."""

@@ -11,14 +11,15 @@ import sqlite3
 import struct
 import time
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List, Optional, Union
 
 import msgpack
 import pytest
 
 from mona_client.forward import FrameDecoder
 from mona_client.record import TAG
-from mona_collector import Collector, SQLiteStore
+from mona_collector import Collector
+from mona_collector.databases import open_store
 from mona_collector.store import raw_log_path
 
 BASE = 1_700_000_000
@@ -103,12 +104,19 @@ def collector(db_path: Path) -> Iterator[Collector]:
         yield running
 
 
-def wait_merged(db_path: Path, timeout: float = 20.0) -> None:
+@pytest.fixture
+def any_collector(any_db: Union[Path, str]) -> Iterator[Collector]:
+    """A collector on each store in turn (see ``any_db``)."""
+    with Collector(port=0, db_path=any_db, stall_timeout=1.0, synchronous="NORMAL") as running:
+        yield running
+
+
+def wait_merged(db_path: Union[Path, str], timeout: float = 20.0) -> None:
     """Wait until the merger has merged every raw row (acks come once a row is stored raw; the ARCs
     follow a moment later)."""
     deadline = time.monotonic() + timeout
     while True:
-        store = SQLiteStore(db_path, readonly=True)
+        store = open_store(db_path, readonly=True)
         try:
             if store.stats()["unmerged_rows"] == 0:
                 return
@@ -118,18 +126,18 @@ def wait_merged(db_path: Path, timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
-def stored_arcs(db_path: Path, context_id: str) -> List[dict]:
+def stored_arcs(db_path: Union[Path, str], context_id: str) -> List[dict]:
     wait_merged(db_path)
-    store = SQLiteStore(db_path, readonly=True)
+    store = open_store(db_path, readonly=True)
     try:
         return store.find_arcs(context_id)
     finally:
         store.close()
 
 
-def stats(db_path: Path) -> dict:
+def stats(db_path: Union[Path, str]) -> dict:
     wait_merged(db_path)
-    store = SQLiteStore(db_path, readonly=True)
+    store = open_store(db_path, readonly=True)
     try:
         return store.stats()
     finally:
@@ -146,6 +154,7 @@ __all__ = [
     "BASE",
     "TAG",
     "RawClient",
+    "any_collector",
     "bin32",
     "collector",
     "db_path",
