@@ -8,21 +8,10 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Dict
 
-from mona_collector.merging.documents import new_document, new_node
 from mona_collector.report_rows import TEXT
 from mona_collector.store import SQLiteStore, TagCounts, WriteSet
 
-from .conftest import NOW
-from .test_report_side_table import assert_side_table_matches, side_table
-
-
-def _document(context: str, fields: Dict[str, Any]) -> Any:
-    document = new_document("u", context, NOW)
-    document["export_count"] = 1
-    document["node"] = new_node()
-    document["node"][0] = "CODES"
-    document["node"][2] = fields
-    return document
+from .test_report_side_table import _document, assert_side_table_matches, side_table
 
 
 def _changes(context: str, fields: Dict[str, Any]) -> WriteSet:
