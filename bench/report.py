@@ -94,7 +94,7 @@ class _StoreWithoutReportRows(SQLiteStore):
     def freeze(self, changes: WriteSet) -> None:
         nodes: List[Tuple[Any, ...]] = []
         arcs = [_freeze_document(key, doc, changes.changed_nodes.get(key), nodes) for key, doc in changes.arcs]
-        changes.frozen = (arcs, nodes, [])
+        changes.frozen = (arcs, nodes, None)
 
 
 def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:

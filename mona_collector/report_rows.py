@@ -13,15 +13,17 @@ columns with a handful of vectorised calls:
   :data:`TEXT` (a string or a boolean: the code of its label in ``report_labels``), :data:`COUNTED`
   (a list, a map or anything else: only counted) or :data:`NULL` (the field is there, its value null).
 
-Codes are given in the write transaction, so a transaction that fails gives none (see
-:class:`RowEncoder`). This module needs no numpy: the merger uses it too.
+The merger encodes the rows where it merges, while the previous transaction is written, and the
+write inserts the new names and labels with the rows (see :class:`RowEncoder` and :func:`write_rows`).
+This module needs no numpy: the merger uses it too.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import struct
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from operator import itemgetter
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from mona_client.record import CONTEXT_SEPARATOR
 
@@ -61,10 +63,6 @@ INSERT INTO report_rows (user_id, context_id, arc_class, arc_time, fields) VALUE
 ON CONFLICT (user_id, context_id) DO UPDATE SET
     arc_class = excluded.arc_class, arc_time = excluded.arc_time, fields = excluded.fields
 """
-
-#: A flattened ARC as the store freezes it: key columns and class as bound, time, named values.
-FlatRow = Tuple[Any, Any, Any, float, Dict[str, Any]]
-
 
 # --- flattening -------------------------------------------------------------------------------------
 
@@ -177,9 +175,6 @@ def kind_of(value: Any) -> int:
 
 
 _RECORDS: Dict[int, struct.Struct] = {}
-#: What encoding reuses for ARCs of one shape: the keys, the indexes of the text values and of the
-#: values recorded as 0 (null, counted), and the struct.
-_Shape = Tuple[List[int], List[int], List[int], struct.Struct]
 #: The kinds of the exact types msgpack decodes (anything else goes through kind_of).
 _KINDS: Dict[type, int] = {
     float: NUMBER,
@@ -192,6 +187,10 @@ _KINDS: Dict[type, int] = {
     dict: COUNTED,
     tuple: COUNTED,  # an undecoded msgpack extension
 }
+#: A function picking some values of an ARC's value list, as a tuple.
+_Picker = Callable[[Sequence[Any]], Tuple[Any, ...]]
+#: What identifies the shape of an ARC: the names of its nodes and fields, and the types of its values.
+_ShapeKey = Tuple[Tuple[Any, ...], Tuple[type, ...]]
 
 
 def _records(count: int) -> struct.Struct:
@@ -201,117 +200,344 @@ def _records(count: int) -> struct.Struct:
     return packer
 
 
-class RowEncoder:
-    """Encodes flattened ARCs as ``report_rows`` rows, giving new names and labels their codes.
+def _none(values: Sequence[Any]) -> Tuple[Any, ...]:
+    return ()
 
-    The codes it knows are cached; :meth:`forget` must be called when the transaction the rows were
-    encoded in is rolled back, since the codes it gave are then gone. ``bind`` turns a name or a
-    label into what SQLite stores (the store's ``db_text``). Used by one thread at a time.
+
+def _picker(indexes: Sequence[int]) -> _Picker:
+    """A C-level function of a value list giving the values at ``indexes`` (itemgetter, always a tuple)."""
+    if not indexes:
+        return _none
+    if len(indexes) == 1:
+        single = itemgetter(indexes[0])
+        return lambda values: (single(values),)
+    return itemgetter(*indexes)
+
+
+class _Shape:
+    """How the ARCs of one shape are encoded: their number values, their text values (as label codes)
+    and 0 for the fields only counted or null, each picked from the ARC's values by index, then put in
+    the order of flattening (``order``), each after its key (``template``)."""
+
+    __slots__ = ("numbers", "order", "packer", "template", "texts", "zeros")
+
+    def __init__(self, fields: List[Tuple[int, int, int]]) -> None:
+        """``fields``: the (kind, key, index of the value) of each field, in flattening order."""
+        grouped = sorted(range(len(fields)), key=lambda position: _GROUP[fields[position][0]])  # stable
+        self.numbers = _picker([fields[position][2] for position in grouped if fields[position][0] == NUMBER])
+        self.texts = _picker([fields[position][2] for position in grouped if fields[position][0] == TEXT])
+        self.zeros = (0.0,) * sum(1 for kind, _, _ in fields if _GROUP[kind] == 2)
+        where = {position: place for place, position in enumerate(grouped)}
+        self.order = _picker([where[position] for position in range(len(fields))])
+        self.template: List[Any] = [TIME_KEY, 0.0]
+        for _, key, _ in fields:
+            self.template += (key, 0.0)
+        self.packer = _records(len(fields) + 1)
+
+
+#: Where the value of each kind of field is in a shape's payload before it is put in order: the
+#: numbers, then the label codes, then the zeros.
+_GROUP = {NUMBER: 0, TEXT: 1, COUNTED: 2, NULL: 2}
+
+
+class _Codes:
+    """The codes an encoder knows in one epoch: those read from the database (committed) and those it
+    gave (provisional until the transaction that inserts them commits), and the shapes made with them.
+
+    A frozen transaction keeps the epoch's ``given_*`` maps (code -> text as bound), so that the write
+    can translate its rows when its codes turn out to be unusable (see :func:`write_rows`).
     """
 
-    #: Labels cached at most; beyond, the cache starts again (a field of unique strings must not
-    #: grow the merger without bound).
+    def __init__(self, epoch: int, next_name: int, next_label: int) -> None:
+        self.epoch = epoch
+        self.names: Dict[str, int] = {}
+        self.labels: Dict[Any, float] = {}  # by the value as merged: a str, bytes or bool
+        self.shapes: Dict[_ShapeKey, Optional[_Shape]] = {}  # None: encoded the slow way
+        self.given_names: Dict[int, Any] = {}
+        self.given_labels: Dict[int, Any] = {}
+        self.next_name = next_name
+        self.next_label = next_label
+
+
+class NewCodes(NamedTuple):
+    """The codes a transaction's rows may refer to that the write must insert, and their epoch."""
+
+    epoch: int
+    names: List[Tuple[int, Any]]
+    labels: List[Tuple[int, Any]]
+    given_names: Dict[int, Any]
+    given_labels: Dict[int, Any]
+
+
+#: A ``report_rows`` row: user, context (as bound), class, time, the record blob.
+Row = Tuple[Any, Any, Any, float, bytes]
+
+
+class EncodedRows(NamedTuple):
+    """A transaction's side-table rows, encoded where it was merged, and the codes to insert with them."""
+
+    rows: List[Row]
+    codes: NewCodes
+
+
+class RowEncoder:
+    """Encodes ARCs as ``report_rows`` rows where they are merged, giving new names and labels codes.
+
+    Encoding runs in the merging thread (the thread that calls :meth:`begin`, :meth:`row`,
+    :meth:`take`), while the previous transaction is written: what it does not know yet it looks up in
+    ``lookup`` (a connection that sees committed data) and else gives a provisional code, the next
+    after every code it knows of. The write inserts the codes a transaction gave with its rows
+    (:func:`write_rows`). Provisional codes cannot be guaranteed free (another process, a filling
+    ``mona report``, may insert codes meanwhile; a transaction may roll back), so the write checks that
+    each inserted; when one did not, or the epoch was invalidated (:meth:`invalidate`, from the write
+    thread: a transaction rolled back), the rows are translated to the codes the database holds, under
+    the write lock, and the merging side starts a new epoch from the database at its next
+    :meth:`begin`. ``bind`` turns a name or a label into what SQLite stores (the store's ``db_text``).
+    """
+
+    #: Labels cached at most; beyond, a new epoch starts (a field of unique strings must not grow the
+    #: merger without bound).
     MAX_CACHED_LABELS = 200_000
-    #: Shapes (field names and kinds of values) cached at most.
+    #: Shapes (names of nodes and fields, types of values) cached at most.
     MAX_CACHED_SHAPES = 10_000
 
-    def __init__(self, bind: Callable[[str], Any]) -> None:
+    def __init__(self, bind: Callable[[str], Any], lookup: sqlite3.Connection) -> None:
         self._bind = bind
-        self._names: Dict[str, int] = {}
-        self._labels: Dict[str, int] = {}
-        self._shapes: Dict[Tuple[Tuple[str, ...], Tuple[int, ...]], _Shape] = {}
+        self._lookup = lookup
+        #: Epochs before this one are invalid (written by the write thread, read by both).
+        self.invalid_before = 0
+        self._codes = _Codes(-1, 1, 1)  # invalid: the first begin() starts epoch 0 from the database
+        self._new_names: List[Tuple[int, Any]] = []
+        self._new_labels: List[Tuple[int, Any]] = []
 
-    def forget(self) -> None:
-        self._names.clear()
-        self._labels.clear()
-        self._shapes.clear()
+    # --- the merging thread ---
 
-    def row(self, db: sqlite3.Connection, flat: FlatRow) -> Tuple[Any, Any, Any, float, bytes]:
-        user, context, arc_class, arc_time, values = flat
-        return (user, context, arc_class, arc_time, self.encode(db, arc_time, values))
+    def begin(self) -> None:
+        """Start a transaction's rows: a new epoch when the codes known are invalid or too many."""
+        codes = self._codes
+        if (
+            codes.epoch < self.invalid_before
+            or len(codes.labels) >= self.MAX_CACHED_LABELS
+            or len(codes.shapes) >= self.MAX_CACHED_SHAPES
+        ):
+            self._codes = _Codes(
+                max(self.invalid_before, codes.epoch + 1),
+                max(codes.next_name, self._max_code("report_names") + 1),
+                max(codes.next_label, self._max_code("report_labels") + 1),
+            )
+            self._new_names, self._new_labels = [], []  # given in an epoch that is gone
 
-    def encode(self, db: sqlite3.Connection, arc_time: float, values: Mapping[str, Any]) -> bytes:
-        """The record blob of an ARC of time ``arc_time`` with these flattened values.
+    def take(self) -> NewCodes:
+        """The codes given since the last call, to insert with the rows encoded since."""
+        codes = self._codes
+        taken = NewCodes(codes.epoch, self._new_names, self._new_labels, codes.given_names, codes.given_labels)
+        self._new_names, self._new_labels = [], []
+        return taken
 
-        Once per ARC and transaction in the merger, so the work per value is kept to list operations
-        (each runs in C): ARCs of one class mostly have the same field names with values of the same
-        kinds, so the keys, where the texts are and the struct are cached per such shape, and only
-        the text values are looked up one by one.
+    def row(self, key_columns: Tuple[Any, Any], arc_class: Any, document: Document) -> Row:
+        """The ``report_rows`` row of an internal document (``key_columns`` as bound)."""
+        arc_time = float(document["first_export"])
+        return (key_columns[0], key_columns[1], arc_class, arc_time, self.encode_document(arc_time, document))
+
+    def encode_document(self, arc_time: float, document: Document) -> bytes:
+        """The record blob of an internal document: :func:`flatten_document` then :meth:`encode`, in one.
+
+        Once per ARC and transaction in the merger, so the work per ARC is a few C-level calls: the
+        ARC's values in one list, its shape (the names of its nodes and fields, the types of its
+        values) as the key of what was worked out for the first ARC of that shape (names, codes,
+        which values are texts), and the texts' codes from a dict.
         """
-        items = list(values.values())
-        kinds = tuple([_KINDS.get(type(value), -1) for value in items])
-        shape_key = (tuple(values), kinds)
-        shape = self._shapes.get(shape_key)
+        root = document["node"][FIELDS]
+        values = list(root.values())
+        names: List[Any] = [tuple(root)]
+        extra = document["globals"]
+        if extra:
+            values += extra.values()
+            names.append(tuple(extra))
+        else:
+            names.append(())
+        for path, node in document["subs"].items():
+            fields = node[FIELDS]
+            names += (path, node[CLASS], tuple(fields))
+            values += fields.values()
+        key = (tuple(names), tuple(map(type, values)))
+        shapes = self._codes.shapes
+        shape = shapes.get(key)
         if shape is None:
-            if -1 in kinds:  # a type msgpack does not decode: the slow way, not cached
-                return self._encode_any(db, arc_time, values)
-            shape = self._shape(db, shape_key)
-        keys, texts, zeros, packer = shape
-        labels = self._labels
-        for index in texts:
-            value = items[index]
-            label = value if type(value) is str else text_label(value)
-            code = labels.get(label)
-            items[index] = float(self._label_code(db, label) if code is None else code)
-        for index in zeros:
-            items[index] = 0.0
-        record: List[Any] = [None] * (2 * len(items) + 2)
-        record[0], record[1] = TIME_KEY, arc_time
-        record[2::2] = keys
-        record[3::2] = items
+            if key in shapes:  # this shape is encoded the slow way
+                return self.encode(arc_time, flatten_document(document))
+            shape = shapes[key] = self._document_shape(key)
+            if shape is None:
+                return self.encode(arc_time, flatten_document(document))
+        return self._pack(shape, arc_time, values)
+
+    def encode(self, arc_time: float, values: Mapping[str, Any]) -> bytes:
+        """The record blob of an ARC of time ``arc_time`` with these flattened values."""
+        items = list(values.values())
+        key = (tuple(values), tuple(map(type, items)))
+        shapes = self._codes.shapes
+        shape = shapes.get(key)
+        if shape is None:
+            shape = shapes[key] = self._shape(list(values), key[1])
+            if shape is None:  # a type msgpack does not decode
+                return self._encode_any(arc_time, values)
+        return self._pack(shape, arc_time, items)
+
+    def _pack(self, shape: _Shape, arc_time: float, values: List[Any]) -> bytes:
+        texts = shape.texts(values)
         try:
-            packed: bytes = packer.pack(*record)
+            codes = tuple(map(self._codes.labels.__getitem__, texts))
+        except KeyError:  # a label first seen
+            codes = tuple([self._label_code(value) for value in texts])
+        payload = shape.order(shape.numbers(values) + codes + shape.zeros)
+        record = shape.template.copy()
+        record[1] = arc_time
+        record[3::2] = payload
+        try:
+            packed: bytes = shape.packer.pack(*record)
         except OverflowError:  # an integer beyond the float range
-            record[3::2] = [_number(value) if type(value) is int else value for value in items]
-            packed = packer.pack(*record)
+            record[3::2] = [_number(value) if type(value) is int else value for value in payload]
+            packed = shape.packer.pack(*record)
         return packed
 
-    def _shape(self, db: sqlite3.Connection, shape_key: Tuple[Tuple[str, ...], Tuple[int, ...]]) -> _Shape:
-        """What :meth:`encode` reuses for every ARC with these names and kinds of values."""
-        if len(self._shapes) >= self.MAX_CACHED_SHAPES:
-            self._shapes.clear()
-        names, kinds = shape_key
-        codes = [self._names.get(name) or self._name_code(db, name) for name in names]
-        shape = (
-            [(code << KIND_BITS) | kind for code, kind in zip(codes, kinds)],
-            [index for index, kind in enumerate(kinds) if kind == TEXT],
-            [index for index, kind in enumerate(kinds) if kind in (NULL, COUNTED)],
-            _records(len(names) + 1),
-        )
-        self._shapes[shape_key] = shape
-        return shape
+    def _document_shape(self, key: _ShapeKey) -> Optional[_Shape]:
+        """The shape of the documents with this key, named as :func:`flatten_document` names their
+        fields (None: it cannot be cached, the document is flattened first)."""
+        names, types = key
+        root, extra, subs = names[0], names[1], names[2:]
+        flat = [_name(name) for name in root] + [GLOBALS_PREFIX + _name(name) for name in extra]
+        for start in range(0, len(subs), 3):
+            path, arc_class, fields = subs[start : start + 3]
+            if CONTEXT_SEPARATOR in path:  # a deeper node: the public form decides the order
+                return None
+            flat += _prefixed(path if arc_class is None else arc_class, tuple(_name(name) for name in fields))
+        return self._shape(flat, types)
 
-    def _encode_any(self, db: sqlite3.Connection, arc_time: float, values: Mapping[str, Any]) -> bytes:
+    def _shape(self, names: Sequence[str], types: Tuple[type, ...]) -> Optional[_Shape]:
+        """The shape of ARCs whose values, in order, have these names (a name given twice keeps its
+        last value, as in a dict) and types; None if a type is not one msgpack decodes."""
+        last: Dict[str, int] = {}
+        for index, name in enumerate(names):
+            last[name] = index
+        fields: List[Tuple[int, int, int]] = []
+        for name, index in last.items():
+            kind = _KINDS.get(types[index])
+            if kind is None:
+                return None
+            fields.append((kind, (self._name_code(name) << KIND_BITS) | kind, index))
+        return _Shape(fields)
+
+    def _encode_any(self, arc_time: float, values: Mapping[str, Any]) -> bytes:
         record: List[Any] = [TIME_KEY, arc_time]
         for name, value in values.items():
-            code = self._names.get(name) or self._name_code(db, name)
             kind = kind_of(value)
-            record += ((code << KIND_BITS) | kind, self._payload(db, kind, value))
+            record += ((self._name_code(name) << KIND_BITS) | kind, self._payload(kind, value))
         packed: bytes = _records(len(record) // 2).pack(*record)
         return packed
 
-    def _payload(self, db: sqlite3.Connection, kind: int, value: Any) -> float:
+    def _payload(self, kind: int, value: Any) -> float:
         """The float a record holds for ``value``: the number, a text's label code, else 0."""
         if kind == NUMBER:
             return value if type(value) is float else _number(value)
         if kind == TEXT:
-            label = value if type(value) is str else text_label(value)
-            code = self._labels.get(label)
-            return float(self._label_code(db, label) if code is None else code)
+            return self._label_code(value)
         return 0.0
 
-    def _name_code(self, db: sqlite3.Connection, name: str) -> int:
-        code = _code(db, "report_names", "name", self._bind(name))
-        if code > MAX_NAME_CODE:
-            raise ValueError(f"more than {MAX_NAME_CODE} distinct field names")
-        self._names[name] = code
+    def _name_code(self, name: str) -> int:
+        codes = self._codes
+        code = codes.names.get(name)
+        if code is None:
+            bound = self._bind(name)
+            code = self._known("report_names", "name", bound)
+            if code is None:
+                code = codes.next_name
+                if code > MAX_NAME_CODE:
+                    raise ValueError(f"more than {MAX_NAME_CODE} distinct field names")
+                codes.next_name += 1
+                codes.given_names[code] = bound
+                self._new_names.append((code, bound))
+            codes.names[name] = code
         return code
 
-    def _label_code(self, db: sqlite3.Connection, label: str) -> int:
-        if len(self._labels) >= self.MAX_CACHED_LABELS:
-            self._labels.clear()
-        code = self._labels[label] = _code(db, "report_labels", "label", self._bind(label))
+    def _label_code(self, value: Any) -> float:
+        codes = self._codes
+        code = codes.labels.get(value)
+        if code is None:
+            bound = self._bind(value if type(value) is str else text_label(value))
+            known = self._known("report_labels", "label", bound)
+            if known is None:
+                known = codes.next_label
+                codes.next_label += 1
+                codes.given_labels[known] = bound
+                self._new_labels.append((known, bound))
+            code = codes.labels[value] = float(known)
         return code
+
+    def _known(self, table: str, column: str, bound: Any) -> Optional[int]:
+        row = self._lookup.execute(f"SELECT code FROM {table} WHERE {column} = ?", (bound,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _max_code(self, table: str) -> int:
+        (code,) = self._lookup.execute(f"SELECT coalesce(max(code), 0) FROM {table}").fetchone()
+        return int(code)
+
+    # --- the write thread ---
+
+    def invalidate(self) -> None:
+        """The codes of every epoch begun so far may be unusable (a transaction that inserted some
+        rolled back, or one could not be inserted): rows encoded with them are translated when
+        written, and the merging side starts a new epoch."""
+        self.invalid_before = self._codes.epoch + 1
+
+
+def write_rows(db: sqlite3.Connection, encoder: RowEncoder, encoded: EncodedRows) -> None:
+    """Insert the codes given for ``encoded`` and its rows, in ``db``'s transaction (which holds the
+    write lock). When a code cannot be inserted as given (its text or its number taken meanwhile) or
+    the rows' epoch was invalidated, the rows are translated to the database's codes first."""
+    codes = encoded.codes
+    if codes.epoch >= encoder.invalid_before and _inserted(db, codes):
+        db.executemany(UPSERT_ROW, encoded.rows)
+        return
+    encoder.invalidate()
+    db.executemany(UPSERT_ROW, _Translation(db, codes).rows(encoded.rows))
+
+
+def _inserted(db: sqlite3.Connection, codes: NewCodes) -> bool:
+    """Insert the new codes; whether every one was (none taken by another text or number)."""
+    before = db.total_changes
+    db.executemany("INSERT OR IGNORE INTO report_names (code, name) VALUES (?, ?)", codes.names)
+    db.executemany("INSERT OR IGNORE INTO report_labels (code, label) VALUES (?, ?)", codes.labels)
+    return db.total_changes - before == len(codes.names) + len(codes.labels)
+
+
+class _Translation:
+    """Rows whose provisional codes are replaced by the codes their texts have in the database (added
+    when missing), in the caller's transaction. Codes an epoch did not give were read from the
+    database, committed: they stay."""
+
+    def __init__(self, db: sqlite3.Connection, codes: NewCodes) -> None:
+        self._db = db
+        self._given = {"report_names": codes.given_names, "report_labels": codes.given_labels}
+        self._done: Dict[Tuple[str, int], int] = {}
+
+    def rows(self, rows: List[Row]) -> Iterator[Row]:
+        for user, context, arc_class, arc_time, blob in rows:
+            record: List[Any] = []
+            for key, value in struct.iter_unpack("<Id", blob):
+                if key != TIME_KEY:
+                    kind = key & ((1 << KIND_BITS) - 1)
+                    key = (self._code("report_names", "name", key >> KIND_BITS) << KIND_BITS) | kind
+                    if kind == TEXT:
+                        value = float(self._code("report_labels", "label", int(value)))
+                record += (key, value)
+            yield (user, context, arc_class, arc_time, _records(len(record) // 2).pack(*record))
+
+    def _code(self, table: str, column: str, code: int) -> int:
+        done = self._done.get((table, code))
+        if done is None:
+            bound = self._given[table].get(code)
+            done = self._done[(table, code)] = code if bound is None else _code(self._db, table, column, bound)
+        return done
 
 
 def _code(db: sqlite3.Connection, table: str, column: str, bound: Any) -> int:
@@ -322,8 +548,3 @@ def _code(db: sqlite3.Connection, table: str, column: str, bound: Any) -> int:
     cursor = db.execute(f"INSERT INTO {table} ({column}) VALUES (?)", (bound,))
     assert cursor.lastrowid is not None
     return int(cursor.lastrowid)
-
-
-def flat_row(key_columns: Tuple[Any, Any], arc_class: Optional[Any], document: Document) -> FlatRow:
-    """What :meth:`RowEncoder.row` needs of an internal document, taken while it is frozen."""
-    return (key_columns[0], key_columns[1], arc_class, float(document["first_export"]), flatten_document(document))

@@ -36,7 +36,7 @@ import msgpack
 from .event_time import is_undecoded_extension, pack_undecoded_extension
 from .forward_codec import Event, iter_entries
 from .merging.documents import CLASS, FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document
-from .report_rows import ROWS_COMPLETE, ROWS_VERSION, UPSERT_ROW, FlatRow, RowEncoder, flat_row
+from .report_rows import ROWS_COMPLETE, ROWS_VERSION, EncodedRows, RowEncoder, write_rows
 from .report_rows import SCHEMA as _REPORT_SCHEMA
 
 log = logging.getLogger("mona_collector")
@@ -533,7 +533,7 @@ def fill_report_rows(path: os.PathLike[str] | str, batch: int = 2000) -> int:
     try:
         db.execute("PRAGMA busy_timeout=30000")
         db.executescript(_REPORT_SCHEMA)
-        encoder = RowEncoder(db_text)
+        encoder = RowEncoder(db_text, db)  # it looks codes up inside the write transaction: none is taken meanwhile
         after = filled = 0
         while True:
             db.execute("BEGIN IMMEDIATE")
@@ -543,16 +543,17 @@ def fill_report_rows(path: os.PathLike[str] | str, batch: int = 2000) -> int:
                     " ORDER BY rowid LIMIT ?",
                     (after, batch),
                 ).fetchall()
+                encoder.begin()
                 rows = [
-                    encoder.row(db, flat_row((user, context), arc_class, _assemble(db, user, context, blob)))
+                    encoder.row((user, context), arc_class, _assemble(db, user, context, blob))
                     for _, user, context, arc_class, blob in arcs
                 ]
-                db.executemany(UPSERT_ROW, rows)
+                write_rows(db, encoder, EncodedRows(rows, encoder.take()))
                 if not arcs:
                     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (ROWS_COMPLETE, ROWS_VERSION))
                 db.execute("COMMIT")
             except BaseException:
-                encoder.forget()
+                encoder.invalidate()  # the codes it gave in this transaction are gone
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
@@ -619,7 +620,8 @@ class SQLiteStore(ArcStore):
                 self._lookups = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
                 self._lookups.execute("PRAGMA busy_timeout=5000")
                 self.concurrent_write = True
-            self._report_rows = RowEncoder(db_text)
+            #: Encodes the report's side-table rows in the merging thread (see freeze).
+            self._report_rows = RowEncoder(db_text, self._lookups)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
 
@@ -679,17 +681,21 @@ class SQLiteStore(ArcStore):
     def freeze(self, changes: WriteSet) -> None:
         nodes: List[Tuple[Any, ...]] = []
         arcs: List[Tuple[Any, ...]] = []
-        flat: List[FlatRow] = []  # the report's rows, encoded in the write transaction (codes are given there)
+        # The report's rows are encoded here, in the merging thread, not in the write transaction: the
+        # write thread holds the GIL little, so the next transaction is merged while this one is written.
+        encoder = self._report_rows
+        encoder.begin()
+        rows = []
         for key, document in changes.arcs:
             arc = _freeze_document(key, document, changes.changed_nodes.get(key), nodes)
             arcs.append(arc)
-            flat.append(flat_row((arc[0], arc[1]), arc[2], document))
-        changes.frozen = (arcs, nodes, flat)
+            rows.append(encoder.row((arc[0], arc[1]), arc[2], document))
+        changes.frozen = (arcs, nodes, EncodedRows(rows, encoder.take()))
 
     def write(self, changes: WriteSet) -> None:
         if changes.frozen is None:
             self.freeze(changes)
-        arcs, nodes, flat = changes.frozen
+        arcs, nodes, report_rows = changes.frozen
         ranges = [(db_text(user), db_text(source), json.dumps(r)) for user, source, r in changes.id_ranges]
         ids = [(db_text(user), db_text(record_id)) for user, record_id in changes.record_ids]
         tags = [
@@ -697,14 +703,21 @@ class SQLiteStore(ArcStore):
             for tag, c in changes.tags.items()
         ]
         try:
-            self._write(changes, arcs, nodes, flat, ranges, ids, tags)
+            self._write(changes, arcs, nodes, report_rows, ranges, ids, tags)
         except sqlite3.Error as exc:
             if is_storage_failure(exc):
                 raise StoreUnavailable(f"cannot write to {self.path}: {exc}") from exc
             raise
 
     def _write(
-        self, changes: WriteSet, arcs: Any, nodes: Any, flat: List[FlatRow], ranges: Any, ids: Any, tags: Any
+        self,
+        changes: WriteSet,
+        arcs: Any,
+        nodes: Any,
+        report_rows: Optional[EncodedRows],
+        ranges: Any,
+        ids: Any,
+        tags: Any,
     ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -718,13 +731,14 @@ class SQLiteStore(ArcStore):
                 )
             db.executemany(_UPSERT_ARC, arcs)
             db.executemany(_UPSERT_NODE, nodes)
-            db.executemany(UPSERT_ROW, [self._report_rows.row(db, row) for row in flat])
+            if report_rows:
+                write_rows(db, self._report_rows, report_rows)
             db.executemany("INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", ranges)
             db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", ids)
             db.executemany(_UPSERT_TAG, tags)
             db.execute("COMMIT")
         except BaseException:
-            self._report_rows.forget()  # the codes it gave in this transaction are gone
+            self._report_rows.invalidate()  # the codes inserted in this transaction are gone
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
