@@ -52,6 +52,7 @@ from .store import (
     _freeze_document,
     _unpack,
     label_text,
+    stats_summary,
 )
 
 log = logging.getLogger("mona_collector")
@@ -676,21 +677,7 @@ class PostgresStore(ArcStore):
                 'SELECT arc_class, count(*) FROM arcs GROUP BY arc_class ORDER BY arc_class COLLATE "C" NULLS FIRST'
             )
         }
-        return {
-            "events": sum(t["events"] for t in tags.values()),
-            "rejected": sum(t["rejected"] for t in tags.values()),
-            "duplicates": sum(t["duplicates"] for t in tags.values()),
-            "arcs": sum(classes.values()),
-            "arcs_by_class": classes,
-            "tags": tags,
-            "first_event_time": first,
-            "last_event_time": last,
-            "unmerged_rows": int(unmerged_rows),
-            "unmerged_events": int(unmerged_events),
-            "merger_restarts": int(meta.get(MERGER_RESTARTS, 0)),
-            "merger_last_error": meta.get(MERGER_LAST_ERROR),
-            "merger_last_error_time": float(meta[MERGER_LAST_ERROR_TIME]) if MERGER_LAST_ERROR_TIME in meta else None,
-        }
+        return stats_summary(tags, classes, (first, last), (unmerged_rows, unmerged_events), meta)
 
     def close(self) -> None:
         for db in (self._lock_db, self._lookups, self._db):

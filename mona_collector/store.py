@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import msgpack
 
@@ -582,6 +582,32 @@ def _finite(value: Optional[float]) -> Optional[float]:
     return value if value - value == 0 else None
 
 
+def stats_summary(
+    tags: Dict[str, Dict[str, int]],
+    classes: Dict[str, int],
+    event_times: Tuple[Optional[float], Optional[float]],
+    merge_lag: Tuple[int, int],
+    merger: Mapping[str, Any],
+) -> Dict[str, Any]:
+    """What ``mona stats`` shows, from what every store reads the same way: the per-tag counts, the ARCs
+    per class, the first and last event time, the merge lag (raw rows, events) and the merger's meta."""
+    return {
+        "events": sum(t["events"] for t in tags.values()),
+        "rejected": sum(t["rejected"] for t in tags.values()),
+        "duplicates": sum(t["duplicates"] for t in tags.values()),
+        "arcs": sum(classes.values()),
+        "arcs_by_class": classes,
+        "tags": tags,
+        "first_event_time": event_times[0],
+        "last_event_time": event_times[1],
+        "unmerged_rows": int(merge_lag[0]),
+        "unmerged_events": int(merge_lag[1]),
+        "merger_restarts": int(merger.get(MERGER_RESTARTS, 0)),
+        "merger_last_error": merger.get(MERGER_LAST_ERROR),
+        "merger_last_error_time": float(merger[MERGER_LAST_ERROR_TIME]) if MERGER_LAST_ERROR_TIME in merger else None,
+    }
+
+
 class SQLiteStore(ArcStore):
     """The collector's embedded store: one SQLite file in WAL mode.
 
@@ -826,23 +852,7 @@ class SQLiteStore(ArcStore):
                 "SELECT arc_class, count(*) FROM arcs GROUP BY arc_class ORDER BY arc_class"
             )
         }
-        return {
-            "events": sum(t["events"] for t in tags.values()),
-            "rejected": sum(t["rejected"] for t in tags.values()),
-            "duplicates": sum(t["duplicates"] for t in tags.values()),
-            "arcs": sum(classes.values()),
-            "arcs_by_class": classes,
-            "tags": tags,
-            "first_event_time": first,
-            "last_event_time": last,
-            "unmerged_rows": unmerged_rows,
-            "unmerged_events": unmerged_events,
-            "merger_restarts": int(merger.get(MERGER_RESTARTS, 0)),
-            "merger_last_error": merger.get(MERGER_LAST_ERROR),
-            "merger_last_error_time": float(merger[MERGER_LAST_ERROR_TIME])
-            if MERGER_LAST_ERROR_TIME in merger
-            else None,
-        }
+        return stats_summary(tags, classes, (first, last), (unmerged_rows, unmerged_events), merger)
 
     def close(self) -> None:
         if self._lookups is not self._db:

@@ -96,8 +96,10 @@ class ForwardReceiver:
 
     def _serve(self, conn: socket.socket) -> None:
         decoder = FrameDecoder()
-        conn.settimeout(0.2)
         try:
+            # Inside the try: close() may have closed this connection already (a receiver stopped
+            # right after accepting it).
+            conn.settimeout(0.2)
             while not self._stopping:
                 if not self.read:
                     time.sleep(0.05)
