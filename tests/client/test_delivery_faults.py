@@ -18,7 +18,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import psutil
 import pytest
@@ -292,10 +292,29 @@ def test_without_a_usable_spool_and_without_a_peer_flush_returns_false(tmp_path)
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes everywhere")
-def test_an_unwritable_spool_dir_gives_one_line(tmp_path):
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory this process cannot write: read-only permissions, or for root (who writes
+    everywhere) a read-only tmpfs mounted on it."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:
+        yield locked
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(locked)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"root writes everywhere, and a read-only tmpfs cannot be mounted: {mounted.stderr.decode().strip()}"
+        )
+    try:
+        yield locked
+    finally:
+        subprocess.run(["umount", str(locked)], capture_output=True)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_an_unwritable_spool_dir_gives_one_line(tmp_path, unwritable_dir):
+    locked = unwritable_dir
     with ForwardReceiver() as receiver:
         script = """
             from mona_client import client
