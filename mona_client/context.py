@@ -29,6 +29,7 @@ __all__ = [
     "opened_while_off",
     "pop",
     "push",
+    "reset",
     "set_stack",
     "sub_stack",
 ]
@@ -46,6 +47,9 @@ current_stack: Callable[[], Stack] = _stack.get
 
 #: Make a stack current; the token it returns restores the previous one in :func:`pop`.
 push: Callable[[Stack], Token[Stack]] = _stack.set
+
+#: Restore the stack a token was made from; raises when the token does not fit (see :func:`pop`).
+reset: Callable[[Token[Stack]], None] = _stack.reset
 
 
 def get_full_context_id() -> str:

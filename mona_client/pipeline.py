@@ -16,16 +16,30 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from .export import EntryEncoder, MonaExportException, check_export_timestamp, check_message, pack_message
+from . import context as ctx
+from .export import (
+    EntryEncoder,
+    MonaExportException,
+    Packing,
+    check_export_timestamp,
+    check_message,
+    check_nested_keys,
+    not_jsonable,
+    pack_message,
+    packers,
+    record_id_heads,
+)
 from .logs import rate_limited
 from .record import ARC_CLASS_KEY, GLOBALS_KEY, INVALID_EXPORT_TIMESTAMP_KEY, RESERVED_PREFIX
+from .sampling import SampledOutStack
 from .transport import Sender
 
 __all__ = ["ARC_CLASS_REFUSED", "GLOBALS_REFUSED", "ExportPipeline"]
 
 _time = time.time
+_current_stack = ctx.current_stack
 
 #: ``own`` for :meth:`ExportPipeline.export_to`: the failure keys of the client's own exports.
 ARC_CLASS_REFUSED = "bad-arc-class"
@@ -39,13 +53,32 @@ class ExportPipeline:
     """Check, encode and queue exports for one user id; one per process, reconfigured by the runtime."""
 
     def __init__(self) -> None:
-        self.sender: Optional[Sender] = None
+        self._sender: Optional[Sender] = None
+        self._put: Callable[[bytes], bool] = _not_started
+        #: Mirrors of the runtime's state, read by :meth:`export` (see ``Runtime._update_active``):
+        #: ``active`` while started and not disabled; ``dormant`` when a call cannot start the client
+        #: (it is started and disabled, or the process is exiting), so that an export only reads two
+        #: attributes before it returns. ``start`` starts the client and says whether it is active.
+        self.active = False
+        self.dormant = False
+        self.start: Callable[[], bool] = _not_started_either
         self.should_raise = False
         #: The message exported as ``MONA_GLOBALS`` with every new root context (checked when set).
         self.global_init_message: Optional[Dict[str, Any]] = None
         self._encoder = EntryEncoder("")
         self._arc_class_messages: Dict[str, bytes] = {}
         self.new_record_source()
+
+    @property
+    def sender(self) -> Optional[Sender]:
+        """The sender exports are put into (None before start and after close)."""
+        return self._sender
+
+    @sender.setter
+    def sender(self, sender: Optional[Sender]) -> None:
+        # The sender's own put method is kept: it is called on every export.
+        self._sender = sender
+        self._put = sender.put if sender is not None else _not_started
 
     def configure(self, encoder: EntryEncoder, should_raise: bool, sender: Optional[Sender]) -> None:
         """Use ``encoder`` (the user id and record size limit) and put into ``sender`` from now on."""
@@ -57,6 +90,8 @@ class ExportPipeline:
         """Record ids of their own: a random prefix per process (a forked child makes a new one)."""
         self._record_source = os.urandom(8).hex() + ":"
         self._record_counter = itertools.count(1)
+        # The bytes before the sequence number of a record id, by its number of digits.
+        self._record_id_heads: Tuple[bytes, ...] = record_id_heads(self._record_source)
 
     # --- errors ---------------------------------------------------------------------------------
 
@@ -79,6 +114,59 @@ class ExportPipeline:
         return self.fail("bad-message", f"message is not a mapping of JSON-able values ({type(exc).__name__})")
 
     # --- exports --------------------------------------------------------------------------------
+
+    def export(self, message: Any, export_timestamp: Any = None) -> bool:
+        """``client.export``: check, encode and queue ``message`` for the current context.
+
+        The hot path of the client, in one Python frame for a plain dict: the state and context
+        look-ups, the reserved-key check, the entry around the message from the context's cached
+        head and the record id from its cached prefix, then the sender's put. The same record as
+        :meth:`export_to` makes (see :meth:`EntryEncoder.encode`).
+        """
+        if not self.active and (self.dormant or not self.start()):
+            return False
+        stack = _current_stack()
+        if not stack:
+            if type(stack) is SampledOutStack:  # its ARC is not kept: nothing to do, and no error
+                return True
+            return self.fail(
+                "outside-context",
+                "export() called outside any mona context; open one with new_mona_context()",
+            )
+        context_id = stack[-1][0]
+        try:
+            # A plain dict whose keys hold no reserved prefix needs no copy: joining the keys is far
+            # cheaper than testing each one, and a non-str key makes join raise (the slow path).
+            if type(message) is not dict or RESERVED_PREFIX in "\n".join(message):
+                message = self._checked_copy(message)
+            timestamp = int(_time())
+            if export_timestamp is not None:
+                timestamp, invalid = check_export_timestamp(export_timestamp, timestamp)
+                if invalid is not None:
+                    message = {**message, INVALID_EXPORT_TIMESTAMP_KEY: invalid}
+            encoder = self._encoder
+            head = encoder.head
+            if head[0] != timestamp or head[1] is not context_id:
+                head = encoder.new_head(timestamp, context_id)
+            packing = packers.pop() if packers else Packing()
+            try:
+                packed = packing.pack(message)
+            except Exception as exc:  # a user object may raise anything while it is converted
+                packing.saw_tuple = False
+                raise not_jsonable(exc) from None
+            finally:
+                packers.append(packing)
+            if packing.saw_tuple:  # rare: a tuple or frozenset somewhere in the message, maybe as a key
+                packing.saw_tuple = False
+                check_nested_keys(message)
+            digits = b"%d" % next(self._record_counter)
+            entry = b"".join((head[2], packed, self._record_id_heads[len(digits)], digits))
+            # The size is that of the bytes just made: checking it costs a len(), not a second encoding.
+            if len(entry) > encoder.max_record_bytes:
+                raise MonaExportException(encoder.too_large(message))
+        except Exception as exc:  # a user object may raise anything while it is checked or converted
+            return self._refused("", message, exc)
+        return self._put(entry)
 
     def export_to(self, context_id: str, message: Any, export_timestamp: Any = None, own: str = "") -> bool:
         """Check, encode and queue ``message`` for the context ``context_id``; True when accepted.
@@ -106,8 +194,19 @@ class ExportPipeline:
                 entry = self._encoder.encode(timestamp, context_id, message, record_id)
         except Exception as exc:  # a user object may raise anything while it is checked or converted
             return self._refused(own, message, exc)
-        sender = self.sender
-        return sender.put(entry) if sender is not None else False
+        return self._put(entry)
+
+    def _packed_arc_class(self, context_id: str, arc_class: str) -> Optional[bytes]:
+        """The message ``{MONA_ARC_CLASS: arc_class}`` packed and kept; None (said) when it cannot be."""
+        try:
+            packed = pack_message({ARC_CLASS_KEY: arc_class})
+        except Exception as exc:
+            self._refused(ARC_CLASS_REFUSED, {ARC_CLASS_KEY: arc_class}, exc)
+            return None
+        if len(self._arc_class_messages) > _MAX_PACKED_ARC_CLASSES:
+            self._arc_class_messages.clear()
+        self._arc_class_messages[arc_class] = packed
+        return packed
 
     @staticmethod
     def _checked_copy(message: Any) -> Dict[str, Any]:
@@ -143,10 +242,22 @@ class ExportPipeline:
             # The common case, on the path of every context: an arc class alone, its message packed once.
             packed = self._arc_class_messages.get(arc_class)
             if packed is None:
-                if len(self._arc_class_messages) > _MAX_PACKED_ARC_CLASSES:
-                    self._arc_class_messages.clear()
-                packed = self._arc_class_messages[arc_class] = pack_message({ARC_CLASS_KEY: arc_class})
-            self.export_to(context_id, packed, None, ARC_CLASS_REFUSED)
+                packed = self._packed_arc_class(context_id, arc_class)
+                if packed is None:
+                    return
+            # The entry made here rather than by export_to: this runs on every context that has a
+            # class. The context is new, so is its head; the context's later exports reuse it.
+            timestamp = int(_time())
+            encoder = self._encoder
+            head = encoder.head
+            if head[0] != timestamp or head[1] is not context_id:
+                head = encoder.new_head(timestamp, context_id)
+            digits = b"%d" % next(self._record_counter)
+            entry = b"".join((head[2], packed, self._record_id_heads[len(digits)], digits))
+            if len(entry) > encoder.max_record_bytes:
+                self._refused(ARC_CLASS_REFUSED, packed, MonaExportException(encoder.too_large(None)))
+                return
+            self._put(entry)
             return
         message: Dict[str, Any] = {}
         if arc_class is not None:
@@ -155,3 +266,13 @@ class ExportPipeline:
             message[GLOBALS_KEY] = self.global_init_message
         if message:
             self.export_to(context_id, message, ts, GLOBALS_REFUSED)
+
+
+def _not_started(entry: bytes) -> bool:
+    """The put of a pipeline without a sender: nothing is accepted."""
+    return False
+
+
+def _not_started_either() -> bool:
+    """The start of a pipeline no runtime drives: it never becomes active."""
+    return False
