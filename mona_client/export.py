@@ -208,20 +208,7 @@ class EntryEncoder:
         head = self.head
         if head[0] != timestamp or head[1] is not context:
             head = self.new_head(timestamp, context)
-        try:
-            packing = packers.pop()
-        except IndexError:
-            packing = Packing()
-        try:
-            packed = packing.pack(message)
-        except Exception as exc:
-            packing.saw_tuple = False
-            raise not_jsonable(exc) from None
-        finally:
-            packers.append(packing)
-        if packing.saw_tuple:  # rare: a tuple or frozenset somewhere in the message, maybe as a key
-            packing.saw_tuple = False
-            check_nested_keys(message)
+        packed = pack_message(message)
         # The size is that of the bytes just made: checking it costs a len(), not a second encoding.
         entry = b"".join((head[2], packed, _RECORD_ID_KEY, _plain(record_id)))
         if len(entry) > self.max_record_bytes:
