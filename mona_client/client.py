@@ -135,7 +135,8 @@ def _deprecated(message: str) -> None:
 
 
 #: What a block's entry keeps: the token of its push, the stack pushed, and its start time (0.0: not
-#: measured; :data:`_OPENED_WHILE_OFF`: opened while the config file had the client off).
+#: measured; :data:`_OPENED_WHILE_OFF`: opened while the config file had the client off, the stack
+#: pushed is then an :class:`~mona_client.context.OffStack`).
 _Entry = Tuple[Token[_ctx.Stack], _ctx.Stack, float]
 
 #: The start time of an entry opened while off: true, so that its exit takes the branch of the rare
@@ -211,18 +212,21 @@ class _Block:
     @staticmethod
     def _exit_rarely(entry: _Entry, exc: Any) -> None:
         """The exit of a block that failed, measures its duration or was opened while off."""
+        stack = entry[1]
         started = entry[2]
-        opened_while_off = started == _OPENED_WHILE_OFF
-        if opened_while_off:
+        if started == _OPENED_WHILE_OFF:
             started = 0.0
+            if type(stack) is _OffStack and _runtime.active:
+                # Turned on since the block opened, and nothing in it made the exports its contexts
+                # owe: made now, so that the ARC is complete, as it is when something was exported.
+                _pipeline.open_owed(stack)
+                stack = tuple(stack)  # its facts, if any, are exported like those of any context
         if exc is not None or started:
-            _runtime.export_run_facts(entry[1], exc, started)
+            _runtime.export_run_facts(stack, exc, started)
         try:
             _reset(entry[0])
         except (ValueError, RuntimeError):  # left in another context: restore the saved value
             _ctx.pop(entry[0])
-        if opened_while_off and _opened_while_off:
-            _opened_while_off.pop(id(entry[1]), None)
 
     def _entry_of_this_context(self, last: _Entry) -> Optional[_Entry]:
         """The entry this thread or task pushed, when the last one belongs to another."""
@@ -248,7 +252,7 @@ _push = _ctx.push
 _reset = _ctx.reset
 _current_stack = _ctx.current_stack
 _new_context_id = _ctx.new_context_id
-_opened_while_off = _ctx.opened_while_off
+_OffStack = _ctx.OffStack
 _perf_counter = time.perf_counter
 
 
@@ -258,27 +262,6 @@ def get_full_context_id() -> str:
     stack = _current_stack()
     # len(), not truth: a sampled-out context reads as false but has an id, which still propagates.
     return stack[-1][0] if len(stack) and not _runtime.off_by_config_file() else ""
-
-
-def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
-    """Push ``stack`` while the config file has the client off, so that the block carries on in its
-    ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
-    made then. Exports while off are still refused. Yields "" as a disabled client does."""
-    entry = (_push(stack), stack, _OPENED_WHILE_OFF)
-    if block._entry is None and block._more is None:
-        block._entry = entry
-    else:
-        block._keep(entry)
-    key = id(stack)
-    if len(_opened_while_off) < _MAX_OPENED_WHILE_OFF:
-        _opened_while_off[key] = (stack, root, export_timestamp)
-        # Turned on meanwhile, perhaps after the runtime looked: whoever takes the entry exports it.
-        if _runtime.active and _opened_while_off.pop(key, None) is not None:
-            _pipeline.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
-    return ""
-
-
-_MAX_OPENED_WHILE_OFF = _ctx.MAX_OPENED_WHILE_OFF
 
 
 def _enter_sampled_out(block: _Block, frames: _ctx.Stack) -> str:
@@ -326,8 +309,19 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         if not _runtime.active:
             if not _runtime.paused:
                 return self._enter_inactive()
+            # Off by the config file, which may turn the client on before the block ends: the block
+            # pushes its context all the same, as a stack that owes the context's own exports (see
+            # OffStack). Exports are refused meanwhile, and it yields "" as a disabled client does.
             context_id = str(self.context_id) if self.context_id else _new_context_id()
-            return _enter_while_off(self, ((context_id, self.arc_class),), True, self.export_timestamp)
+            arc_class = self.arc_class
+            off = _OffStack(((context_id, arc_class),))
+            off.owed = ([(context_id, arc_class, True, self.export_timestamp)],)
+            entry: _Entry = (_push(off), off, _OPENED_WHILE_OFF)
+            if self._entry is None and self._more is None:
+                self._entry = entry
+            else:
+                self._keep(entry)
+            return ""
         context_id = str(self.context_id) if self.context_id else _new_context_id()
         arc_class = self.arc_class
         if _runtime.sampling and not _runtime.keeps(context_id, arc_class):
@@ -392,16 +386,19 @@ class new_mona_sub_context(_Block):  # noqa: N801
             return self._enter_while_off()
         stack = _current_stack()
         if not stack:
-            if type(stack) is SampledOutStack:  # nested in a context that is not kept: not kept either
+            if type(stack) is _OffStack:  # opened while off, turned on since: it owes its exports first
+                _pipeline.open_owed(stack)
+            elif type(stack) is SampledOutStack:  # nested in a context that is not kept: not kept either
                 sub = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
                 return _enter_sampled_out(self, sub)
-            # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
-            _pipeline.fail(
-                "sub-outside-context",
-                "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
-            )
-            self._keep(None)
-            return ""
+            else:
+                # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
+                _pipeline.fail(
+                    "sub-outside-context",
+                    "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
+                )
+                self._keep(None)
+                return ""
         stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
         context_id = stack[-1][0]
         if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
@@ -423,15 +420,20 @@ class new_mona_sub_context(_Block):  # noqa: N801
         return context_id
 
     def _enter_while_off(self) -> str:
-        stack = _current_stack()
-        if not stack or not _runtime.may_turn_on_again():
+        """Off: a sub-context of an open context (not a sampled-out one) still pushes its context
+        when the config file may turn the client on again, as a root does (see OffStack)."""
+        parent = _current_stack()
+        if not len(parent) or type(parent) is SampledOutStack or not _runtime.may_turn_on_again():
             self._keep(None)
             return ""
-        stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
-        if stack[-1][0].count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
+        frames = _ctx.sub_stack(parent, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+        context_id = frames[-1][0]
+        if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
             self._keep(None)
             return ""
-        return _enter_while_off(self, stack, False, None)
+        off = _ctx.off_stack(frames, (context_id, self.arc_class, False, None), parent)
+        self._keep((_push(off), off, _OPENED_WHILE_OFF))
+        return ""
 
     def _enter_too_deep(self, stack: _ctx.Stack) -> str:
         """A sub-context deeper than ``MONA_MAX_CONTEXT_DEPTH``: the block runs in its parent context.
@@ -533,28 +535,24 @@ def close_sub_context() -> str:
     if len(stack) <= 1:
         _pipeline.fail("close-root", "close_sub_context() called with no sub-context open")
         return get_full_context_id()
-    # Slicing gives a plain tuple: a sampled-out ARC must stay sampled out.
-    _ctx.set_stack(SampledOutStack(stack[:-1]) if type(stack) is SampledOutStack else stack[:-1])
-    if _opened_while_off:
-        _forget_opened_while_off(stack[-1:])
+    # Slicing gives a plain tuple: a sampled-out ARC must stay sampled out, and the contexts of a
+    # stack opened while off still owe what they owed (the sub-context closed now owes nothing more).
+    parent: _ctx.Stack = stack[:-1]
+    if type(stack) is SampledOutStack:
+        parent = SampledOutStack(parent)
+    elif type(stack) is _OffStack and len(stack.owed) > 1:
+        off = _OffStack(parent)
+        off.owed = stack.owed[:-1]
+        parent = off
+    _ctx.set_stack(parent)
     return get_full_context_id()
 
 
 def reset() -> None:
-    """Leave every context of the current thread, greenlet or task: afterwards no context is open."""
-    if _opened_while_off:
-        _forget_opened_while_off(_current_stack())
+    """Leave every context of the current thread, greenlet or task: afterwards no context is open.
+
+    Contexts opened while the client was off and left this way owe nothing more."""
     _ctx.set_stack(())
-
-
-def _forget_opened_while_off(frames: _ctx.Stack) -> None:
-    """Contexts left without a block's exit (``reset()``, ``close_sub_context()``) are not completed
-    when the client is turned on again. Frames are shared by a stack and the stacks nested in it, so
-    identity finds them."""
-    leaving = {id(frame) for frame in frames}
-    for key, (stack, _, _) in list(_opened_while_off.items()):
-        if id(stack[-1]) in leaving:
-            _opened_while_off.pop(key, None)
 
 
 # --- exports --------------------------------------------------------------------------------------

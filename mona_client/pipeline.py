@@ -16,7 +16,7 @@ import itertools
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Mapping, Optional, Tuple
 
 from . import context as ctx
 from .export import (
@@ -45,6 +45,9 @@ _current_stack = ctx.current_stack
 ARC_CLASS_REFUSED = "bad-arc-class"
 GLOBALS_REFUSED = "bad-globals"
 
+# Key names the hot path knows to be allowed; past this many, new names are checked each time.
+_MAX_GOOD_KEYS = 4096
+
 # Arc classes are few; past this many distinct ones (ids used as classes) the packed cache starts over.
 _MAX_PACKED_ARC_CLASSES = 10_000
 
@@ -67,6 +70,8 @@ class ExportPipeline:
         self.global_init_message: Optional[Dict[str, Any]] = None
         self._encoder = EntryEncoder("")
         self._arc_class_messages: Dict[str, bytes] = {}
+        #: Top-level keys of messages that passed the reserved-key check: plain str, no ``MONA_``.
+        self._good_keys: FrozenSet[str] = frozenset()
         self.new_record_source()
 
     @property
@@ -129,16 +134,19 @@ class ExportPipeline:
         if not stack:
             if type(stack) is SampledOutStack:  # its ARC is not kept: nothing to do, and no error
                 return True
+            if type(stack) is ctx.OffStack:  # opened while off, turned on since: what it owes, first
+                self.open_owed(stack)
+                return self.export_to(stack[-1][0], message, export_timestamp)
             return self.fail(
                 "outside-context",
                 "export() called outside any mona context; open one with new_mona_context()",
             )
         context_id = stack[-1][0]
         try:
-            # A plain dict whose keys hold no reserved prefix needs no copy: joining the keys is far
-            # cheaper than testing each one, and a non-str key makes join raise (the slow path).
-            if type(message) is not dict or RESERVED_PREFIX in "\n".join(message):
-                message = self._checked_copy(message)
+            # A plain dict whose keys were all seen before in a message that passed needs no look at
+            # them: a subset test in C, which allocates nothing. Others take _checked_keys.
+            if type(message) is not dict or not message.keys() <= self._good_keys:
+                message = self._checked_keys(message)
             timestamp = int(_time())
             if export_timestamp is not None:
                 timestamp, invalid = check_export_timestamp(export_timestamp, timestamp)
@@ -208,6 +216,17 @@ class ExportPipeline:
         self._arc_class_messages[arc_class] = packed
         return packed
 
+    def _checked_keys(self, message: Any) -> Dict[str, Any]:
+        """``message`` with its keys checked: the same dict when they are all plain and allowed (and
+        then they join the known good keys), else a checked copy (see :meth:`_checked_copy`)."""
+        # Joining the keys is far cheaper than testing each one, and a non-str key makes join raise.
+        if type(message) is not dict or RESERVED_PREFIX in "\n".join(message):
+            return self._checked_copy(message)
+        good = self._good_keys
+        if len(good) < _MAX_GOOD_KEYS and all(type(key) is str for key in message):
+            self._good_keys = good.union(message)  # replaced whole: other threads read the old or the new
+        return message
+
     @staticmethod
     def _checked_copy(message: Any) -> Dict[str, Any]:
         checked, dropped = check_message(message)
@@ -234,6 +253,19 @@ class ExportPipeline:
             return self.fail("bad-globals", f"set_global_init_message() refused: {exc}")
         self.global_init_message = checked
         return True
+
+    def open_owed(self, stack: ctx.OffStack) -> None:
+        """Make the exports the contexts of ``stack``, opened while the client was off, owe their ARCs
+        (each once, outermost first). A refusal, when raising is on, does not stop the others."""
+        for owed in stack.owed:
+            try:
+                context_id, arc_class, root, export_timestamp = owed.pop()
+            except IndexError:  # made already, here or by another thread carrying the same stack
+                continue
+            try:
+                self.open_context_exports(context_id, arc_class, root, export_timestamp)
+            except MonaExportException:
+                continue
 
     def open_context_exports(self, context_id: str, arc_class: Optional[str], root: bool, ts: Any) -> None:
         """What a newly opened (sub-)context exports about itself: its arc class, and the global init

@@ -202,21 +202,8 @@ class Runtime:
         self.sample_rate = float(config.get("sample_rate", 1.0))
         self.sample_rates = {str(k): float(v) for k, v in config.get("sample_rates", {}).items()}
         self.sampling = self.sample_rate < 1.0 or any(rate < 1.0 for rate in self.sample_rates.values())
+        # Blocks opened while off and still open make the exports they owe lazily (see OffStack).
         self._update_active()
-        if self.active and ctx.opened_while_off:
-            self._export_contexts_opened_while_off()
-
-    def _export_contexts_opened_while_off(self) -> None:
-        """Turned on again: the exports of the contexts opened while off whose blocks are still open."""
-        pending = ctx.opened_while_off
-        for key in list(pending):
-            opened = pending.pop(key, None)  # a block may take it at the same time: one of the two does
-            if opened is not None:
-                stack, root, export_timestamp = opened
-                try:
-                    self.pipeline.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
-                except MonaExportException:  # raising is on: already said; the other contexts go on
-                    continue
 
     def _update_active(self) -> None:
         self.active = self.started and not (self.env_disabled or self.file_disabled)
@@ -402,7 +389,12 @@ class Runtime:
             return pipeline.fail(
                 "bad-batch", f"a batch event must be a mapping with 'message', not {type(event).__name__}"
             )
-        context_id = event.get("context_id") or ctx.get_full_context_id()
+        context_id = event.get("context_id")
+        if not context_id:
+            stack = ctx.current_stack()
+            if type(stack) is ctx.OffStack:  # opened while off, turned on since: what it owes, first
+                pipeline.open_owed(stack)
+            context_id = stack[-1][0] if stack or type(stack) is ctx.OffStack else ""
         if not context_id:
             if type(ctx.current_stack()) is SampledOutStack:
                 return True
