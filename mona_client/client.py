@@ -559,7 +559,7 @@ def reset() -> None:
 
 
 # The pipeline's bound method itself: export() is the hot path, and a wrapper would add a call to it.
-# Its docstring is Runtime.export's.
+# Its docstring is the user-facing one.
 export = _pipeline.export
 
 

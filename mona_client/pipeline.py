@@ -121,7 +121,14 @@ class ExportPipeline:
     # --- exports --------------------------------------------------------------------------------
 
     def export(self, message: Any, export_timestamp: Any = None) -> bool:
-        """``client.export``: check, encode and queue ``message`` for the current context.
+        """Export KAPIs and dimensions into the current context. Returns True when accepted.
+
+        This is ``mona_client.client.export``. ``message`` is a mapping of JSON-able values (numpy
+        values, datetimes, Decimal, UUID and Enum are converted; see :mod:`mona_client.export`). Keys
+        starting with ``MONA_`` are reserved and dropped with a warning. ``export_timestamp`` is in
+        seconds since the epoch; an invalid one is replaced by now and kept in
+        ``MONA_INVALID_EXPORT_TIMESTAMP``. The message is encoded at once (mutating it afterwards
+        changes nothing) and sent in the background.
 
         The hot path of the client, in one Python frame for a plain dict: the state and context
         look-ups, the reserved-key check, the entry around the message from the context's cached
