@@ -25,78 +25,65 @@ Step = Tuple[str, Callable[[str], Fragment]]
 def _export_steps() -> List[Step]:
     from mona_client import client
     from mona_client import context as ctx
-    from mona_client.export import encode_entry
+    from mona_client.export import Packing, packers
     from mona_client.runtime import runtime
+
+    pipeline = runtime.pipeline
 
     def whole(_: str) -> Fragment:
         return "export(msg)", {"export": client.export, "msg": MESSAGE}, True, True
 
-    def no_facade(_: str) -> Fragment:
-        return "export(msg)", {"export": runtime.export, "msg": MESSAGE}, True, True
-
     def export_to(cid: str) -> Fragment:
-        return "export_to(cid, msg)", {"export_to": runtime.pipeline.export_to, "cid": cid, "msg": MESSAGE}, True, False
+        return "export_to(cid, msg)", {"export_to": pipeline.export_to, "cid": cid, "msg": MESSAGE}, True, False
 
     def lookup(_: str) -> Fragment:
         return (
-            "rt.active\nstack = current_stack()\nstack[-1][0]",
-            {"rt": runtime, "current_stack": ctx.current_stack},
+            "p.active\nstack = current_stack()\nstack[-1][0]",
+            {"p": pipeline, "current_stack": ctx.current_stack},
             False,
             True,
         )
 
-    def key_check(_: str) -> Fragment:
+    def known_keys(_: str) -> Fragment:
+        return (
+            "type(msg) is not dict or not msg.keys() <= good",
+            {"msg": MESSAGE, "good": frozenset(MESSAGE)},
+            False,
+            False,
+        )
+
+    def key_join(_: str) -> Fragment:
         return 'type(msg) is not dict or "MONA_" in "\\n".join(msg)', {"msg": MESSAGE}, False, False
 
     def clock(_: str) -> Fragment:
         return "int(now())", {"now": time.time}, False, False
 
+    def head_check(cid: str) -> Fragment:
+        head = (int(time.time()), cid, b"")
+        return "head[0] != ts or head[1] is not cid", {"head": head, "ts": head[0], "cid": cid}, False, False
+
+    def pack(_: str) -> Fragment:
+        return (
+            "packing = packers.pop() if packers else Packing()\npacking.pack(msg)\npackers.append(packing)",
+            {"packers": packers, "Packing": Packing, "msg": MESSAGE},
+            False,
+            False,
+        )
+
     def record_id(_: str) -> Fragment:
         import itertools
 
-        return "f'{src}{next(counter)}'", {"src": "3f2a9c0d1e4b5a67:", "counter": itertools.count(1)}, False, False
+        from mona_client.export import record_id_heads
 
-    def encode(cid: str) -> Fragment:
         return (
-            "encode(ts, uid, cid, msg, rid)",
+            "digits = b'%d' % next(counter)\njoin((head, packed, heads[len(digits)], digits))",
             {
-                "encode": encode_entry,
-                "ts": int(time.time()),
-                "uid": "bench-user",
-                "cid": cid,
-                "msg": MESSAGE,
-                "rid": "3f2a9c0d1e4b5a67:123456",
+                "counter": itertools.count(123456),
+                "join": b"".join,
+                "head": b"h" * 90,
+                "packed": msgpack.packb(MESSAGE),
+                "heads": record_id_heads("3f2a9c0d1e4b5a67:"),
             },
-            False,
-            False,
-        )
-
-    def reused_packer(cid: str) -> Fragment:
-        packer = msgpack.Packer(use_bin_type=False, autoreset=True)
-        return (
-            "pack([ts, {'user_id': uid, 'context': cid, 'message': msg, 'export_timestamp': ts, 'record_id': rid}])",
-            {
-                "pack": packer.pack,
-                "ts": int(time.time()),
-                "uid": "bench-user",
-                "cid": cid,
-                "msg": MESSAGE,
-                "rid": "3f2a9c0d1e4b5a67:123456",
-            },
-            False,
-            False,
-        )
-
-    def strict_packer(cid: str) -> Fragment:
-        packer = msgpack.Packer(use_bin_type=False, autoreset=True, strict_types=True, default=str)
-        names = reused_packer(cid)[1]
-        names["pack"] = packer.pack
-        return reused_packer(cid)[0], names, False, False
-
-    def build(cid: str) -> Fragment:
-        return (
-            "[ts, {'user_id': uid, 'context': cid, 'message': msg, 'export_timestamp': ts, 'record_id': rid}]",
-            {"ts": int(time.time()), "uid": "bench-user", "cid": cid, "msg": MESSAGE, "rid": "3f2a9c0d1e4b5a67:123456"},
             False,
             False,
         )
@@ -129,21 +116,21 @@ def _export_steps() -> List[Step]:
             False,
         )
 
+    from mona_client.export import encode_entry
+
     return [
-        ("export(msg): the whole call", whole),
-        ("  runtime.export(msg) (without the facade's call)", no_facade),
-        ("  pipeline.export_to(context id, msg)", export_to),
+        ("export(msg): the whole call (one Python frame and the put)", whole),
+        ("  pipeline.export_to(context id, msg) (export_batch's way)", export_to),
         ("  step: active + current_stack() + stack[-1][0]", lookup),
-        ("  step: reserved-key check ('\\n'.join)", key_check),
+        ("  step: reserved-key check, keys known (subset test)", known_keys),
+        ("    the same for new keys ('\\n'.join)", key_join),
         ("  step: int(time.time())", clock),
-        ("  step: record id f-string + next(counter)", record_id),
-        ("  step: encode_entry(...)", encode),
-        ("    build [ts, {5 keys}] alone", build),
-        ("    reused Packer.pack of it (no strict_types)", reused_packer),
-        ("    reused Packer.pack of it (strict_types, default)", strict_packer),
-        ("    msgpack.packb(record) (floor)", packb_record),
+        ("  step: head check (same second, same context)", head_check),
+        ("  step: Packer from the pool + pack(message)", pack),
+        ("  step: record id digits + join of the entry", record_id),
         ("  step: Sender.put(entry)", put),
         ("    deque append + pop (floor)", append),
+        ("  msgpack.packb(record) (floor of the whole call)", packb_record),
     ]
 
 
@@ -176,6 +163,27 @@ def _context_steps() -> List[Step]:
         var: contextvars.ContextVar[Any] = contextvars.ContextVar("bench_breakdown")
         return "reset(set_(v))", {"set_": var.set, "reset": var.reset, "v": (("x", ARC_CLASS),)}, False, False
 
+    def new_head(_: str) -> Fragment:
+        from mona_client.runtime import runtime as rt
+
+        return (
+            "new_head(ts, new_id())",
+            {"new_head": rt.pipeline._encoder.new_head, "ts": int(time.time()), "new_id": ctx.new_context_id},
+            False,
+            False,
+        )
+
+    def minimal_block(_: str) -> Fragment:
+        return "with Minimal(arc_class=arc):\n    pass", {"Minimal": _MinimalBlock, "arc": ARC_CLASS}, False, False
+
+    def off_stack(cid: str) -> Fragment:
+        return (
+            "off = OffStack(((cid, arc),))\noff.owed = ([(cid, arc, True, None)],)",
+            {"OffStack": ctx.OffStack, "cid": cid, "arc": ARC_CLASS},
+            False,
+            False,
+        )
+
     def arc_export(cid: str) -> Fragment:
         return (
             "open_exports(cid, arc, True, None)",
@@ -203,9 +211,37 @@ def _context_steps() -> List[Step]:
         ("  step: context.push + context.pop", push_pop),
         ("    ContextVar set + reset (floor)", cvar),
         ("  step: the arc_class record (open_context_exports)", arc_export),
+        ("    its new head (new_head, with new_context_id())", new_head),
+        ("the floor of any with-block: a class with __slots__, 4 fields, no work", minimal_block),
+        ("  an OffStack and what it owes (a block entered while off)", off_stack),
         ("sub-context enter+exit (no arc_class): the whole block", sub_whole),
         ("  step: new_context_id() + sub_stack()", sub_stack),
     ]
+
+
+class _MinimalBlock:
+    """A with-block that does nothing: the cost of the object, __enter__ and __exit__ in Python."""
+
+    __slots__ = ("arc_class", "context_id", "export_timestamp", "measure_duration")
+
+    def __init__(
+        self,
+        arc_class: Optional[str] = None,
+        context_id: str = "",
+        export_timestamp: Optional[float] = None,
+        *,
+        measure_duration: Optional[bool] = None,
+    ) -> None:
+        self.arc_class = arc_class
+        self.context_id = context_id
+        self.export_timestamp = export_timestamp
+        self.measure_duration = measure_duration
+
+    def __enter__(self) -> str:
+        return ""
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def measure(repetitions: int, quick: bool) -> List[Tuple[str, Optional[Tuple[float, float]]]]:

@@ -74,6 +74,10 @@ class Batcher:
         # wake-up yet.
         self._fast_limit = 0
         self._fast_bytes = 0
+        #: True from the moment a put wakes the worker until the worker has looked at the queue: a
+        #: put past the fast path's mark then has nobody to wake and skips ``after_slow_put``. Set by
+        #: the waker before it wakes, cleared by the worker after it woke (see the transport).
+        self.worker_woken = False
 
         self.inflight: Deque[Chunk] = deque()
         self.retry: Deque[Chunk] = deque()
@@ -118,7 +122,8 @@ class Batcher:
             return False
         queue.append(entry)
         self.queued_bytes += size
-        self._after_slow_put()
+        if not self.worker_woken:  # a burst: once woken, the worker needs no second call per record
+            self._after_slow_put()
         if (queued > self._yield_at or self.queued_bytes > self._yield_bytes_at) and self.spool is not None:
             # Near the bound: hand the GIL to the sender thread so that it can move the excess to the
             # spool. A yield, not a wait on the network; without it a thread that exports faster than

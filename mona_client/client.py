@@ -135,8 +135,13 @@ def _deprecated(message: str) -> None:
 
 
 #: What a block's entry keeps: the token of its push, the stack pushed, and its start time (0.0: not
-#: measured).
+#: measured; :data:`_OPENED_WHILE_OFF`: opened while the config file had the client off, the stack
+#: pushed is then an :class:`~mona_client.context.OffStack`).
 _Entry = Tuple[Token[_ctx.Stack], _ctx.Stack, float]
+
+#: The start time of an entry opened while off: true, so that its exit takes the branch of the rare
+#: cases (where it is forgotten by the runtime), and never a real ``perf_counter`` value.
+_OPENED_WHILE_OFF = -1.0
 
 
 class _Block:
@@ -146,41 +151,96 @@ class _Block:
     class keeps the pairing of enter and exit exact however blocks nest or fail. Enter and exit are
     on the path of every ARC: they call :mod:`~mona_client.context`'s functions through module
     globals bound once (``_push``, ``_current_stack``), which are the ContextVar's own methods.
+
+    One block object may be entered again, nested or from several threads at once: its entries form
+    a stack whose top is ``_entry`` (None when empty, or when the top entry pushed nothing: the
+    client was off, or entering failed; such an entry has nothing to undo, so the two need not be
+    told apart) and whose lower entries, rarely any, wait in ``_more``. The common block, entered
+    once, so keeps its entry in a slot, without a list.
     """
 
-    __slots__ = ("_entries",)
+    __slots__ = ("_entry", "_more")
 
     def __init__(self) -> None:
-        # (token, pushed stack) per entry: one block object may be entered again, nested or from
-        # several threads at once. None for an entry that pushed nothing (disabled, or an error).
-        # The third item is the perf_counter at entry for a block that measures its duration, else 0.0.
-        self._entries: List[Optional[_Entry]] = []
+        self._entry: Optional[_Entry] = None
+        self._more: Optional[List[Optional[_Entry]]] = None
+
+    @property
+    def _entries(self) -> List[Optional[_Entry]]:
+        """The entries this block holds, oldest first (a copy)."""
+        entries = list(self._more or ())
+        if self._entry is not None:
+            entries.append(self._entry)
+        return entries
+
+    def _keep(self, entry: Optional[_Entry]) -> None:
+        """Make ``entry`` the top of this block's entries (the last statement of an ``__enter__``).
+
+        An entry that pushed nothing at the very bottom may be overwritten (its exit, the last one,
+        finds None all the same); anywhere else it keeps its place.
+        """
+        top = self._entry
+        more = self._more
+        if top is None and not more:
+            self._entry = entry
+            return
+        if more is None:
+            more = self._more = []
+        more.append(top)
+        self._entry = entry
 
     def __exit__(self, exc_type: Any, exc: Any, traceback: Any) -> None:
-        entries = self._entries
-        entry = entries.pop()
+        entry = self._entry
+        more = self._more
+        self._entry = more.pop() if more else None
         if entry is None:
             return
-        if entry[1] is not _current_stack() and entries:
-            entry = self._entry_of_this_context(entry)
-            if entry is None:
+        if entry[1] is not _current_stack() and (more or self._entry is not None):
+            found = self._entry_of_this_context(entry)
+            if found is None:
                 return
-        # A block that neither failed nor measures pays two tests here, nothing more.
+            entry = found
+        # A block that neither failed nor measures (nor was opened while off) pays two tests here.
         if exc_type is not None or entry[2]:
-            _runtime.export_run_facts(entry[1], exc, entry[2])
-        _ctx.pop(entry[0])
-        if _opened_while_off:  # empty unless blocks were opened while the config file had the client off
-            _opened_while_off.pop(id(entry[1]), None)
+            self._exit_rarely(entry, exc)
+            return
+        try:
+            _reset(entry[0])
+        except (ValueError, RuntimeError):  # left in another context: restore the saved value
+            _ctx.pop(entry[0])
+
+    @staticmethod
+    def _exit_rarely(entry: _Entry, exc: Any) -> None:
+        """The exit of a block that failed, measures its duration or was opened while off."""
+        stack = entry[1]
+        started = entry[2]
+        if started == _OPENED_WHILE_OFF:
+            started = 0.0
+            if type(stack) is _OffStack and _runtime.active:
+                # Turned on since the block opened, and nothing in it made the exports its contexts
+                # owe: made now, so that the ARC is complete, as it is when something was exported.
+                _pipeline.open_owed(stack)
+                stack = tuple(stack)  # its facts, if any, are exported like those of any context
+        if exc is not None or started:
+            _runtime.export_run_facts(stack, exc, started)
+        try:
+            _reset(entry[0])
+        except (ValueError, RuntimeError):  # left in another context: restore the saved value
+            _ctx.pop(entry[0])
 
     def _entry_of_this_context(self, last: _Entry) -> Optional[_Entry]:
         """The entry this thread or task pushed, when the last one belongs to another."""
-        entries = self._entries
+        entries = list(self._more or ())
+        entries.append(self._entry)
         entries.append(last)
         current = _current_stack()
         index = len(entries) - 1
         while index > 0 and _stack_of(entries[index]) is not current:
             index -= 1
-        return entries.pop(index)
+        found = entries.pop(index)
+        self._more = entries[:-1] or None
+        self._entry = entries[-1] if entries else None
+        return found
 
 
 def _stack_of(entry: Optional[_Entry]) -> Optional[_ctx.Stack]:
@@ -189,9 +249,10 @@ def _stack_of(entry: Optional[_Entry]) -> Optional[_ctx.Stack]:
 
 
 _push = _ctx.push
+_reset = _ctx.reset
 _current_stack = _ctx.current_stack
 _new_context_id = _ctx.new_context_id
-_opened_while_off = _ctx.opened_while_off
+_OffStack = _ctx.OffStack
 _perf_counter = time.perf_counter
 
 
@@ -203,28 +264,11 @@ def get_full_context_id() -> str:
     return stack[-1][0] if len(stack) and not _runtime.off_by_config_file() else ""
 
 
-def _enter_while_off(block: _Block, stack: _ctx.Stack, root: bool, export_timestamp: Optional[float]) -> str:
-    """Push ``stack`` while the config file has the client off, so that the block carries on in its
-    ARC if the client is turned on before it ends: the context's own exports (arc class, globals) are
-    made then. Exports while off are still refused. Yields "" as a disabled client does."""
-    block._entries.append((_push(stack), stack, 0.0))
-    key = id(stack)
-    if len(_opened_while_off) < _MAX_OPENED_WHILE_OFF:
-        _opened_while_off[key] = (stack, root, export_timestamp)
-        # Turned on meanwhile, perhaps after the runtime looked: whoever takes the entry exports it.
-        if _runtime.active and _opened_while_off.pop(key, None) is not None:
-            _pipeline.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
-    return ""
-
-
-_MAX_OPENED_WHILE_OFF = _ctx.MAX_OPENED_WHILE_OFF
-
-
 def _enter_sampled_out(block: _Block, frames: _ctx.Stack) -> str:
     """Push the context of an ARC that sampling does not keep: the block runs, its sub-contexts nest,
     its ids propagate, and nothing is exported (its stack reads as "no context" to ``export()``)."""
     stack = SampledOutStack(frames)
-    block._entries.append((_push(stack), stack, 0.0))
+    block._keep((_push(stack), stack, 0.0))
     return stack[-1][0]
 
 
@@ -254,19 +298,30 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         ARC_class: Optional[str] = None,  # noqa: N803 - older user code spells it so
         measure_duration: Optional[bool] = None,
     ) -> None:
-        self._entries = []
+        self._entry = None
+        self._more = None
         self.arc_class = ARC_class if arc_class is None else arc_class
         self.context_id = context_id
         self.export_timestamp = export_timestamp
         self.measure_duration = measure_duration
 
     def __enter__(self) -> str:
-        if not _runtime.active and not _runtime.ensure_started():
-            if not _runtime.may_turn_on_again():
-                self._entries.append(None)
-                return ""
+        if not _runtime.active:
+            if not _runtime.paused:
+                return self._enter_inactive()
+            # Off by the config file, which may turn the client on before the block ends: the block
+            # pushes its context all the same, as a stack that owes the context's own exports (see
+            # OffStack). Exports are refused meanwhile, and it yields "" as a disabled client does.
             context_id = str(self.context_id) if self.context_id else _new_context_id()
-            return _enter_while_off(self, ((context_id, self.arc_class),), True, self.export_timestamp)
+            arc_class = self.arc_class
+            off = _OffStack(((context_id, arc_class),))
+            off.owed = ([(context_id, arc_class, True, self.export_timestamp)],)
+            entry: _Entry = (_push(off), off, _OPENED_WHILE_OFF)
+            if self._entry is None and self._more is None:
+                self._entry = entry
+            else:
+                self._keep(entry)
+            return ""
         context_id = str(self.context_id) if self.context_id else _new_context_id()
         arc_class = self.arc_class
         if _runtime.sampling and not _runtime.keeps(context_id, arc_class):
@@ -281,8 +336,21 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
             if measure or (measure is None and _runtime.duration_classes and arc_class in _runtime.duration_classes)
             else 0.0
         )
-        self._entries.append((_push(stack), stack, started))
+        entry = (_push(stack), stack, started)
+        if self._entry is None and self._more is None:  # the common case: entered once
+            self._entry = entry
+        else:
+            self._keep(entry)
         return context_id
+
+    def _enter_inactive(self) -> str:
+        """Not started yet (start, then enter as the new state says), or off for good: push nothing."""
+        if not _pipeline.dormant:
+            _runtime.ensure_started()
+            if _runtime.active or _runtime.paused:
+                return self.__enter__()
+        self._keep(None)
+        return ""
 
 
 class new_mona_sub_context(_Block):  # noqa: N801
@@ -303,26 +371,34 @@ class new_mona_sub_context(_Block):  # noqa: N801
         ARC_class: Optional[str] = None,  # noqa: N803
         measure_duration: Optional[bool] = None,
     ) -> None:
-        self._entries = []
+        self._entry = None
+        self._more = None
         self.arc_class = ARC_class if arc_class is None else arc_class
         self.sub_context_id = sub_context_id
         self.measure_duration = measure_duration
 
     def __enter__(self) -> str:
-        if not _runtime.active and not _runtime.ensure_started():
+        if not _runtime.active:
+            if not _runtime.paused:
+                if _pipeline.dormant or not _runtime.ensure_started():
+                    return self._enter_while_off()
+                return self.__enter__()  # started now: enter as the new state says
             return self._enter_while_off()
         stack = _current_stack()
         if not stack:
-            if type(stack) is SampledOutStack:  # nested in a context that is not kept: not kept either
+            if type(stack) is _OffStack:  # opened while off, turned on since: it owes its exports first
+                _pipeline.open_owed(stack)
+            elif type(stack) is SampledOutStack:  # nested in a context that is not kept: not kept either
                 sub = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
                 return _enter_sampled_out(self, sub)
-            # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
-            _pipeline.fail(
-                "sub-outside-context",
-                "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
-            )
-            self._entries.append(None)
-            return ""
+            else:
+                # Said (or raised) before the entry is kept: a raise here means no __exit__ to take it back.
+                _pipeline.fail(
+                    "sub-outside-context",
+                    "new_mona_sub_context() called outside any mona context; open one with new_mona_context()",
+                )
+                self._keep(None)
+                return ""
         stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
         context_id = stack[-1][0]
         if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
@@ -336,19 +412,28 @@ class new_mona_sub_context(_Block):  # noqa: N801
             if measure or (measure is None and _runtime.duration_classes and arc_class in _runtime.duration_classes)
             else 0.0
         )
-        self._entries.append((_push(stack), stack, started))
+        entry = (_push(stack), stack, started)
+        if self._entry is None and self._more is None:  # the common case: entered once
+            self._entry = entry
+        else:
+            self._keep(entry)
         return context_id
 
     def _enter_while_off(self) -> str:
-        stack = _current_stack()
-        if not stack or not _runtime.may_turn_on_again():
-            self._entries.append(None)
+        """Off: a sub-context of an open context (not a sampled-out one) still pushes its context
+        when the config file may turn the client on again, as a root does (see OffStack)."""
+        parent = _current_stack()
+        if not len(parent) or type(parent) is SampledOutStack or not _runtime.may_turn_on_again():
+            self._keep(None)
             return ""
-        stack = _ctx.sub_stack(stack, str(self.sub_context_id) or _new_context_id(), self.arc_class)
-        if stack[-1][0].count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
-            self._entries.append(None)
+        frames = _ctx.sub_stack(parent, str(self.sub_context_id) or _new_context_id(), self.arc_class)
+        context_id = frames[-1][0]
+        if context_id.count(CONTEXT_SEPARATOR) >= _runtime.max_context_depth:
+            self._keep(None)
             return ""
-        return _enter_while_off(self, stack, False, None)
+        off = _ctx.off_stack(frames, (context_id, self.arc_class, False, None), parent)
+        self._keep((_push(off), off, _OPENED_WHILE_OFF))
+        return ""
 
     def _enter_too_deep(self, stack: _ctx.Stack) -> str:
         """A sub-context deeper than ``MONA_MAX_CONTEXT_DEPTH``: the block runs in its parent context.
@@ -362,7 +447,7 @@ class new_mona_sub_context(_Block):  # noqa: N801
             f"new_mona_sub_context() refused: contexts nest at most MONA_MAX_CONTEXT_DEPTH = "
             f"{_runtime.max_context_depth} ids deep; the block runs in its parent context",
         )
-        self._entries.append(None)
+        self._keep(None)
         return stack[-2][0]
 
 
@@ -395,7 +480,7 @@ class continue_mona_context(new_mona_context):  # noqa: N801 - used like a funct
             return super().__enter__()
         on = _runtime.active or _runtime.ensure_started()
         if not on and not _runtime.may_turn_on_again():
-            self._entries.append(None)
+            self._keep(None)
             return ""
         reason = _ctx.malformed_reason(continued, _runtime.max_context_depth, _runtime.max_context_id_chars)
         if reason is not None:
@@ -409,7 +494,7 @@ class continue_mona_context(new_mona_context):  # noqa: N801 - used like a funct
         stack: _ctx.Stack = ((continued, None),)
         if _runtime.sampling and not _runtime.keeps(continued, self.arc_class):
             return _enter_sampled_out(self, stack)
-        self._entries.append((_push(stack), stack, _perf_counter() if self.measure_duration else 0.0))
+        self._keep((_push(stack), stack, _perf_counter() if self.measure_duration else 0.0))
         # While the config file has the client off the block still runs in the ARC (exports are refused
         # until it is turned on), and yields "" as a disabled client does.
         return continued if on else ""
@@ -450,35 +535,32 @@ def close_sub_context() -> str:
     if len(stack) <= 1:
         _pipeline.fail("close-root", "close_sub_context() called with no sub-context open")
         return get_full_context_id()
-    # Slicing gives a plain tuple: a sampled-out ARC must stay sampled out.
-    _ctx.set_stack(SampledOutStack(stack[:-1]) if type(stack) is SampledOutStack else stack[:-1])
-    if _opened_while_off:
-        _forget_opened_while_off(stack[-1:])
+    # Slicing gives a plain tuple: a sampled-out ARC must stay sampled out, and the contexts of a
+    # stack opened while off still owe what they owed (the sub-context closed now owes nothing more).
+    parent: _ctx.Stack = stack[:-1]
+    if type(stack) is SampledOutStack:
+        parent = SampledOutStack(parent)
+    elif type(stack) is _OffStack and len(stack.owed) > 1:
+        off = _OffStack(parent)
+        off.owed = stack.owed[:-1]
+        parent = off
+    _ctx.set_stack(parent)
     return get_full_context_id()
 
 
 def reset() -> None:
-    """Leave every context of the current thread, greenlet or task: afterwards no context is open."""
-    if _opened_while_off:
-        _forget_opened_while_off(_current_stack())
+    """Leave every context of the current thread, greenlet or task: afterwards no context is open.
+
+    Contexts opened while the client was off and left this way owe nothing more."""
     _ctx.set_stack(())
-
-
-def _forget_opened_while_off(frames: _ctx.Stack) -> None:
-    """Contexts left without a block's exit (``reset()``, ``close_sub_context()``) are not completed
-    when the client is turned on again. Frames are shared by a stack and the stacks nested in it, so
-    identity finds them."""
-    leaving = {id(frame) for frame in frames}
-    for key, (stack, _, _) in list(_opened_while_off.items()):
-        if id(stack[-1]) in leaving:
-            _opened_while_off.pop(key, None)
 
 
 # --- exports --------------------------------------------------------------------------------------
 
 
-# The runtime's bound method itself: export() is the hot path, and a wrapper would add a call to it.
-export = _runtime.export
+# The pipeline's bound method itself: export() is the hot path, and a wrapper would add a call to it.
+# Its docstring is the user-facing one.
+export = _pipeline.export
 
 
 def export_batch(events: Iterable[Mapping[str, Any]]) -> bool:

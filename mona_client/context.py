@@ -15,20 +15,23 @@ import itertools
 import os
 import re
 from contextvars import ContextVar, Token
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from .record import CONTEXT_SEPARATOR
 
 __all__ = [
     "Frame",
+    "OffStack",
+    "Opening",
     "Stack",
     "current_stack",
     "get_full_context_id",
     "malformed_reason",
     "new_context_id",
-    "opened_while_off",
+    "off_stack",
     "pop",
     "push",
+    "reset",
     "set_stack",
     "sub_stack",
 ]
@@ -46,6 +49,9 @@ current_stack: Callable[[], Stack] = _stack.get
 
 #: Make a stack current; the token it returns restores the previous one in :func:`pop`.
 push: Callable[[Stack], Token[Stack]] = _stack.set
+
+#: Restore the stack a token was made from; raises when the token does not fit (see :func:`pop`).
+reset: Callable[[Token[Stack]], None] = _stack.reset
 
 
 def get_full_context_id() -> str:
@@ -105,16 +111,38 @@ def sub_stack(stack: Stack, sub_context_id: str, arc_class: Optional[str]) -> St
     return (*stack, (f"{parent}{CONTEXT_SEPARATOR}{sub_context_id}", arc_class))
 
 
-#: Contexts opened while the config file had the client off, by ``id()`` of their stack:
-#: (stack, whether it is a root, its export timestamp). A block opened while off still pushes its
-#: context; when the file turns the client on before the block ends, the runtime makes the exports the
-#: context would have made when it opened (its arc class, the globals of a root), so the rest of the
-#: block lands in a complete ARC. A block leaving forgets its entry.
-opened_while_off: Dict[int, Tuple[Stack, bool, Optional[float]]] = {}
+#: What a context opened while the config file had the client off still owes the ARC once the client
+#: is on: (full context id, arc class, whether it is a root, its export timestamp).
+Opening = Tuple[str, Optional[str], bool, Optional[float]]
 
-#: Beyond this many contexts opened while off (blocks left open without end, ``init()`` in a loop),
-#: later ones are not remembered: they carry on without their arc class rather than grow memory.
-MAX_OPENED_WHILE_OFF = 10_000
+
+class OffStack(Tuple[Frame, ...]):
+    """The stack a block pushes while the config file has the client off (and may turn it on again).
+
+    Its frames are those of a normal stack, so that a block still open when the client is turned on
+    carries on in its ARC; but it reads as false, like an empty stack, so that ``export()`` and
+    ``new_mona_sub_context`` notice it without any cost to an ordinary stack. The exports its
+    contexts would have made when they opened (arc class, the globals of a root) are made then,
+    lazily, by the first export, sub-context or exit in it with the client on
+    (:meth:`~mona_client.pipeline.ExportPipeline.open_owed`): nothing is registered while off.
+
+    ``owed`` holds one list per context of the stack opened while off, outermost first, each with its
+    :data:`Opening` until someone takes it (``list.pop`` is atomic: the exports are made once, even
+    when a copied context carries the stack into several threads).
+    """
+
+    owed: Tuple[List[Opening], ...]
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def off_stack(frames: Stack, opening: Opening, parent: Stack) -> OffStack:
+    """``frames`` as an :class:`OffStack` owing ``opening``, after what ``parent`` still owes."""
+    stack = OffStack(frames)
+    owed = [opening]
+    stack.owed = (*parent.owed, owed) if type(parent) is OffStack else (owed,)
+    return stack
 
 
 def pop(token: Token[Stack]) -> None:

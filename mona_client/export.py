@@ -56,10 +56,14 @@ __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
     "EntryEncoder",
     "MonaExportException",
+    "Packing",
     "check_export_timestamp",
     "check_message",
     "check_nested_keys",
     "encode_entry",
+    "not_jsonable",
+    "packers",
+    "record_id_heads",
 ]
 
 DEFAULT_MAX_RECORD_BYTES = 2**20
@@ -98,7 +102,7 @@ def _convert(value: Any) -> Any:
     raise TypeError(f"a value of type {type(value).__name__} is not JSON-able")
 
 
-class _Packing:
+class Packing:
     """A msgpack Packer with the conversions above, noting when it turned a tuple or frozenset into a list.
 
     Only a tuple or a frozenset can be a map key that travels as an array (lists, sets and dicts cannot
@@ -128,16 +132,21 @@ class _Packing:
             packed = self.pack(message)
         except Exception as exc:  # a user object may raise anything while converted
             self.saw_tuple = False
-            raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
+            raise not_jsonable(exc) from None
         if self.saw_tuple:
             self.saw_tuple = False
             check_nested_keys(message)
         return packed
 
 
-# A Packer is not safe to share while it runs Python code (the default hook), so each pack takes one
-# from this pool and gives it back. list.pop/append are atomic under the GIL and never switch greenlets.
-_packers: List[_Packing] = []
+#: A Packer is not safe to share while it runs Python code (the default hook), so each pack takes one
+#: from this pool and gives it back. list.pop/append are atomic under the GIL and never switch greenlets.
+packers: List[Packing] = []
+
+
+def not_jsonable(exc: BaseException) -> MonaExportException:
+    """The error for a message msgpack could not pack (a value that is not JSON-able)."""
+    return MonaExportException(f"message is not JSON-able: {_describe(exc)}")
 
 
 _plain = msgpack.Packer(use_bin_type=False).pack  # for the client's own strings and ints
@@ -158,63 +167,52 @@ class EntryEncoder:
     def __init__(self, user_id: str, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         # The record is a map of 5: user id, context, export time, message, record id.
         self._record_start = b"\x85" + _plain(USER_ID) + _plain(user_id) + _plain(CONTEXT)
-        # (timestamp, context, bytes up to the message): replaced as one tuple, so threads sharing
-        # the encoder never see the bytes of one context under the key of another.
-        self._head: Tuple[Any, Any, bytes] = (None, None, b"")
+        #: (timestamp, context, bytes up to the message): replaced as one tuple, so threads sharing
+        #: the encoder never see the bytes of one context under the key of another. Read by the
+        #: export pipeline's hot path, which calls :meth:`new_head` when it does not fit.
+        self.head: Tuple[Any, Any, bytes] = (None, None, b"")
+        # (timestamp, bytes before the context, bytes between the context and the message): the part
+        # of a head that only changes with the second, so that a new context's head packs its id alone.
+        self._second: Tuple[Any, bytes, bytes] = (None, b"", b"")
         self.max_record_bytes = max_record_bytes
 
-    def _new_head(self, timestamp: int, context: str) -> Tuple[Any, Any, bytes]:
-        packed_time = _plain(timestamp)
-        head = b"".join(
-            (
-                b"\x92",
-                packed_time,
-                self._record_start,
-                _plain(context),
-                _EXPORT_TIMESTAMP_KEY,
-                packed_time,
-                _MESSAGE_KEY,
+    def new_head(self, timestamp: int, context: str) -> Tuple[Any, Any, bytes]:
+        """The head of the entries of ``context`` in the second ``timestamp``, made the current one."""
+        second = self._second
+        if second[0] != timestamp:
+            packed_time = _plain(timestamp)
+            second = self._second = (
+                timestamp,
+                b"\x92" + packed_time + self._record_start,
+                _EXPORT_TIMESTAMP_KEY + packed_time + _MESSAGE_KEY,
             )
-        )
-        return timestamp, context, head
+        head = self.head = (timestamp, context, b"".join((second[1], _plain(context), second[2])))
+        return head
 
     def encode_packed(self, timestamp: int, context: str, packed_message: bytes, record_id: str) -> bytes:
         """An entry around a message packed already (the client's own, repeated ``MONA_*`` messages).
 
         Raises :class:`MonaExportException` when the entry is larger than ``max_record_bytes``.
         """
-        head = self._head
+        head = self.head
         if head[0] != timestamp or head[1] is not context:
-            head = self._head = self._new_head(timestamp, context)
+            head = self.new_head(timestamp, context)
         entry = b"".join((head[2], packed_message, _RECORD_ID_KEY, _plain(record_id)))
         if len(entry) > self.max_record_bytes:
-            raise MonaExportException(self._too_large(None))
+            raise MonaExportException(self.too_large(None))
         return entry
 
     def encode(self, timestamp: int, context: str, message: Mapping[str, Any], record_id: str) -> bytes:
         """Raises :class:`MonaExportException` when a value or a nested key of the message cannot be
         encoded, or when the entry is larger than ``max_record_bytes``."""
-        head = self._head
+        head = self.head
         if head[0] != timestamp or head[1] is not context:
-            head = self._head = self._new_head(timestamp, context)
-        try:
-            packing = _packers.pop()
-        except IndexError:
-            packing = _Packing()
-        try:
-            packed = packing.pack(message)
-        except Exception as exc:
-            packing.saw_tuple = False
-            raise MonaExportException(f"message is not JSON-able: {_describe(exc)}") from None
-        finally:
-            _packers.append(packing)
-        if packing.saw_tuple:  # rare: a tuple or frozenset somewhere in the message, maybe as a key
-            packing.saw_tuple = False
-            check_nested_keys(message)
+            head = self.new_head(timestamp, context)
+        packed = pack_message(message)
         # The size is that of the bytes just made: checking it costs a len(), not a second encoding.
         entry = b"".join((head[2], packed, _RECORD_ID_KEY, _plain(record_id)))
         if len(entry) > self.max_record_bytes:
-            raise MonaExportException(self._too_large(message))
+            raise MonaExportException(self.too_large(message))
         return entry
 
     def pack_checked(self, message: Mapping[str, Any]) -> bytes:
@@ -227,10 +225,10 @@ class EntryEncoder:
         # The entry around it adds the head and the record id: a message this close to the limit
         # would be refused when exported, so it is refused now.
         if len(packed) + _ENTRY_OVERHEAD > self.max_record_bytes:
-            raise MonaExportException(self._too_large(message))
+            raise MonaExportException(self.too_large(message))
         return packed
 
-    def _too_large(self, message: Optional[Mapping[str, Any]]) -> str:
+    def too_large(self, message: Optional[Mapping[str, Any]]) -> str:
         # The text names the limit and the message's first keys, not the size: the log line is
         # rate-limited by its text, and the same oversized export repeated must not flood the log.
         keys = ""
@@ -243,6 +241,23 @@ class EntryEncoder:
         )
 
 
+def record_id_heads(source: str) -> Tuple[bytes, ...]:
+    """The bytes before the digits of a record id ``<source><sequence>``, by the number of digits.
+
+    The record's last key and the string header of the id depend only on the source and the length of
+    the sequence number, so the hot path formats the number alone (``b"%d"``) and takes the bytes
+    before it from here: item ``n`` is for a number of ``n`` digits (up to 20: any 64-bit counter).
+    """
+    source_bytes = source.encode("utf-8")
+    heads = []
+    for digits in range(21):
+        text = source + "0" * digits
+        packed = _plain(text)
+        header = packed[: len(packed) - len(text.encode("utf-8"))]
+        heads.append(_RECORD_ID_KEY + header + source_bytes)
+    return tuple(heads)
+
+
 # What an entry holds besides its message, at least: the head and the record id, in bytes.
 _ENTRY_OVERHEAD = 64
 
@@ -252,11 +267,11 @@ def pack_message(message: Mapping[str, Any]) -> bytes:
 
     Raises :class:`MonaExportException` when a value or a nested key cannot be encoded.
     """
-    packing = _packers.pop() if _packers else _Packing()
+    packing = packers.pop() if packers else Packing()
     try:
         return packing.pack_message(message)
     finally:
-        _packers.append(packing)
+        packers.append(packing)
 
 
 def encode_entry(timestamp: int, user_id: str, context: str, message: Mapping[str, Any], record_id: str) -> bytes:

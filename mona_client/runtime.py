@@ -68,11 +68,13 @@ class Runtime:
         self.started = False
         # True while started and not disabled: the one attribute the hot paths read.
         self.active = False
+        #: True while off by the config file only (:meth:`may_turn_on_again`): the one attribute a
+        #: block entered while off reads to know that it must still push its context.
+        self.paused = False
         self.settings: Optional[Settings] = None
         #: The one way every export goes; the same object for the life of the process.
         self.pipeline = ExportPipeline()
-        # The pipeline's own method: export() is the hot path, and an attribute lookup less counts.
-        self._export_to = self.pipeline.export_to
+        self.pipeline.start = self.ensure_started
         self.env_disabled = False
         self.file_disabled = False
         self.max_context_depth = 64  # MONA_MAX_CONTEXT_DEPTH, read by the sub-context blocks
@@ -200,24 +202,15 @@ class Runtime:
         self.sample_rate = float(config.get("sample_rate", 1.0))
         self.sample_rates = {str(k): float(v) for k, v in config.get("sample_rates", {}).items()}
         self.sampling = self.sample_rate < 1.0 or any(rate < 1.0 for rate in self.sample_rates.values())
+        # Blocks opened while off and still open make the exports they owe lazily (see OffStack).
         self._update_active()
-        if self.active and ctx.opened_while_off:
-            self._export_contexts_opened_while_off()
-
-    def _export_contexts_opened_while_off(self) -> None:
-        """Turned on again: the exports of the contexts opened while off whose blocks are still open."""
-        pending = ctx.opened_while_off
-        for key in list(pending):
-            opened = pending.pop(key, None)  # a block may take it at the same time: one of the two does
-            if opened is not None:
-                stack, root, export_timestamp = opened
-                try:
-                    self.pipeline.open_context_exports(stack[-1][0], stack[-1][1], root, export_timestamp)
-                except MonaExportException:  # raising is on: already said; the other contexts go on
-                    continue
 
     def _update_active(self) -> None:
         self.active = self.started and not (self.env_disabled or self.file_disabled)
+        self.paused = self.may_turn_on_again()
+        # The pipeline's copies, which export() reads: nothing to start once started (or exiting).
+        self.pipeline.dormant = self.started or self._exited
+        self.pipeline.active = self.active
 
     def off_by_config_file(self) -> bool:
         """True while the config file's ``disable_all`` has the client off."""
@@ -269,6 +262,7 @@ class Runtime:
 
     def _at_exit(self) -> None:
         self._exited = True
+        self._update_active()
         if self.started:
             timeout = self.settings.flush_timeout if self.settings else 5.0
             self.close(timeout)
@@ -349,19 +343,11 @@ class Runtime:
         replaced by now and kept in ``MONA_INVALID_EXPORT_TIMESTAMP``. The message is encoded at once
         (mutating it afterwards changes nothing) and sent in the background.
 
-        This is ``mona_client.client.export``.
+        ``mona_client.client.export`` is the pipeline's own method
+        (:meth:`~mona_client.pipeline.ExportPipeline.export`), which this calls: a call less on the
+        hot path.
         """
-        if not self.active and not self.ensure_started():
-            return False
-        stack = ctx.current_stack()
-        if not stack:
-            if type(stack) is SampledOutStack:  # its ARC is not kept: nothing to do, and no error
-                return True
-            return self.pipeline.fail(
-                "outside-context",
-                "export() called outside any mona context; open one with new_mona_context()",
-            )
-        return self._export_to(stack[-1][0], message, export_timestamp)
+        return self.pipeline.export(message, export_timestamp)
 
     def export_run_facts(self, stack: ctx.Stack, exc: Optional[BaseException], started: float) -> None:
         """What a context exports about its run as it exits: the exception it exits by (an
@@ -403,7 +389,12 @@ class Runtime:
             return pipeline.fail(
                 "bad-batch", f"a batch event must be a mapping with 'message', not {type(event).__name__}"
             )
-        context_id = event.get("context_id") or ctx.get_full_context_id()
+        context_id = event.get("context_id")
+        if not context_id:
+            stack = ctx.current_stack()
+            if type(stack) is ctx.OffStack:  # opened while off, turned on since: what it owes, first
+                pipeline.open_owed(stack)
+            context_id = stack[-1][0] if stack or type(stack) is ctx.OffStack else ""
         if not context_id:
             if type(ctx.current_stack()) is SampledOutStack:
                 return True

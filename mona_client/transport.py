@@ -135,10 +135,13 @@ class Sender:
             self.drain_now()
         elif self._thread is None:
             self._start()
-        elif not self._wake.is_set():
+        else:
             # Waking the thread per record would cost a lock per export: it is woken once a chunk's
-            # worth is queued, otherwise it looks every flush_interval.
-            self._wake.set()
+            # worth is queued, otherwise it looks every flush_interval. Marked before the wake-up,
+            # so that the mark never outlives a wake-up the worker has already taken.
+            self.batcher.worker_woken = True
+            if not self._wake.is_set():
+                self._wake.set()
 
     def replay_spool(self) -> None:
         """Start sending at once when the spool holds records (left by this or an earlier process)."""
@@ -228,6 +231,7 @@ class Sender:
         while not self._closing:
             self._wake.wait(self.options.flush_interval)
             self._wake.clear()
+            self.batcher.worker_woken = False  # after the clear: a later put wakes the worker again
             try:
                 self.drain_now()
             except Exception:
