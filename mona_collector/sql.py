@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import sqlite3
-from typing import Any, Iterable, Optional, Sequence, Tuple
+from typing import Any, Iterable, Optional, Sequence, Tuple, Type
 
 #: The advisory locks (PostgreSQL's two-int form: this namespace, then the purpose) that serialize
 #: what SQLite's single writer serializes by itself.
@@ -20,13 +20,14 @@ LOCK_REPORT_CODES = 4
 LOCK_ALERTS = 5
 
 
-def driver_errors() -> Tuple[type, ...]:
-    """The exceptions a database driver raises: ``sqlite3.Error``, and ``psycopg.Error`` when installed."""
+def driver_errors(*also: Type[BaseException]) -> Tuple[Type[BaseException], ...]:
+    """The exceptions a database driver raises (``sqlite3.Error``, and ``psycopg.Error`` when
+    installed), after those of ``also``: what an ``except`` of a reader catches."""
     try:
         import psycopg
     except ImportError:
-        return (sqlite3.Error,)
-    return (sqlite3.Error, psycopg.Error)
+        return (*also, sqlite3.Error)
+    return (*also, sqlite3.Error, psycopg.Error)
 
 
 class Statements(abc.ABC):
@@ -58,6 +59,10 @@ class Statements(abc.ABC):
 
     def rollback(self) -> None:
         self.execute("ROLLBACK")
+
+    def text(self, value: str) -> str:
+        """``value`` as a text column takes it (PostgreSQL's text holds neither NUL nor invalid UTF-8)."""
+        return value
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -121,6 +126,13 @@ class PostgresStatements(Statements):
 
     def lock(self, purpose: int) -> None:
         self.target.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, purpose))
+
+    def text(self, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # surrogates: bytes that were not UTF-8 on the wire, shown replaced
+            value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value.replace("\x00", "\ufffd")
 
     def close(self) -> None:
         self.target.close()

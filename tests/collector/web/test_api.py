@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from mona_collector.alerts import state as alert_state
+from mona_collector.store import SQLiteStore
 from mona_collector.web import DashboardSettings, load_server
 from mona_collector.web.alerts_source import list_alerts
 from mona_collector.web.filters import FilterError, parse_filter
@@ -228,10 +229,7 @@ def test_filters_compare_numbers_as_numbers_and_text_as_text() -> None:
 
 def test_alerts_come_from_the_alert_state_when_rules_were_evaluated(tmp_path: Path) -> None:
     path = tmp_path / "alerts.db"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    db.commit()
-    db.close()
+    SQLiteStore(path).close()  # a collector's database
     assert list_alerts(path, open_only=True) == []  # no rule ever evaluated
     with contextlib.closing(alert_state.connect(path)) as db:
         db.executemany(
