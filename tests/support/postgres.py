@@ -147,9 +147,10 @@ def build_any_database(db: Union[Path, str], records: Iterable[Dict[str, Any]], 
 
     from bench.report_data import CHUNK_EVENTS, build_database
     from mona_client.record import TAG
-    from mona_collector.databases import migrate, open_raw_log, open_store
+    from mona_collector.databases import migrate, open_raw_log
     from mona_collector.service import Collector
     from mona_collector.store import RawChunk
+    from tests.support.collector import wait_merged
 
     if isinstance(db, Path):
         build_database(db, records)
@@ -169,16 +170,7 @@ def build_any_database(db: Union[Path, str], records: Iterable[Dict[str, Any]], 
     finally:
         raw.close()
     with Collector(port=0, db_path=db):
-        deadline = time.monotonic() + timeout
-        while True:
-            store = open_store(db, readonly=True)
-            try:
-                if store.stats()["unmerged_rows"] == 0:
-                    return
-            finally:
-                store.close()
-            assert time.monotonic() < deadline, "the merger did not catch up"
-            time.sleep(0.05)
+        wait_merged(db, timeout)
 
 
 def _chunk(chunk_type: Any, tag: str, batch: List[Tuple[bytes, float]]) -> Any:
