@@ -23,9 +23,10 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 from bench.report_data import Record, append_records, merge, record, wide_scenario
 from mona_collector.merging.process import MergeLoop
+from mona_collector.readers import SQLiteReader
 from mona_collector.report.engine import build_report
 from mona_collector.report.periods import parse_periods
-from mona_collector.report.source import _Columns, _connect, _fetched
+from mona_collector.report.source import _Columns
 from mona_collector.store import SQLiteRawLog, SQLiteStore, WriteSet, _freeze_document, raw_log_path
 
 ARC_CLASS = "BENCH"
@@ -60,19 +61,13 @@ def _breakdown(path: Path) -> Dict[str, float]:
     names = ["select rows (SQL)", "cut into columns (numpy)", "type the columns", "statistics, drift, segments"]
     steps = dict.fromkeys(names, 0.0)
     periods = parse_periods()
-    store = SQLiteStore(path, readonly=True)
-    db = _connect(store)
+    db = SQLiteReader(path)
     columns = _Columns()
     try:
-        cursor = db.execute(
-            "SELECT fields FROM report_rows WHERE arc_class = ? AND arc_time >= ? AND arc_time < ?"
-            " ORDER BY arc_time, rowid",
-            (ARC_CLASS, periods.baseline_start, periods.window_end),
-        )
         clock = time.perf_counter()
-        for rows in _fetched(cursor, 100_000):
+        for blobs in db.row_batches(ARC_CLASS, periods.baseline_start, periods.window_end, 100_000):
             marks = [clock, time.perf_counter()]
-            columns.add(b"".join([blob for (blob,) in rows]))
+            columns.add(b"".join(blobs))
             clock = time.perf_counter()
             steps[names[0]] += marks[1] - marks[0]
             steps[names[1]] += clock - marks[1]
@@ -84,7 +79,6 @@ def _breakdown(path: Path) -> Dict[str, float]:
         steps[names[3]] += time.perf_counter() - clock
     finally:
         db.close()
-        store.close()
     return steps
 
 

@@ -229,15 +229,6 @@ def _add_maintenance_parsers(commands: Any) -> None:
     )
 
 
-def _sqlite_only(db: Database, command: str) -> Path:
-    """``db`` as an SQLite file, or one clear line for a PostgreSQL URL (``command`` reads SQLite only)."""
-    if isinstance(db, str):
-        raise CliError(
-            f"`mona {command}` reads an SQLite database only, not {describe(db)}; use `mona arcs` and `mona stats`"
-        )
-    return db
-
-
 def _migrate(args: argparse.Namespace) -> int:
     from .databases import migrate
 
@@ -295,7 +286,7 @@ def _add_alerts_parser(commands: Any, collect: argparse.ArgumentParser) -> None:
 def _alerts(args: argparse.Namespace) -> int:
     from .alerts.command import AlertsError, run_check, run_list
 
-    db_path = _sqlite_only(resolve_db(args.db), "alerts")
+    db_path = resolve_db(args.db)
     try:
         if args.alerts_command == "check":
             return run_check(db_path, args.config, args.at, args.json, sys.stdout)
@@ -334,15 +325,15 @@ def _report(args: argparse.Namespace) -> int:
         html=args.html,
         config=args.config,
     )
-    from .store import SQLiteStore
+    from .databases import open_reader
 
-    store = SQLiteStore(_sqlite_only(resolve_db(args.db), "report"), readonly=True)
+    reader = open_reader(resolve_db(args.db))
     try:
-        return run_report(store, options, sys.stdout)
+        return run_report(reader, options, sys.stdout)
     except ReportError as exc:
         raise CliError(str(exc), exc.status) from None
     finally:
-        store.close()
+        reader.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -356,7 +347,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "alerts":
             return _alerts(args)
         if args.command == "ui":
-            return run_ui(args, Path(args.db).expanduser() if args.db else default_db_path())
+            return run_ui(args, resolve_db(args.db))
         if args.command == "db":
             return _migrate(args)
         if args.command == "prune":
@@ -434,8 +425,6 @@ def _collect(args: argparse.Namespace) -> int:
         raise CliError("--alerts-config needs --evaluate-every", 2)
     db = resolve_db(args.db)
     if isinstance(db, str):  # PostgreSQL: several collectors may share it, each with its own merger
-        if args.evaluate_every is not None:
-            raise CliError("--evaluate-every needs an SQLite --db (alerts read SQLite only)", 2)
         return _serve(_new_collector(args, db, shared_key, users), args, db)
     db_path = _prepare_db_path(db)
     lock = _lock_database(db_path)

@@ -27,6 +27,8 @@ from .store import (
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from .readers import Reader
+
 #: ``--db`` as given: a path of an SQLite file, or a ``postgresql://`` URL (kept as text: a Path would
 #: fold its ``//``).
 Database = Union[Path, str]
@@ -73,6 +75,15 @@ def open_store(db: Database, readonly: bool = False, synchronous: str = "FULL") 
         store: ArcStore = _postgres().PostgresStore(str(db), readonly=readonly)
         return store
     return SQLiteStore(db, readonly=readonly, synchronous=synchronous)
+
+
+def open_reader(db: Database) -> Reader:
+    """The read-only queries of the report, the alerts and the dashboard on ``db`` (see :mod:`.readers`)."""
+    from .readers import PostgresReader, SQLiteReader
+
+    if is_postgres_url(db):
+        return PostgresReader(str(db))
+    return SQLiteReader(Path(db))
 
 
 def open_raw_log(db: Database, synchronous: str = "FULL") -> RawLog:

@@ -33,6 +33,8 @@ import psycopg
 
 from .forward_codec import Event, iter_entries
 from .merging.documents import FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document
+from .report_rows import ROWS_COMPLETE, ROWS_VERSION, EncodedRows, RowEncoder, write_rows
+from .sql import LOCK_REPORT_CODES, PostgresStatements
 from .store import (
     _HEADER_VERSION,
     _STORED,
@@ -57,7 +59,7 @@ from .store import (
 
 log = logging.getLogger("mona_collector")
 
-__all__ = ["PostgresRawLog", "PostgresStore", "migrate", "prune"]
+__all__ = ["PostgresRawLog", "PostgresStore", "fill_report_rows", "migrate", "prune"]
 
 #: The advisory lock keys (PostgreSQL's two-int form: this namespace, then the purpose).
 _LOCK_SPACE = 0x6D6F6E61  # "mona"
@@ -119,6 +121,51 @@ CREATE TABLE tag_stats (
 CREATE TABLE seen_ranges (user_id bytea NOT NULL, source bytea NOT NULL, ranges text NOT NULL,
                           PRIMARY KEY (user_id, source));
 CREATE TABLE seen_ids (user_id bytea NOT NULL, record_id bytea NOT NULL, PRIMARY KEY (user_id, record_id));
+""",
+    ),
+    (
+        2,
+        """
+CREATE TABLE report_rows (
+    seq bigserial NOT NULL,
+    user_id bytea NOT NULL,
+    context_id bytea NOT NULL,
+    arc_class text,
+    arc_time double precision NOT NULL,
+    fields bytea NOT NULL,
+    PRIMARY KEY (user_id, context_id)
+);
+CREATE INDEX report_rows_by_class_time ON report_rows (arc_class, arc_time, seq);
+CREATE TABLE report_names (code integer PRIMARY KEY, name bytea NOT NULL UNIQUE);
+CREATE TABLE report_labels (code integer PRIMARY KEY, label bytea NOT NULL UNIQUE);
+INSERT INTO meta (key, value) SELECT 'report_rows_version', '1' WHERE NOT EXISTS (SELECT 1 FROM arcs);
+CREATE TABLE mona_alerts (
+    rule text NOT NULL,
+    arc_class text NOT NULL,
+    subject text NOT NULL,
+    severity text NOT NULL,
+    state text NOT NULL,
+    firing_streak integer NOT NULL DEFAULT 0,
+    clean_streak integer NOT NULL DEFAULT 0,
+    first_seen double precision,
+    last_seen double precision,
+    opened_at double precision,
+    resolved_at double precision,
+    last_evaluated double precision,
+    value double precision,
+    threshold double precision,
+    message text,
+    PRIMARY KEY (rule, arc_class, subject)
+);
+CREATE TABLE mona_alert_outbox (
+    id bigserial PRIMARY KEY,
+    sink text NOT NULL,
+    payload text NOT NULL,
+    created double precision NOT NULL,
+    attempts integer NOT NULL DEFAULT 0,
+    next_attempt double precision NOT NULL,
+    last_error text
+);
 """,
     ),
 ]
@@ -391,6 +438,8 @@ class PostgresStore(ArcStore):
                 self._db.execute("SET default_transaction_read_only = on")
             _check_schema(self._db, url)
             self._lookups = self._db if readonly else connect(url)
+            #: Encodes the report's side-table rows in the merging thread (see freeze), as SQLiteStore does.
+            self._report_rows = RowEncoder(_key, PostgresStatements(self._lookups))
             self._prune_generation = self._generation(self._db)
         except psycopg.Error as exc:
             self._db.close()
@@ -529,21 +578,27 @@ class PostgresStore(ArcStore):
     def freeze(self, changes: WriteSet) -> None:
         nodes: List[Tuple[Any, ...]] = []
         arcs = []
+        encoder = self._report_rows
+        encoder.begin()
+        rows = []
         for key, document in changes.arcs:
             user, context, arc_class, *rest = _freeze_document(key, document, changes.changed_nodes.get(key), nodes)
-            arcs.append((_as_bytes(user), _as_bytes(context), _label(arc_class), *rest))
+            arc = (_as_bytes(user), _as_bytes(context), _label(arc_class), *rest)
+            arcs.append(arc)
+            rows.append(encoder.row((arc[0], arc[1]), arc[2], document))
         changes.frozen = (
             arcs,
             [
                 (_as_bytes(user), _as_bytes(context), _as_bytes(path), order, blob)
                 for user, context, path, order, blob in nodes
             ],
+            EncodedRows(rows, encoder.take()),
         )
 
     def write(self, changes: WriteSet) -> None:
         if changes.frozen is None:
             self.freeze(changes)
-        arcs, nodes = changes.frozen
+        arcs, nodes, report_rows = changes.frozen
         ranges = [(_key(user), _key(source), json.dumps(r)) for user, source, r in changes.id_ranges]
         ids = [(_key(user), _key(record_id)) for user, record_id in changes.record_ids]
         tags = [
@@ -566,8 +621,50 @@ class PostgresStore(ArcStore):
                 ):
                     if rows:
                         cursor.executemany(sql, rows)
-        except psycopg.Error as exc:
-            raise self._storage(exc) from None
+                if report_rows.rows:
+                    write_rows(PostgresStatements(cursor), self._report_rows, report_rows)
+        except BaseException as exc:
+            self._report_rows.invalidate()  # the codes inserted in this transaction are gone
+            if isinstance(exc, psycopg.Error):
+                raise self._storage(exc) from None
+            raise
+
+    def fill_report_rows(self, batch: int = 2000) -> int:
+        """Write the report's row of every ARC from its document, and mark the side table complete;
+        the ARCs filled (see :func:`~.store.fill_report_rows`). Each batch holds the codes' lock from
+        before it reads the ARCs, so a merger's newer row is never replaced by an older one."""
+        after = filled = 0
+        encoder = self._report_rows
+        while True:
+            try:
+                with self._db.transaction(), self._db.cursor() as cursor:
+                    statements = PostgresStatements(cursor)
+                    statements.lock(LOCK_REPORT_CODES)
+                    arcs = cursor.execute(
+                        "SELECT seq, user_id, context_id, arc_class, document FROM arcs WHERE seq > %s"
+                        " ORDER BY seq LIMIT %s",
+                        (after, batch),
+                    ).fetchall()
+                    documents = self._assemble_all(
+                        self._db, [(user, context, blob) for _, user, context, _, blob in arcs]
+                    )
+                    encoder.begin()
+                    rows = [
+                        encoder.row((bytes(user), bytes(context)), arc_class, documents[(_text(user), _text(context))])
+                        for _, user, context, arc_class, _ in arcs
+                    ]
+                    write_rows(statements, encoder, EncodedRows(rows, encoder.take()))
+                    if not arcs:
+                        cursor.execute(_UPSERT_META, (ROWS_COMPLETE, ROWS_VERSION))
+            except BaseException as exc:
+                encoder.invalidate()  # the codes it gave in this transaction are gone
+                if isinstance(exc, psycopg.Error):
+                    raise self._storage(exc) from None
+                raise
+            if not arcs:
+                return filled
+            after = arcs[-1][0]
+            filled += len(arcs)
 
     def _check_before_write(self, cursor: psycopg.Cursor[Tuple[Any, ...]], changes: WriteSet) -> None:
         """In the write's transaction: nobody merged these rows already, and no prune deleted ARCs this
@@ -718,6 +815,11 @@ def prune(url: str, cutoff: float) -> Tuple[int, int]:
                     " AND n.user_id = a.user_id AND n.context_id = a.context_id",
                     (cutoff,),
                 )
+                db.execute(
+                    "DELETE FROM report_rows r USING arcs a WHERE a.last_export < %s"
+                    " AND r.user_id = a.user_id AND r.context_id = a.context_id",
+                    (cutoff,),
+                )
                 arcs = db.execute("DELETE FROM arcs WHERE last_export < %s", (cutoff,)).rowcount
                 if arcs:
                     db.execute(
@@ -728,3 +830,12 @@ def prune(url: str, cutoff: float) -> Tuple[int, int]:
         except psycopg.Error as exc:
             raise _store_error(url, exc) from None
     return raw, arcs
+
+
+def fill_report_rows(url: str, batch: int = 2000) -> int:
+    """:meth:`PostgresStore.fill_report_rows` of the database at ``url``."""
+    store = PostgresStore(url)
+    try:
+        return store.fill_report_rows(batch)
+    finally:
+        store.close()

@@ -20,7 +20,6 @@ This module needs no numpy: the merger uses it too.
 
 from __future__ import annotations
 
-import sqlite3
 import struct
 from operator import itemgetter
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -28,6 +27,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Opt
 from mona_client.record import CONTEXT_SEPARATOR
 
 from .merging.documents import CLASS, FIELDS, Document, public_document
+from .sql import LOCK_REPORT_CODES, Statements
 
 GLOBALS_PREFIX = "globals."
 
@@ -292,7 +292,8 @@ class RowEncoder:
     each inserted; when one did not, or the epoch was invalidated (:meth:`invalidate`, from the write
     thread: a transaction rolled back), the rows are translated to the codes the database holds, under
     the write lock, and the merging side starts a new epoch from the database at its next
-    :meth:`begin`. ``bind`` turns a name or a label into what SQLite stores (the store's ``db_text``).
+    :meth:`begin`. ``bind`` turns a name or a label into what the database stores (SQLite: the store's
+    ``db_text``; PostgreSQL: its bytes).
     """
 
     #: Labels cached at most; beyond, a new epoch starts (a field of unique strings must not grow the
@@ -301,7 +302,7 @@ class RowEncoder:
     #: Shapes (names of nodes and fields, types of values) cached at most.
     MAX_CACHED_SHAPES = 10_000
 
-    def __init__(self, bind: Callable[[str], Any], lookup: sqlite3.Connection) -> None:
+    def __init__(self, bind: Callable[[str], Any], lookup: Statements) -> None:
         self._bind = bind
         self._lookup = lookup
         #: Epochs before this one are invalid (written by the write thread, read by both).
@@ -490,10 +491,12 @@ class RowEncoder:
         self.invalid_before = self._codes.epoch + 1
 
 
-def write_rows(db: sqlite3.Connection, encoder: RowEncoder, encoded: EncodedRows) -> None:
+def write_rows(db: Statements, encoder: RowEncoder, encoded: EncodedRows) -> None:
     """Insert the codes given for ``encoded`` and its rows, in ``db``'s transaction (which holds the
-    write lock). When a code cannot be inserted as given (its text or its number taken meanwhile) or
-    the rows' epoch was invalidated, the rows are translated to the database's codes first."""
+    write lock, or on PostgreSQL takes the codes' lock here). When a code cannot be inserted as given
+    (its text or its number taken meanwhile) or the rows' epoch was invalidated, the rows are
+    translated to the database's codes first."""
+    db.lock(LOCK_REPORT_CODES)
     codes = encoded.codes
     if codes.epoch >= encoder.invalid_before and _inserted(db, codes):
         db.executemany(UPSERT_ROW, encoded.rows)
@@ -502,12 +505,18 @@ def write_rows(db: sqlite3.Connection, encoder: RowEncoder, encoded: EncodedRows
     db.executemany(UPSERT_ROW, _Translation(db, codes).rows(encoded.rows))
 
 
-def _inserted(db: sqlite3.Connection, codes: NewCodes) -> bool:
+def _inserted(db: Statements, codes: NewCodes) -> bool:
     """Insert the new codes; whether every one was (none taken by another text or number)."""
-    before = db.total_changes
-    db.executemany("INSERT OR IGNORE INTO report_names (code, name) VALUES (?, ?)", codes.names)
-    db.executemany("INSERT OR IGNORE INTO report_labels (code, label) VALUES (?, ?)", codes.labels)
-    return db.total_changes - before == len(codes.names) + len(codes.labels)
+    inserted = 0
+    if codes.names:
+        inserted += db.executemany(
+            "INSERT INTO report_names (code, name) VALUES (?, ?) ON CONFLICT DO NOTHING", codes.names
+        )
+    if codes.labels:
+        inserted += db.executemany(
+            "INSERT INTO report_labels (code, label) VALUES (?, ?) ON CONFLICT DO NOTHING", codes.labels
+        )
+    return inserted == len(codes.names) + len(codes.labels)
 
 
 class _Translation:
@@ -515,7 +524,7 @@ class _Translation:
     when missing), in the caller's transaction. Codes an epoch did not give were read from the
     database, committed: they stay."""
 
-    def __init__(self, db: sqlite3.Connection, codes: NewCodes) -> None:
+    def __init__(self, db: Statements, codes: NewCodes) -> None:
         self._db = db
         self._given = {"report_names": codes.given_names, "report_labels": codes.given_labels}
         self._done: Dict[Tuple[str, int], int] = {}
@@ -540,11 +549,12 @@ class _Translation:
         return done
 
 
-def _code(db: sqlite3.Connection, table: str, column: str, bound: Any) -> int:
-    """The code of the text ``bound`` in ``table``, added when missing (in the caller's transaction)."""
-    row = db.execute(f"SELECT code FROM {table} WHERE {column} = ?", (bound,)).fetchone()
-    if row is not None:
-        return int(row[0])
-    cursor = db.execute(f"INSERT INTO {table} ({column}) VALUES (?)", (bound,))
-    assert cursor.lastrowid is not None
-    return int(cursor.lastrowid)
+def _code(db: Statements, table: str, column: str, bound: Any) -> int:
+    """The code of the text ``bound`` in ``table``, added when missing (in the caller's transaction,
+    which holds the codes' lock: the next free code stays free until it commits)."""
+    select = f"SELECT code FROM {table} WHERE {column} = ?"
+    row = db.execute(select, (bound,)).fetchone()
+    if row is None:
+        db.execute(f"INSERT INTO {table} (code, {column}) SELECT coalesce(max(code), 0) + 1, ? FROM {table}", (bound,))
+        row = db.execute(select, (bound,)).fetchone()
+    return int(row[0])

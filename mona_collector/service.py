@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional, Union
 
 from mona_client.forward import DEFAULT_MAX_FRAME_BYTES, DEFAULT_PORT
@@ -131,13 +130,11 @@ class Collector:
         self.port = 0
         self.alerts: Optional[AlertLoop] = None
         if evaluate_every is not None:
-            if store is not None or isinstance(self.db_path, str):
-                raise ValueError("alert evaluation needs the collector's own SQLite database, not a given store")
+            if store is not None:
+                raise ValueError("alert evaluation needs the collector's own database, not a given store")
             from .alerts.runner import AlertLoop  # imported here: it loads numpy, which only alerting needs
 
             self.alerts = AlertLoop(self.db_path, evaluate_every, alerts_config)
-        if dashboard is not None and isinstance(self.db_path, str):
-            raise ValueError("the dashboard reads the collector's own SQLite database, not a PostgreSQL one yet")
         self.dashboard_port = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -193,7 +190,6 @@ class Collector:
     def _start_dashboard(self, settings: DashboardSettings) -> None:
         from .web import load_server  # the ui extra loads only when the dashboard is asked for
 
-        assert isinstance(self.db_path, Path)  # refused in __init__ otherwise
         try:
             self._dashboard = load_server()(self.db_path, settings, open_connections=lambda: self.open_connections)
             self.dashboard_port = self._dashboard.start()

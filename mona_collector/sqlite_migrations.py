@@ -80,6 +80,12 @@ def prune_sqlite(path: Path, cutoff: float) -> Tuple[int, int]:
                 " (SELECT user_id, context_id FROM arcs WHERE last_export < ?)",
                 (cutoff,),
             )
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'report_rows'").fetchone() is not None:
+                db.execute(
+                    "DELETE FROM report_rows WHERE (user_id, context_id) IN"
+                    " (SELECT user_id, context_id FROM arcs WHERE last_export < ?)",
+                    (cutoff,),
+                )
             arcs = db.execute("DELETE FROM arcs WHERE last_export < ?", (cutoff,)).rowcount
             db.execute("COMMIT")
             meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", (_WATERMARK, _WATERMARK_LOG)))

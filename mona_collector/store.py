@@ -38,6 +38,7 @@ from .forward_codec import Event, iter_entries
 from .merging.documents import CLASS, FORMAT_VERSION, SIZE_KEY, ArcKey, Document, public_document
 from .report_rows import ROWS_COMPLETE, ROWS_VERSION, EncodedRows, RowEncoder, write_rows
 from .report_rows import SCHEMA as _REPORT_SCHEMA
+from .sql import SQLiteStatements
 
 log = logging.getLogger("mona_collector")
 
@@ -533,7 +534,9 @@ def fill_report_rows(path: os.PathLike[str] | str, batch: int = 2000) -> int:
     try:
         db.execute("PRAGMA busy_timeout=30000")
         db.executescript(_REPORT_SCHEMA)
-        encoder = RowEncoder(db_text, db)  # it looks codes up inside the write transaction: none is taken meanwhile
+        statements = SQLiteStatements(db)
+        # it looks codes up inside the write transaction: none is taken meanwhile
+        encoder = RowEncoder(db_text, statements)
         after = filled = 0
         while True:
             db.execute("BEGIN IMMEDIATE")
@@ -548,7 +551,7 @@ def fill_report_rows(path: os.PathLike[str] | str, batch: int = 2000) -> int:
                     encoder.row((user, context), arc_class, _assemble(db, user, context, blob))
                     for _, user, context, arc_class, blob in arcs
                 ]
-                write_rows(db, encoder, EncodedRows(rows, encoder.take()))
+                write_rows(statements, encoder, EncodedRows(rows, encoder.take()))
                 if not arcs:
                     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (ROWS_COMPLETE, ROWS_VERSION))
                 db.execute("COMMIT")
@@ -647,7 +650,7 @@ class SQLiteStore(ArcStore):
                 self._lookups.execute("PRAGMA busy_timeout=5000")
                 self.concurrent_write = True
             #: Encodes the report's side-table rows in the merging thread (see freeze).
-            self._report_rows = RowEncoder(db_text, self._lookups)
+            self._report_rows = RowEncoder(db_text, SQLiteStatements(self._lookups))
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot use {self.path} as a collector database: {exc}") from None
 
@@ -758,7 +761,7 @@ class SQLiteStore(ArcStore):
             db.executemany(_UPSERT_ARC, arcs)
             db.executemany(_UPSERT_NODE, nodes)
             if report_rows:
-                write_rows(db, self._report_rows, report_rows)
+                write_rows(SQLiteStatements(db), self._report_rows, report_rows)
             db.executemany("INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", ranges)
             db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", ids)
             db.executemany(_UPSERT_TAG, tags)

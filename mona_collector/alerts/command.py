@@ -7,14 +7,15 @@ that does not parse, names an unknown key or holds a value of the wrong type; ``
 
 from __future__ import annotations
 
-import sqlite3
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
+from ..databases import Database, describe
 from ..report.monitoring_config import ConfigError
 from ..report.render_json import render_json
 from ..report.render_text import number, printable, table
+from ..sql import Statements, driver_errors
+from ..store import StoreError
 from ..timeparse import format_time, parse_since
 from .rules import AlertConfig, load_alert_config
 from .runner import check
@@ -39,11 +40,11 @@ def _config(path: Optional[str]) -> AlertConfig:
         raise AlertsError(f"--config {printable(path)}: {exc}", 2) from None
 
 
-def _database(db_path: Path) -> sqlite3.Connection:
+def _database(db_path: Database) -> Statements:
     try:
         return connect(db_path)
-    except (OSError, sqlite3.Error) as exc:
-        raise AlertsError(f"cannot open the database {printable(str(db_path))}: {exc}") from None
+    except driver_errors(OSError, StoreError) as exc:
+        raise AlertsError(f"cannot open the database {printable(describe(db_path))}: {exc}") from None
 
 
 def _rows_text(rows: Sequence[AlertRow]) -> List[str]:
@@ -65,7 +66,7 @@ def _rows_text(rows: Sequence[AlertRow]) -> List[str]:
     return table(header, cells) if cells else []
 
 
-def run_check(db_path: Path, config_path: Optional[str], at: Optional[str], as_json: bool, out: TextIO) -> int:
+def run_check(db_path: Database, config_path: Optional[str], at: Optional[str], as_json: bool, out: TextIO) -> int:
     """Evaluate every rule now (or ``at``), store and print the states; 1 while any alert is open."""
     config = _config(config_path)
     try:
@@ -99,7 +100,7 @@ def run_check(db_path: Path, config_path: Optional[str], at: Optional[str], as_j
     return 1 if opened else 0
 
 
-def run_list(db_path: Path, only_open: bool, as_json: bool, out: TextIO) -> int:
+def run_list(db_path: Database, only_open: bool, as_json: bool, out: TextIO) -> int:
     """Print the stored alerts (the ones not ``ok``), or only the open ones."""
     db = _database(db_path)
     try:

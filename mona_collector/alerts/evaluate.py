@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
+from ..databases import Database, open_reader
+from ..readers import Reader
 from ..report.engine import build_report
 from ..report.periods import Periods
 from ..report.render_text import printable, segment_label
 from ..report.source import class_counts, read_table
 from ..report.table import ColumnTable
-from ..store import SQLiteStore
 from .rules import DRIFT, EVERY_CLASS, EXCEPTIONS, METRIC, SEGMENT, SILENCE, VOLUME, AlertConfig, Rule
 
 log = logging.getLogger("mona_collector.alerts")
@@ -59,7 +58,7 @@ class Evaluation:
 class _Reports:
     """The engine's table and report of each (class, window, baseline) asked for in one evaluation."""
 
-    def __init__(self, store: SQLiteStore, config: AlertConfig, now: float) -> None:
+    def __init__(self, store: Reader, config: AlertConfig, now: float) -> None:
         self._store, self._config, self._now = store, config, now
         self._cache: Dict[Tuple[str, float, float], Tuple[ColumnTable, Dict[str, Any]]] = {}
 
@@ -75,14 +74,10 @@ class _Reports:
         return self._cache[key]
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
-
-
-def evaluate(db_path: Path, config: AlertConfig, now: float) -> Evaluation:
+def evaluate(db_path: Database, config: AlertConfig, now: float) -> Evaluation:
     """Every rule of ``config`` against the database as of ``now`` (epoch seconds). A rule naming a
     class the database does not hold yet observes nothing."""
-    store = SQLiteStore(db_path, readonly=True)
+    store = open_reader(db_path)
     try:
         classes = sorted(class_counts(store))
         reports = _Reports(store, config, now)
@@ -90,18 +85,18 @@ def evaluate(db_path: Path, config: AlertConfig, now: float) -> Evaluation:
         for rule in config.rules:
             targets = classes if rule.arc_class == EVERY_CLASS else [c for c in classes if c == rule.arc_class]
             for arc_class in targets:
-                result.observations.extend(_observe(rule, arc_class, reports, db_path, now))
+                result.observations.extend(_observe(rule, arc_class, reports, store, now))
                 result.evaluated.add((rule.name, arc_class))
         return result
     finally:
         store.close()
 
 
-def _observe(rule: Rule, arc_class: str, reports: _Reports, db_path: Path, now: float) -> List[Observation]:
+def _observe(rule: Rule, arc_class: str, reports: _Reports, reader: Reader, now: float) -> List[Observation]:
     if rule.subject == VOLUME:
-        return [_volume(rule, arc_class, db_path, now)]
+        return [_volume(rule, arc_class, reader, now)]
     if rule.subject == SILENCE:
-        return [_silence(rule, arc_class, db_path, now)]
+        return [_silence(rule, arc_class, reader, now)]
     baseline = rule.baseline if rule.subject in (DRIFT, SEGMENT) else 0.0
     table, report = reports.get(arc_class, rule.window, baseline)
     if rule.subject == DRIFT:
@@ -213,26 +208,13 @@ def _exceptions(rule: Rule, arc_class: str, table: ColumnTable, report: Dict[str
     return _judged(rule, arc_class, CLASS_WIDE, share, f"share of ARCs with {EXCEPTION_FIELD}")
 
 
-def _volume(rule: Rule, arc_class: str, db_path: Path, now: float) -> Observation:
-    db = _connect(db_path)
-    try:
-        (count,) = db.execute(
-            "SELECT count(*) FROM arcs WHERE arc_class = ? AND first_export >= ? AND first_export < ?",
-            (arc_class, now - rule.window, now),
-        ).fetchone()
-    finally:
-        db.close()
+def _volume(rule: Rule, arc_class: str, reader: Reader, now: float) -> Observation:
+    count = reader.arcs_between(arc_class, now - rule.window, now)
     return _judged(rule, arc_class, CLASS_WIDE, float(count), "ARCs in the window")
 
 
-def _silence(rule: Rule, arc_class: str, db_path: Path, now: float) -> Observation:
-    db = _connect(db_path)
-    try:
-        (last,) = db.execute(
-            "SELECT max(first_export) FROM arcs WHERE arc_class = ? AND first_export < ?", (arc_class, now)
-        ).fetchone()
-    finally:
-        db.close()
+def _silence(rule: Rule, arc_class: str, reader: Reader, now: float) -> Observation:
+    last = reader.last_arc_time(arc_class, now)
     minutes = rule.above or 0.0
     if last is None:
         return Observation(rule, arc_class, CLASS_WIDE, None, minutes, None, "no ARC of the class yet")

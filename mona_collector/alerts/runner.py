@@ -17,9 +17,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..databases import Database, resolve_db
 from ..report.monitoring_config import ConfigError
 from .evaluate import evaluate
 from .rules import AlertConfig, load_alert_config, parse_alert_config
@@ -30,7 +30,7 @@ log = logging.getLogger("mona_collector.alerts")
 
 
 def check(
-    db_path: Path, config: AlertConfig, now: Optional[float] = None
+    db_path: Database, config: AlertConfig, now: Optional[float] = None
 ) -> Tuple[List[Dict[str, Any]], List[AlertRow]]:
     """Evaluate every rule as of ``now``, store the states; returns the notifications and every alert."""
     now = time.time() if now is None else now
@@ -66,7 +66,7 @@ def child_main() -> None:
     request = json.loads(sys.stdin.read())
     text = request["config"]
     config = load_alert_config(None) if text is None else parse_alert_config(text)
-    events, _ = check(Path(request["db"]), config)
+    events, _ = check(resolve_db(request["db"]), config)
     sys.stdout.write(json.dumps({"notifications": len(events)}))
 
 
@@ -84,10 +84,10 @@ class AlertLoop:
     The first config must be valid (:class:`ConfigError` from the constructor otherwise); later edits
     of the file that do not parse are logged once and the previous rules stay in force."""
 
-    def __init__(self, db_path: Path, every: float, config_path: Optional[str] = None) -> None:
+    def __init__(self, db_path: Database, every: float, config_path: Optional[str] = None) -> None:
         if not every > 0:
             raise ValueError(f"the evaluation interval must be above 0 seconds, not {every}")
-        self._db_path, self._every, self._config_path = Path(db_path), every, config_path
+        self._db_path, self._every, self._config_path = resolve_db(db_path), every, config_path
         self._signature = _signature(config_path) if config_path else None
         self._text = _read(config_path)
         self.config = load_alert_config(config_path)

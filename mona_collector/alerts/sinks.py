@@ -13,15 +13,16 @@ a sink's later rows wait while an earlier one fails. The log sink is written at 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..databases import Database
+from ..sql import Statements, driver_errors
+from ..store import StoreError
 from .rules import AlertConfig, SinkConfig
 from .state import connect
 
@@ -82,7 +83,7 @@ def backoff(attempts: int, max_backoff: float) -> float:
     return float(min(max_backoff, FIRST_BACKOFF * 2 ** min(attempts - 1, 30)))
 
 
-def deliver_due(db: sqlite3.Connection, config: AlertConfig, now: Optional[float] = None) -> Tuple[int, int]:
+def deliver_due(db: Statements, config: AlertConfig, now: Optional[float] = None) -> Tuple[int, int]:
     """One pass over the outbox rows due now: send each; returns (delivered, failed).
 
     Rows of a sink the config no longer names wait (they go out once it is configured again)."""
@@ -117,12 +118,12 @@ def deliver_due(db: sqlite3.Connection, config: AlertConfig, now: Optional[float
     return delivered, failed
 
 
-def pending(db: sqlite3.Connection) -> int:
+def pending(db: Statements) -> int:
     (count,) = db.execute("SELECT count(*) FROM mona_alert_outbox").fetchone()
     return int(count)
 
 
-def next_due(db: sqlite3.Connection, config: AlertConfig) -> Optional[float]:
+def next_due(db: Statements, config: AlertConfig) -> Optional[float]:
     """When the next row can go: the earliest next attempt of each configured sink's oldest row."""
     names = {sink.name for sink in config.sinks if sink.kind != "log"}
     rows = db.execute(
@@ -133,7 +134,7 @@ def next_due(db: sqlite3.Connection, config: AlertConfig) -> Optional[float]:
     return min(times) if times else None
 
 
-def drain(db_path: Path, config: AlertConfig, deadline: float) -> int:
+def drain(db_path: Database, config: AlertConfig, deadline: float) -> int:
     """Deliver until the outbox is empty or ``deadline`` (monotonic) passes; returns the rows left."""
     db = connect(db_path)
     try:
@@ -154,7 +155,7 @@ class Deliverer:
 
     :meth:`wake` after queueing makes it look at once; :meth:`set_config` swaps the sinks."""
 
-    def __init__(self, db_path: Path, config: AlertConfig, poll: float = 1.0) -> None:
+    def __init__(self, db_path: Database, config: AlertConfig, poll: float = 1.0) -> None:
         self._db_path, self._config, self._poll = db_path, config, poll
         self._wake = threading.Event()
         self._stopping = False
@@ -178,14 +179,14 @@ class Deliverer:
             self._thread = None
 
     def _run(self) -> None:
-        db: Optional[sqlite3.Connection] = None
+        db: Optional[Statements] = None
         while not self._stopping:
             try:
                 db = db or connect(self._db_path)
                 delivered, _ = deliver_due(db, self._config)
                 due = next_due(db, self._config)
                 wait = self._poll if due is None else max(0.05, min(self._poll, due - time.time()))
-            except (sqlite3.Error, OSError) as exc:
+            except driver_errors(OSError, StoreError) as exc:
                 log.error("alerts: cannot read the outbox: %s", exc)
                 delivered, wait = 0, self._poll
             if not delivered:

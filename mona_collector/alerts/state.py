@@ -7,6 +7,11 @@ resolved, and the value and threshold of the last firing evaluation. ``mona_aler
 notifications (an alert opened or resolved) not yet delivered to a sink: written in the same
 transaction as the state they report, so a notification is never lost between the two.
 
+The tables are in the SQLite file (created here) or in the PostgreSQL database (created by its
+schema migration); the SQL is the same on both (see :mod:`mona_collector.sql`), and an evaluation's
+transaction holds the database's write lock (SQLite) or an advisory lock (PostgreSQL), so two
+evaluations never interleave.
+
 Hysteresis: an alert opens after ``open_after`` consecutive firing evaluations and resolves after
 ``resolve_after`` consecutive clean ones; while open it does not notify again. An evaluation without a
 value (``firing`` None) leaves the streaks as they are.
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from ..databases import Database, is_postgres_url
+from ..sql import LOCK_ALERTS, PostgresStatements, SQLiteStatements, Statements
 from .evaluate import Evaluation
 from .rules import SEGMENT, AlertConfig, Rule
 
@@ -78,15 +85,27 @@ _COLUMNS = (
 )
 
 
-def connect(db_path: Path) -> sqlite3.Connection:
-    """A connection to the database with the alert tables created (the database must exist: the
-    collector or ``mona`` made it). Waits up to 30 s for a lock the merger holds."""
+def connect(db_path: Database) -> Statements:
+    """A connection to the database with the alert tables (the database must exist: the collector or
+    ``mona`` made it; a PostgreSQL one has them from its schema). On SQLite, waits up to 30 s for a
+    lock the merger holds."""
+    if is_postgres_url(db_path):
+        from .. import postgres_store
+
+        url = str(db_path)
+        connection = postgres_store.connect(url)
+        try:
+            postgres_store._check_schema(connection, url)
+        except BaseException:
+            connection.close()
+            raise
+        return PostgresStatements(connection)
     if not Path(db_path).is_file():
         raise FileNotFoundError(f"no database {db_path}")
     db = sqlite3.connect(str(db_path), timeout=30, isolation_level=None)
     db.execute("PRAGMA busy_timeout=30000")
     db.executescript(SCHEMA)
-    return db
+    return SQLiteStatements(db)
 
 
 @dataclass
@@ -116,7 +135,7 @@ class AlertRow:
         return {column: getattr(self, column) for column in _COLUMNS}
 
 
-def read_alerts(db: sqlite3.Connection, only_open: bool = False) -> List[AlertRow]:
+def read_alerts(db: Statements, only_open: bool = False) -> List[AlertRow]:
     sql = f"SELECT {', '.join(_COLUMNS)} FROM mona_alerts"
     if only_open:
         sql += " WHERE state = 'open'"
@@ -124,12 +143,17 @@ def read_alerts(db: sqlite3.Connection, only_open: bool = False) -> List[AlertRo
     return [AlertRow(*row) for row in rows]
 
 
-def _save(db: sqlite3.Connection, row: AlertRow) -> None:
-    marks = ", ".join("?" for _ in _COLUMNS)
-    db.execute(
-        f"INSERT OR REPLACE INTO mona_alerts ({', '.join(_COLUMNS)}) VALUES ({marks})",
-        [getattr(row, column) for column in _COLUMNS],
-    )
+_KEY_COLUMNS = ("rule", "arc_class", "subject")
+_UPSERT_ALERT = (
+    f"INSERT INTO mona_alerts ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    f" ON CONFLICT ({', '.join(_KEY_COLUMNS)}) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS if column not in _KEY_COLUMNS)
+)
+
+
+def _save(db: Statements, row: AlertRow) -> None:
+    values = [getattr(row, column) for column in _COLUMNS]
+    db.execute(_UPSERT_ALERT, [db.text(value) if isinstance(value, str) else value for value in values])
 
 
 def _step(row: AlertRow, rule: Optional[Rule], firing: Optional[bool], now: float) -> Optional[str]:
@@ -165,7 +189,7 @@ def notification(row: AlertRow, event: str) -> Dict[str, Any]:
 
 
 def apply(
-    db: sqlite3.Connection, config: AlertConfig, evaluation: Evaluation, now: Optional[float] = None
+    db: Statements, config: AlertConfig, evaluation: Evaluation, now: Optional[float] = None
 ) -> List[Dict[str, Any]]:
     """Store one evaluation: move every alert's state, and queue a notification per opening and
     resolution for every sink (one transaction). Returns the notifications.
@@ -176,7 +200,7 @@ def apply(
     observations = evaluation.observations
     rules = {rule.name: rule for rule in config.rules}
     events: List[Dict[str, Any]] = []
-    db.execute("BEGIN IMMEDIATE")
+    db.begin(LOCK_ALERTS)
     try:
         existing = {row.key(): row for row in read_alerts(db)}
         seen = set()
@@ -200,9 +224,9 @@ def apply(
                 row.message = "no longer flagged"
                 _record(db, row, _step(row, rule, False, now), events)
         _queue(db, config, events, now)
-        db.execute("COMMIT")
+        db.commit()
     except BaseException:
-        db.execute("ROLLBACK")
+        db.rollback()
         raise
     for event in events:
         _log(event)
@@ -218,13 +242,13 @@ def _close(row: AlertRow, now: float) -> Optional[str]:
     return None
 
 
-def _record(db: sqlite3.Connection, row: AlertRow, event: Optional[str], events: List[Dict[str, Any]]) -> None:
+def _record(db: Statements, row: AlertRow, event: Optional[str], events: List[Dict[str, Any]]) -> None:
     _save(db, row)
     if event is not None:
         events.append(notification(row, event))
 
 
-def _queue(db: sqlite3.Connection, config: AlertConfig, events: Iterable[Dict[str, Any]], now: float) -> None:
+def _queue(db: Statements, config: AlertConfig, events: Iterable[Dict[str, Any]], now: float) -> None:
     """Put each notification in the outbox of every sink that delivers (the log is written at once),
     keeping at most ``outbox_limit`` rows: the oldest go first, each dropped one logged."""
     sinks = [sink.name for sink in config.sinks if sink.kind != "log"]

@@ -11,7 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
-from ..store import SQLiteStore
+from ..readers import Reader
 from ..timeparse import format_time
 from .engine import REPORT_VERSION, build_report, overview_row
 from .monitoring_config import ConfigError, MonitoringConfig, load_config
@@ -63,11 +63,11 @@ def _ranges(periods: Periods) -> List[tuple[float, float]]:
 
 
 def class_report(
-    store: SQLiteStore, arc_class: str, periods: Periods, config: MonitoringConfig, by: Sequence[str] = ()
+    reader: Reader, arc_class: str, periods: Periods, config: MonitoringConfig, by: Sequence[str] = ()
 ) -> Dict[str, Any]:
     """The full report of one class."""
     settings = config.for_class(arc_class)
-    table = read_table(store, arc_class, _ranges(periods), settings)
+    table = read_table(reader, arc_class, _ranges(periods), settings)
     try:
         return build_report(table, periods, settings, arc_class, by)
     except ValueError as exc:
@@ -90,23 +90,23 @@ def _write_file(path: str, text: str) -> None:
         raise ReportError(f"--html {printable(path)}: {exc.strerror}", 1) from None
 
 
-def run_report(store: SQLiteStore, options: ReportOptions, out: TextIO) -> int:
+def run_report(reader: Reader, options: ReportOptions, out: TextIO) -> int:
     """Print (or write) the report the options ask for; raises :class:`ReportError`."""
     config = _config(options.config)
     periods = _periods(options)
-    counts = class_counts(store)
+    counts = class_counts(reader)
     if not counts:
-        raise ReportError(f"the database {printable(str(store.path))} holds no ARC with a class yet")
+        raise ReportError(f"the database {printable(reader.name)} holds no ARC with a class yet")
     if options.arc_class is None:
         if options.html or options.by:
             raise ReportError(f"{'--html' if options.html else '--by'} needs --arc-class", 2)
-        return _overview(store, sorted(counts), periods, config, options, out)
+        return _overview(reader, sorted(counts), periods, config, options, out)
     if options.arc_class not in counts:
         known = ", ".join(printable(name) for name in sorted(counts)[:20])
         raise ReportError(f"no ARC of class {printable(options.arc_class)!r} (classes: {known})", 2)
-    report = class_report(store, options.arc_class, periods, config, options.by)
+    report = class_report(reader, options.arc_class, periods, config, options.by)
     if report["baseline"]["arcs"] == 0:
-        first, last = class_span(store, options.arc_class)
+        first, last = class_span(reader, options.arc_class)
         raise ReportError(
             f"--baseline: no ARC of class {printable(options.arc_class)!r} was first exported in the baseline "
             f"{format_time(periods.baseline_start)} .. {format_time(periods.baseline_end)} "
@@ -125,14 +125,14 @@ def run_report(store: SQLiteStore, options: ReportOptions, out: TextIO) -> int:
 
 
 def _overview(
-    store: SQLiteStore,
+    reader: Reader,
     classes: Sequence[str],
     periods: Periods,
     config: MonitoringConfig,
     options: ReportOptions,
     out: TextIO,
 ) -> int:
-    rows = [overview_row(class_report(store, arc_class, periods, config)) for arc_class in classes]
+    rows = [overview_row(class_report(reader, arc_class, periods, config)) for arc_class in classes]
     window = {"start": periods.window_start, "end": periods.window_end}
     baseline = {"start": periods.baseline_start, "end": periods.baseline_end}
     if options.json:

@@ -1,4 +1,5 @@
-"""Reading the ARCs a report needs from the collector's database.
+"""Reading the ARCs a report needs from the collector's database, SQLite or PostgreSQL alike: every
+query goes through a :class:`~mona_collector.readers.Reader` (see :func:`~mona_collector.databases.open_reader`).
 
 The merger keeps the report's side table (:mod:`mona_collector.report_rows`): one row per ARC with
 its class, its time and its flattened fields as fixed-width records, indexed by class and time. The
@@ -11,19 +12,19 @@ stderr; when that cannot be written (a read-only file), the documents themselves
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
 from ..merging.documents import public_document
+from ..readers import Reader
 from ..report_rows import COUNTED, KIND_BITS, NUMBER, TEXT, TIME_KEY, flatten_arc
-from ..store import SQLiteStore, StoreError, fill_report_rows, report_rows_complete
+from ..sql import driver_errors
+from ..store import StoreError
 from .monitoring_config import ClassSettings
 from .table import BoolArray, ColumnTable, FieldArrays, FloatArray, IntArray, TableBuilder, table_from_arrays
 
@@ -45,45 +46,13 @@ class ReportSourceError(StoreError):
     """The database cannot give the ARCs asked for."""
 
 
-def _keys_in_range(db: sqlite3.Connection, arc_class: str, start: float, end: float) -> Iterator[List[Tuple[str, str]]]:
-    """The keys of the class's ARCs first exported in [start, end), in batches, oldest first."""
-    cursor = db.execute(
-        "SELECT user_id, context_id FROM arcs WHERE arc_class = ? AND first_export >= ? AND first_export < ?"
-        " ORDER BY first_export, rowid",
-        (arc_class, start, end),
-    )
-    for rows in _fetched(cursor, _BATCH):
-        yield [(_text(user), _text(context)) for user, context in rows]
-
-
-def _fetched(cursor: sqlite3.Cursor, size: int) -> Iterator[List[Any]]:
-    """The rows of ``cursor`` in lists of ``size``."""
-    while True:
-        rows = cursor.fetchmany(size)
-        if not rows:
-            return
-        yield rows
-
-
-def _text(value: object) -> str:
-    # keys that were not valid UTF-8 are stored as blobs (see store.db_text); load_arcs binds them back
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-def _connect(store: SQLiteStore) -> sqlite3.Connection:
-    return sqlite3.connect(f"{store.path.resolve().as_uri()}?mode=ro", uri=True)
-
-
 @contextmanager
-def _reading(store: SQLiteStore) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to the store's database; its errors raised as :class:`ReportSourceError`."""
-    db = _connect(store)
+def _reading(reader: Reader) -> Iterator[Reader]:
+    """``reader``, its driver's errors raised as :class:`ReportSourceError`."""
     try:
-        yield db
-    except sqlite3.Error as exc:
-        raise ReportSourceError(f"cannot read {store.path}: {exc}") from None
-    finally:
-        db.close()
+        yield reader
+    except driver_errors() as exc:
+        raise ReportSourceError(f"cannot read {reader.name}: {' '.join(str(exc).split())}") from None
 
 
 def merged_ranges(ranges: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
@@ -98,7 +67,7 @@ def merged_ranges(ranges: Sequence[Tuple[float, float]]) -> List[Tuple[float, fl
 
 
 def read_table(
-    store: SQLiteStore,
+    reader: Reader,
     arc_class: str,
     ranges: Sequence[Tuple[float, float]],
     settings: Optional[ClassSettings] = None,
@@ -106,32 +75,27 @@ def read_table(
 ) -> ColumnTable:
     """The columns of the ARCs of ``arc_class`` first exported in any of the half-open ``ranges``,
     from the side table (filled first when incomplete; ``say`` tells the user)."""
-    if not _side_table_ready(store, say):
-        return read_table_from_documents(store, arc_class, ranges, settings)
-    with _reading(store) as db:
+    if not _side_table_ready(reader, say):
+        return read_table_from_documents(reader, arc_class, ranges, settings)
+    with _reading(reader):
         columns = _Columns()
         for start, end in merged_ranges(ranges):
-            cursor = db.execute(
-                "SELECT fields FROM report_rows WHERE arc_class = ? AND arc_time >= ? AND arc_time < ?"
-                " ORDER BY arc_time, rowid",
-                (arc_class, start, end),
-            )
-            for rows in _fetched(cursor, _ROW_BATCH):
-                columns.add(b"".join([blob for (blob,) in rows]))
-        return columns.table(db, settings)
+            for blobs in reader.row_batches(arc_class, start, end, _ROW_BATCH):
+                columns.add(b"".join(blobs))
+        return columns.table(reader, settings)
 
 
-def _side_table_ready(store: SQLiteStore, say: Callable[[str], None]) -> bool:
+def _side_table_ready(reader: Reader, say: Callable[[str], None]) -> bool:
     """Whether the side table can be read: complete, or filled now (False: it cannot be written)."""
-    with _reading(store) as db:
-        if report_rows_complete(db):
+    with _reading(reader):
+        if reader.rows_complete():
             return True
-        (arcs,) = db.execute("SELECT count(*) FROM arcs").fetchone()
+        arcs = reader.arc_count()
     if arcs:
-        say(f"mona report: building the report table of {store.path} from its {arcs:,} ARC documents (done once)")
+        say(f"mona report: building the report table of {reader.name} from its {arcs:,} ARC documents (done once)")
     try:
-        fill_report_rows(store.path)
-    except sqlite3.Error as exc:
+        reader.fill_rows()
+    except driver_errors(StoreError) as exc:
         say(f"mona report: cannot write the report table ({exc}); reading the ARC documents instead (slower)")
         return False
     return True
@@ -205,13 +169,13 @@ class _Columns:
             chosen = order[start:end]
             self._part(key, rows[chosen], values[chosen])
 
-    def table(self, db: sqlite3.Connection, settings: Optional[ClassSettings]) -> ColumnTable:
+    def table(self, db: Reader, settings: Optional[ClassSettings]) -> ColumnTable:
         times = np.concatenate(self.times) if self.times else np.zeros(0, dtype=np.float64)
         names = _texts(db, "report_names", "name", list(self.fields))
         codes = {name: code for code, name in names.items()}
         return table_from_arrays(times, sorted(codes), lambda name: self._field(db, codes[name]), settings)
 
-    def _field(self, db: sqlite3.Connection, code: int) -> FieldArrays:
+    def _field(self, db: Reader, code: int) -> FieldArrays:
         """One field's arrays, its parts dropped as they are joined (one field's copy at a time)."""
         parts = self.fields.pop(code)
         number_rows, numbers = parts.joined(NUMBER)
@@ -221,7 +185,7 @@ class _Columns:
         return FieldArrays(number_rows, numbers, text_rows, text_codes, labels, other_rows)
 
 
-def _local_labels(db: sqlite3.Connection, label_codes: FloatArray) -> Tuple[IntArray, List[str]]:
+def _local_labels(db: Reader, label_codes: FloatArray) -> Tuple[IntArray, List[str]]:
     """The field's codes renumbered in the order their labels first appear, and those labels."""
     if not label_codes.size:
         return np.zeros(0, dtype=np.int64), []
@@ -234,9 +198,8 @@ def _local_labels(db: sqlite3.Connection, label_codes: FloatArray) -> Tuple[IntA
     return local[inverse.reshape(-1)], [texts[code] for code in unique[by_appearance].tolist()]
 
 
-def _texts(db: sqlite3.Connection, table: str, column: str, codes: List[int]) -> Dict[int, str]:
-    sql = f"SELECT code, {column} FROM {table} WHERE code IN (SELECT value FROM json_each(?))"
-    found = {int(code): _text(text) for code, text in db.execute(sql, (json.dumps(codes),))}
+def _texts(db: Reader, table: str, column: str, codes: List[int]) -> Dict[int, str]:
+    found = db.texts(table, column, codes)
     missing = [code for code in codes if code not in found]
     if missing:
         raise ReportSourceError(f"the report table refers to {table} code {missing[0]}, which is missing")
@@ -244,22 +207,22 @@ def _texts(db: sqlite3.Connection, table: str, column: str, codes: List[int]) ->
 
 
 def read_table_from_documents(
-    store: SQLiteStore,
+    reader: Reader,
     arc_class: str,
     ranges: Sequence[Tuple[float, float]],
     settings: Optional[ClassSettings] = None,
 ) -> ColumnTable:
     """:func:`read_table` from the ARC documents themselves: each decoded and flattened."""
     builder = TableBuilder()
-    with _reading(store) as db:
+    with _reading(reader):
         for start, end in merged_ranges(ranges):
-            for keys in _keys_in_range(db, arc_class, start, end):
-                _add_documents(builder, store, keys)
+            for keys in reader.class_keys(arc_class, start, end, _BATCH):
+                _add_documents(builder, reader, keys)
     return builder.finish(settings)
 
 
-def _add_documents(builder: TableBuilder, store: SQLiteStore, keys: List[Tuple[str, str]]) -> None:
-    documents = store.load_arcs(keys)
+def _add_documents(builder: TableBuilder, reader: Reader, keys: List[Tuple[str, str]]) -> None:
+    documents = reader.store().load_arcs(keys)
     for key in keys:
         document = documents.get(key)
         if document is None:  # gone between the two queries (a database replaced under us)
@@ -268,22 +231,15 @@ def _add_documents(builder: TableBuilder, store: SQLiteStore, keys: List[Tuple[s
         builder.add(float(public["first_export"]), flatten_arc(public))
 
 
-def class_span(store: SQLiteStore, arc_class: str) -> Tuple[Optional[float], Optional[float]]:
+def class_span(reader: Reader, arc_class: str) -> Tuple[Optional[float], Optional[float]]:
     """The first and the last first-export time of the class's ARCs (None, None: it has none)."""
-    with _reading(store) as db:
-        first, last = db.execute(
-            "SELECT min(arc_time), max(arc_time) FROM report_rows WHERE arc_class = ?", (arc_class,)
-        ).fetchone()
-        return first, last
+    with _reading(reader):
+        return reader.class_span(arc_class)
 
 
-def class_counts(store: SQLiteStore, say: Callable[[str], None] = _stderr) -> Dict[str, int]:
+def class_counts(reader: Reader, say: Callable[[str], None] = _stderr) -> Dict[str, int]:
     """How many ARCs each class has (the ARCs without a class are not reported), from the side table
     (its index on the class: no scan of the ARCs), filled first when incomplete."""
-    if not _side_table_ready(store, say):
-        with _reading(store) as db:
-            rows = db.execute("SELECT arc_class, count(*) FROM arcs WHERE arc_class IS NOT NULL GROUP BY arc_class")
-            return {_text(arc_class): count for arc_class, count in rows}
-    with _reading(store) as db:
-        rows = db.execute("SELECT arc_class, count(*) FROM report_rows WHERE arc_class IS NOT NULL GROUP BY arc_class")
-        return {_text(arc_class): count for arc_class, count in rows}
+    side_table = _side_table_ready(reader, say)
+    with _reading(reader):
+        return reader.class_counts(side_table)

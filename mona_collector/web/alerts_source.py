@@ -9,44 +9,38 @@ evaluations is pending, not an alert).
 
 from __future__ import annotations
 
-import sqlite3
-from pathlib import Path
 from typing import Any, Dict, List
 
 from ..alerts.state import OPEN, read_alerts
+from ..databases import Database, open_reader
+from ..sql import driver_errors
+from ..store import StoreError
 
 #: At most this many alerts are returned, newest first.
 MAX_ALERTS = 1000
 
 
-def _connect(db_path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
-
-
-def list_alerts(db_path: Path, open_only: bool) -> List[Dict[str, Any]]:
+def list_alerts(db_path: Database, open_only: bool) -> List[Dict[str, Any]]:
     """The alerts that opened at least once, newest first, each the state row as a dict (rule,
     arc_class, subject, severity, state, opened_at, resolved_at, first_seen, last_seen, value,
     threshold, message); [] when no rule was ever evaluated. ``open_only`` keeps the open ones."""
     try:
-        db = _connect(db_path)
-    except sqlite3.Error:
+        reader = open_reader(db_path)
+    except driver_errors(StoreError):
         return []
     try:
-        exists = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'mona_alerts'").fetchone()
-        if exists is None:
+        if not reader.has_table("mona_alerts"):
             return []
-        rows = [row for row in read_alerts(db, only_open=open_only) if row.opened_at is not None]
-    except sqlite3.Error:
+        rows = [row for row in read_alerts(reader.statements, only_open=open_only) if row.opened_at is not None]
+    except driver_errors():
         return []
     finally:
-        db.close()
+        reader.close()
     rows.sort(key=lambda row: (row.state != OPEN, -(row.opened_at or 0.0)))
     return [row.as_json() for row in rows[:MAX_ALERTS]]
 
 
-def open_alerts_by_class(db_path: Path) -> Dict[str, int]:
+def open_alerts_by_class(db_path: Database) -> Dict[str, int]:
     """How many open alerts each ARC class has."""
     counts: Dict[str, int] = {}
     for alert in list_alerts(db_path, open_only=True):

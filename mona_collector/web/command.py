@@ -11,7 +11,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from .settings import DashboardSettings
 
@@ -31,7 +31,7 @@ def _port(text: str) -> int:
 def add_ui_parser(commands: Any) -> None:
     """``mona ui``: the dashboard of a database, in the foreground."""
     ui = commands.add_parser("ui", help="serve the web dashboard and /metrics of a database")
-    ui.add_argument("--db", help="database file (default: as for every command)")
+    ui.add_argument("--db", help="database file or postgresql:// URL (default: as for every command)")
     ui.add_argument("--port", type=_port, default=DEFAULT_UI_PORT, help="HTTP port (default: %(default)d)")
     ui.add_argument("--bind", default="127.0.0.1", help="address to listen on (default: loopback)")
     ui.add_argument("--token-file", help="a file holding the token every request must give (required off loopback)")
@@ -88,13 +88,13 @@ def collect_dashboard(args: argparse.Namespace) -> Optional[DashboardSettings]:
     return _settings(args.http_port, args.http_bind, args.http_token_file, "--http-token-file", "--http-bind")
 
 
-def run_ui(args: argparse.Namespace, db_path: Path) -> int:
+def run_ui(args: argparse.Namespace, db_path: Union[Path, str]) -> int:
     """Serve the dashboard until SIGINT or SIGTERM."""
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
     settings = _settings(args.port, args.bind, args.token_file, "--token-file", "--bind")
-    if not db_path.exists():
+    if isinstance(db_path, Path) and not db_path.exists():
         raise _fail(f"no collector database at {db_path}", 1)
     from . import UiMissingError, load_server
 

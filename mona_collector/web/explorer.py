@@ -8,14 +8,13 @@ when it read that many without filling the page.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Generator, List, Optional, Sequence, Tuple
 
+from ..databases import Database, open_reader, open_store
 from ..merging.documents import public_document
+from ..readers import Reader, text_of
 from ..report.fields import flatten_arc
-from ..store import SQLiteStore, db_text
 from .filters import FieldFilter
 
 #: ARCs per page by default, and at most.
@@ -44,7 +43,7 @@ class ArcQuery:
 
 
 def parse_cursor(text: str) -> Tuple[float, int]:
-    """``first_export:rowid`` of the last ARC of the page before."""
+    """``first_export:order`` of the last ARC of the page before (its order: SQLite's rowid, PostgreSQL's seq)."""
     first, _, rowid = text.partition(":")
     try:
         return float(first), int(rowid)
@@ -52,15 +51,15 @@ def parse_cursor(text: str) -> Tuple[float, int]:
         raise CursorError(f"{text[:40]!r} is not a page cursor") from None
 
 
-def _sql(query: ArcQuery) -> Tuple[str, List[Any]]:
+def _sql(query: ArcQuery, reader: Reader) -> Tuple[str, List[Any]]:
     clauses: List[str] = []
     params: List[Any] = []
     if query.arc_class is not None:
         clauses.append("arc_class = ?")
-        params.append(db_text(query.arc_class))
+        params.append(reader.bind_class(query.arc_class))
     if query.context_id is not None:
         clauses.append("context_id = ?")
-        params.append(db_text(query.context_id.split(".", 1)[0]))
+        params.append(reader.bind_key(query.context_id.split(".", 1)[0]))
     if query.start is not None:
         clauses.append("first_export >= ?")
         params.append(query.start)
@@ -69,25 +68,18 @@ def _sql(query: ArcQuery) -> Tuple[str, List[Any]]:
         params.append(query.end)
     if query.cursor is not None:
         first, rowid = parse_cursor(query.cursor)
-        clauses.append("(first_export < ? OR (first_export = ? AND rowid < ?))")
+        clauses.append(f"(first_export < ? OR (first_export = ? AND {reader.order} < ?))")
         params += [first, first, rowid]
     where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    sql = f"SELECT user_id, context_id, first_export, rowid FROM arcs{where} ORDER BY first_export DESC, rowid DESC"
+    order = reader.order
+    sql = f"SELECT user_id, context_id, first_export, {order} FROM arcs{where} ORDER BY first_export DESC, {order} DESC"
     return sql, params
 
 
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
-
-
-def _batches(db: sqlite3.Connection, query: ArcQuery) -> Iterator[List[Tuple[str, str, float, int]]]:
-    sql, params = _sql(query)
-    cursor = db.execute(sql, params)
-    while True:
-        rows = cursor.fetchmany(_BATCH)
-        if not rows:
-            return
-        yield [(_text(user), _text(context), float(first), int(rowid)) for user, context, first, rowid in rows]
+def _batches(reader: Reader, query: ArcQuery) -> Generator[List[Tuple[str, str, float, int]], None, None]:
+    sql, params = _sql(query, reader)
+    for rows in reader.batches(sql, params, _BATCH):
+        yield [(text_of(user), text_of(context), float(first), int(rowid)) for user, context, first, rowid in rows]
 
 
 def _summary(document: Dict[str, Any]) -> Dict[str, Any]:
@@ -102,18 +94,18 @@ def _summary(document: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def search_arcs(db_path: Path, query: ArcQuery) -> Dict[str, Any]:
+def search_arcs(db_path: Database, query: ArcQuery) -> Dict[str, Any]:
     """One page of ARCs: ``arcs`` (summaries with flattened fields), ``next_cursor`` (None: no more),
     ``scanned`` (ARCs read) and ``partial`` (the page stopped at :data:`MAX_SCAN`, not at the end)."""
-    store = SQLiteStore(db_path, readonly=True)
-    db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    reader = open_reader(db_path)
+    store = reader.store()
     found: List[Dict[str, Any]] = []
     scanned = 0
     last: Optional[Tuple[float, int]] = None
     more = False
     try:
-        db.execute("PRAGMA busy_timeout=5000")
-        for batch in _batches(db, query):
+        batches = _batches(reader, query)
+        for batch in batches:
             documents = store.load_arcs([(user, context) for user, context, _, _ in batch])
             for user, context, first, rowid in batch:
                 if len(found) >= query.limit or scanned >= MAX_SCAN:
@@ -129,9 +121,9 @@ def search_arcs(db_path: Path, query: ArcQuery) -> Dict[str, Any]:
                     found.append(summary)
             if more:
                 break
+        batches.close()  # ends its query before the connection closes
     finally:
-        db.close()
-        store.close()
+        reader.close()
     return {
         "arcs": found,
         "next_cursor": f"{last[0]!r}:{last[1]}" if more and last is not None else None,
@@ -140,10 +132,10 @@ def search_arcs(db_path: Path, query: ArcQuery) -> Dict[str, Any]:
     }
 
 
-def find_arc(db_path: Path, context_id: str) -> List[Dict[str, Any]]:
+def find_arc(db_path: Database, context_id: str) -> List[Dict[str, Any]]:
     """The public documents of the ARCs with this context id (one per user that has it; ``root.sub``
     finds ``root``)."""
-    store = SQLiteStore(db_path, readonly=True)
+    store = open_store(db_path, readonly=True)
     try:
         return store.find_arcs(context_id)
     finally:

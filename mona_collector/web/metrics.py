@@ -10,15 +10,14 @@ metric.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import time
-from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Iterator, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector as MetricsCollector
 
-from ..store import raw_log_path
+from ..databases import describe, open_reader
+from ..sql import driver_errors
+from ..store import StoreError
 from .alerts_source import open_alerts_by_class
 from .reports import DashboardError, PeriodChoice, Reports
 
@@ -28,72 +27,6 @@ log = logging.getLogger("mona_collector")
 DRIFT_PERIODS = PeriodChoice("24h", None, "7d")
 _STATUS_VALUE = {"ok": 0.0, "warn": 1.0, "alert": 2.0, "insufficient data": -1.0}
 _DRIFT_MEASURES = ("psi", "js", "ks", "mean_shift")
-
-
-def _ro(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
-
-
-def _file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def database_bytes(db_path: Path) -> int:
-    """The bytes of the ARC database and the raw log, with their write-ahead logs."""
-    raw = raw_log_path(db_path)
-    paths = [db_path, raw]
-    paths += [path.with_name(path.name + "-wal") for path in (db_path, raw)]
-    return sum(_file_size(path) for path in paths)
-
-
-def _merged_counts(db_path: Path) -> Tuple[int, int, int, Dict[str, int], str, int]:
-    """Records processed, rejected, duplicates, ARCs per class, the raw log id and the watermark."""
-    db = _ro(db_path)
-    try:
-        events, rejected, duplicates = db.execute(
-            "SELECT coalesce(sum(events), 0), coalesce(sum(rejected), 0), coalesce(sum(duplicates), 0) FROM tag_stats"
-        ).fetchone()
-        classes = {
-            str(arc_class): int(count)
-            for arc_class, count in db.execute(
-                "SELECT arc_class, count(*) FROM arcs WHERE arc_class IS NOT NULL GROUP BY arc_class"
-            )
-        }
-        meta = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('merged_up_to', 'merged_log_id')"))
-        return (
-            events,
-            rejected,
-            duplicates,
-            classes,
-            str(meta.get("merged_log_id", "")),
-            int(meta.get("merged_up_to", 0)),
-        )
-    finally:
-        db.close()
-
-
-def _raw_counts(db_path: Path, log_id: str, merged_up_to: int) -> Tuple[int, int, float]:
-    """Records received (every one the raw log holds), records not merged yet, and the age in
-    seconds of the oldest row not merged yet (0 when everything is merged)."""
-    path = raw_log_path(db_path)
-    if not path.exists():
-        return 0, 0, 0.0
-    db = _ro(path)
-    try:
-        received = int(db.execute("SELECT coalesce(sum(events), 0) FROM raw_chunks").fetchone()[0])
-        own_id = dict(db.execute("SELECT key, value FROM meta")).get("log_id", "")
-        after = merged_up_to if own_id == log_id else 0
-        pending, oldest = db.execute(
-            "SELECT coalesce(sum(events), 0), min(received) FROM raw_chunks WHERE id > ?", (after,)
-        ).fetchone()
-        return received, int(pending), max(0.0, time.time() - oldest) if oldest is not None else 0.0
-    finally:
-        db.close()
 
 
 class CollectorMetrics(MetricsCollector):
@@ -107,10 +40,15 @@ class CollectorMetrics(MetricsCollector):
     def collect(self) -> Iterator[Metric]:
         db_path = self.reports.db_path
         try:
-            events, rejected, duplicates, classes, log_id, merged_up_to = _merged_counts(db_path)
-            received, pending, lag_seconds = _raw_counts(db_path, log_id, merged_up_to)
-        except sqlite3.Error as exc:
-            log.warning("metrics: cannot read %s: %s", db_path, exc)
+            reader = open_reader(db_path)
+            try:
+                events, rejected, duplicates, classes, log_id, merged_up_to = reader.merged_counts()
+                received, pending, lag_seconds = reader.raw_counts(log_id, merged_up_to)
+                size = reader.database_bytes()
+            finally:
+                reader.close()
+        except driver_errors(StoreError) as exc:
+            log.warning("metrics: cannot read %s: %s", describe(db_path), exc)
             yield GaugeMetricFamily("mona_up", "Whether the collector database could be read.", 0.0)
             return
         yield GaugeMetricFamily("mona_up", "Whether the collector database could be read.", 1.0)
@@ -128,7 +66,7 @@ class CollectorMetrics(MetricsCollector):
             "mona_merge_lag_seconds", "Age of the oldest record not merged yet (0: all merged).", lag_seconds
         )
         yield GaugeMetricFamily(
-            "mona_database_bytes", "Bytes of the ARC database and raw log files.", database_bytes(db_path)
+            "mona_database_bytes", "Bytes of the ARC database and raw log files (PostgreSQL: the database).", size
         )
         if self.open_connections is not None:
             yield GaugeMetricFamily("mona_open_connections", "Forward connections open now.", self.open_connections())

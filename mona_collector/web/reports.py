@@ -8,21 +8,22 @@ for a report being computed wait for it instead of computing it again.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
 
+from ..databases import Database, open_reader
+from ..readers import Reader
 from ..report.command import ReportError, class_report
 from ..report.engine import overview_row
 from ..report.monitoring_config import MonitoringConfig
 from ..report.periods import parse_periods
 from ..report.render_json import clean
 from ..report.source import class_counts
-from ..store import SQLiteStore, StoreError
+from ..sql import driver_errors
+from ..store import StoreError
 from .alerts_source import open_alerts_by_class
 
 #: Seconds a computed report is served again (while the watermark does not move).
@@ -49,19 +50,18 @@ class PeriodChoice:
     baseline: str = "7d"
 
 
-def watermark(db_path: Path) -> Tuple[str, str]:
+def watermark(db_path: Database) -> Tuple[str, str]:
     """The database's merge watermark (raw log id and last merged row): it moves with every merge."""
     try:
-        db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
-    except sqlite3.Error:
+        reader = open_reader(db_path)
+    except driver_errors(StoreError):
         return ("", "")
     try:
-        rows = dict(db.execute("SELECT key, value FROM meta WHERE key IN ('merged_up_to', 'merged_log_id')"))
-        return (str(rows.get("merged_log_id", "")), str(rows.get("merged_up_to", "")))
-    except sqlite3.Error:
+        return reader.watermark()
+    except driver_errors():
         return ("", "")
     finally:
-        db.close()
+        reader.close()
 
 
 class TimedCache:
@@ -125,14 +125,14 @@ def _worst_drift(report: Dict[str, Any]) -> Optional[Dict[str, Any]]:
 class Reports:
     """The engine's reports of one database, cached (see the module's docstring)."""
 
-    def __init__(self, db_path: Path, config: Optional[MonitoringConfig] = None, ttl: float = DEFAULT_TTL) -> None:
+    def __init__(self, db_path: Database, config: Optional[MonitoringConfig] = None, ttl: float = DEFAULT_TTL) -> None:
         self.db_path = db_path
         self.config = config or MonitoringConfig()
         self.cache = TimedCache(lambda: watermark(db_path), ttl)
 
-    def _store(self) -> SQLiteStore:
+    def _store(self) -> Reader:
         try:
-            return SQLiteStore(self.db_path, readonly=True)
+            return open_reader(self.db_path)
         except StoreError as exc:
             raise DashboardError(str(exc), 503) from None
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
 
 from waitress import wasyncore
 from waitress.server import BaseWSGIServer, MultiSocketServer, create_server
 
+from ..databases import Database, resolve_db
 from ..report.monitoring_config import MonitoringConfig
 from .app import create_app
 from .reports import Reports
@@ -36,13 +36,13 @@ class DashboardServer:
 
     def __init__(
         self,
-        db_path: Path,
+        db_path: Database,
         settings: DashboardSettings,
         config: Optional[MonitoringConfig] = None,
         open_connections: Optional[Callable[[], int]] = None,
     ) -> None:
         self.settings = settings
-        self.reports = Reports(Path(db_path), config)
+        self.reports = Reports(resolve_db(db_path), config)
         self._app = create_app(self.reports, settings.token, open_connections)
         self._server: Optional[Union[BaseWSGIServer, MultiSocketServer]] = None
         self._thread: Optional[threading.Thread] = None

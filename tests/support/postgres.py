@@ -14,9 +14,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import pytest
 
@@ -137,3 +138,41 @@ def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Union[Path, str]:
         return tmp_path / "collector.db"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+def build_any_database(db: Union[Path, str], records: Iterable[Dict[str, Any]], timeout: float = 600.0) -> None:
+    """``records`` appended to the raw log of ``db`` (an SQLite file or a PostgreSQL URL) as received
+    messages and merged by a real collector, as ``bench.report_data.build_database`` does for SQLite."""
+    import msgpack
+
+    from bench.report_data import CHUNK_EVENTS, build_database
+    from mona_client.record import TAG
+    from mona_collector.databases import migrate, open_raw_log
+    from mona_collector.service import Collector
+    from mona_collector.store import RawChunk
+    from tests.support.collector import wait_merged
+
+    if isinstance(db, Path):
+        build_database(db, records)
+        return
+    migrate(db)
+    raw = open_raw_log(db)
+    packer = msgpack.Packer(use_bin_type=True)
+    batch: List[Tuple[bytes, float]] = []
+    try:
+        for item in records:
+            batch.append((packer.pack([int(item["export_timestamp"]), item]), item["export_timestamp"]))
+            if len(batch) >= CHUNK_EVENTS:
+                raw.append([_chunk(RawChunk, TAG, batch)])
+                batch = []
+        if batch:
+            raw.append([_chunk(RawChunk, TAG, batch)])
+    finally:
+        raw.close()
+    with Collector(port=0, db_path=db):
+        wait_merged(db, timeout)
+
+
+def _chunk(chunk_type: Any, tag: str, batch: List[Tuple[bytes, float]]) -> Any:
+    times = [when for _, when in batch]
+    return chunk_type(tag, time.time(), len(batch), min(times), max(times), b"".join(entry for entry, _ in batch))

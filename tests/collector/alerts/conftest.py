@@ -11,12 +11,13 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import pytest
 
 from bench.report_data import DAY, build_database, record
+from tests.support.postgres import build_any_database
 
 __all__ = ["DAY"]
 
@@ -61,6 +62,16 @@ def drop_db(drop_db_template: Path, tmp_path: Path) -> Path:
         if source.name.startswith("arcs.db"):
             shutil.copy(source, tmp_path / source.name)
     return target
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def drop_any_db(request: pytest.FixtureRequest, drop_db: Path) -> Union[Path, str]:
+    """The scenario on each store in turn (PostgreSQL: a database of the test's own, written by a real collector)."""
+    if request.param == "sqlite":
+        return drop_db
+    url: str = request.getfixturevalue("postgres_url")
+    build_any_database(url, accuracy_drop_scenario())
+    return url
 
 
 def day_end(day: int) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Union
 
 import pytest
 
@@ -32,13 +32,13 @@ def _config(webhook: Webhook, **rule: Any) -> str:
     )
 
 
-def test_one_segment_drop_opens_one_alert_and_it_resolves(drop_db: Path, webhook: Webhook) -> None:
+def test_one_segment_drop_opens_one_alert_and_it_resolves(drop_any_db: Union[Path, str], webhook: Webhook) -> None:
     config = parse_alert_config(_config(webhook))
     opened: List[Dict[str, Any]] = []
     states = {}
     for day in range(1, 10):
-        events, rows = check(drop_db, config, day_end(day))
-        assert drain(drop_db, config, deadline=1e18) == 0
+        events, rows = check(drop_any_db, config, day_end(day))
+        assert drain(drop_any_db, config, deadline=1e18) == 0
         opened += [event for event in events if event["event"] == "open"]
         states[day] = {row.subject: row.state for row in rows if row.state != "ok"}
     assert [(event["arc_class"], event["subject"]) for event in opened] == [("FRAUD", "country=BR")]

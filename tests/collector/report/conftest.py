@@ -6,11 +6,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, List, Tuple
+from typing import Iterator, List, Tuple, Union
 
 import pytest
 
 from bench.report_data import build_database, fraud_scenario
+from tests.support.postgres import PostgresServer, build_any_database
 
 #: The reports run "now" here, so that the generated windows stay the default ones.
 NOW = time.time()
@@ -24,7 +25,24 @@ def fraud_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield path
 
 
-def mona_report(db: Path, *args: str) -> Tuple[int, str, str]:
+@pytest.fixture(scope="package")
+def fraud_postgres_db(postgres_server: PostgresServer) -> str:
+    """The same records in a PostgreSQL database, written by a real collector."""
+    url = postgres_server.create_database()
+    build_any_database(url, fraud_scenario(NOW))
+    return url
+
+
+@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
+def fraud_any_db(request: pytest.FixtureRequest, fraud_db: Path) -> Union[Path, str]:
+    """The fraud scenario on each store in turn."""
+    if request.param == "sqlite":
+        return fraud_db
+    url: str = request.getfixturevalue("fraud_postgres_db")
+    return url
+
+
+def mona_report(db: Union[Path, str], *args: str) -> Tuple[int, str, str]:
     """Run ``mona report`` as a user would: a process of its own; returns status, stdout and stderr."""
     done = subprocess.run(
         [sys.executable, "-m", "mona_collector.cli", "report", "--db", str(db), *args],

@@ -6,27 +6,28 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp
 
+from mona_collector.databases import open_store
 from mona_collector.report.fields import flatten_arc
-from mona_collector.store import SQLiteStore
 
 from .conftest import NOW, flagged, mona_report
 
 
-def _report(db: Path, *args: str) -> dict:
+def _report(db: Union[Path, str], *args: str) -> dict:
     status, out, err = mona_report(db, *args, "--json")
     assert status == 0, err
     assert err == ""
     return json.loads(out, parse_constant=lambda name: pytest.fail(f"{name} in JSON"))
 
 
-def test_flags_the_shifted_segment_and_the_drifting_kapi_and_nothing_else(fraud_db: Path) -> None:
-    report = _report(fraud_db, "--arc-class", "FRAUD_SCORER")
+def test_flags_the_shifted_segment_and_the_drifting_kapi_and_nothing_else(fraud_any_db: Union[Path, str]) -> None:
+    report = _report(fraud_any_db, "--arc-class", "FRAUD_SCORER")
     assert report["window"]["arcs"] == 3000 and report["baseline"]["arcs"] == 6000
     assert flagged(report) == [("kapis", "latency_ms")]
     assert report["status"] == "alert"
@@ -50,9 +51,9 @@ def test_pairs_with_by_keep_to_the_shifted_segment(fraud_db: Path) -> None:
     assert any(row["segment"] == {"country": "BR", "tier": "silver"} for row in pairs)
 
 
-def _values(db: Path, field: str, start: float, end: float) -> np.ndarray:
+def _values(db: Union[Path, str], field: str, start: float, end: float) -> np.ndarray:
     """The field's values read independently: every document through the store's public API."""
-    store = SQLiteStore(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         return np.array(
             [
@@ -66,11 +67,11 @@ def _values(db: Path, field: str, start: float, end: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("field", ["latency_ms", "MODEL.fraud_score", "amount"])
-def test_drift_values_match_an_independent_computation(fraud_db: Path, field: str) -> None:
-    report = _report(fraud_db, "--arc-class", "FRAUD_SCORER")
+def test_drift_values_match_an_independent_computation(fraud_any_db: Union[Path, str], field: str) -> None:
+    report = _report(fraud_any_db, "--arc-class", "FRAUD_SCORER")
     window = report["window"]
-    now = _values(fraud_db, field, window["start"], window["end"])
-    then = _values(fraud_db, field, report["baseline"]["start"], report["baseline"]["end"])
+    now = _values(fraud_any_db, field, window["start"], window["end"])
+    then = _values(fraud_any_db, field, report["baseline"]["start"], report["baseline"]["end"])
     drift = next(kapi for kapi in report["kapis"] if kapi["name"] == field)["drift"]
 
     edges = np.quantile(then, np.linspace(0.1, 0.9, 9))
@@ -85,6 +86,16 @@ def test_drift_values_match_an_independent_computation(fraud_db: Path, field: st
     assert drift["ks"]["value"] == pytest.approx(float(ks_2samp(now, then).statistic), abs=1e-12)
     expected_shift = (now.mean() - then.mean()) / then.std()
     assert drift["mean_shift"]["value"] == pytest.approx(expected_shift, rel=1e-9)
+
+
+def test_the_reports_are_the_same_json_on_both_stores(fraud_db: Path, fraud_postgres_db: str) -> None:
+    since, until = (datetime.fromtimestamp(moment, timezone.utc).isoformat() for moment in (NOW - 86400, NOW))
+    for args in (["--arc-class", "FRAUD_SCORER", "--by", "country,tier"], []):
+        fixed = [*args, "--since", since, "--until", until]
+        on_postgres, on_sqlite = _report(fraud_postgres_db, *fixed), _report(fraud_db, *fixed)
+        on_postgres.pop("generated_at", None)
+        on_sqlite.pop("generated_at", None)
+        assert on_postgres == on_sqlite, args
 
 
 def test_terminal_report_is_readable(fraud_db: Path) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 from bench.report_data import append_records, build_database, record, unmerged_rows
 from mona_collector import Collector
 from mona_collector.merging.documents import new_document, new_node
+from mona_collector.readers import SQLiteReader
 from mona_collector.report.source import read_table, read_table_from_documents
 from mona_collector.report.table import ColumnTable
 from mona_collector.report_rows import COUNTED, NULL, NUMBER, TEXT, flatten_arc, kind_of, text_label
@@ -148,14 +149,14 @@ def _assert_same_tables(fast: ColumnTable, slow: ColumnTable) -> None:
 def test_the_report_reads_the_same_table_as_from_the_documents(tmp_path: Path) -> None:
     path = tmp_path / "mixed.db"
     build_database(path, mixed_records(NOW))
-    store = SQLiteStore(path, readonly=True)
+    reader = SQLiteReader(path)
     try:
         ranges = [(NOW - 86400, NOW + 1)]
-        fast = read_table(store, "MIXED", ranges, say=lambda line: None)
+        fast = read_table(reader, "MIXED", ranges, say=lambda line: None)
         assert fast.rows == 30
-        _assert_same_tables(fast, read_table_from_documents(store, "MIXED", ranges))
+        _assert_same_tables(fast, read_table_from_documents(reader, "MIXED", ranges))
     finally:
-        store.close()
+        reader.close()
 
 
 def test_late_updates_rewrite_the_rows(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from bench.report_data import build_database, fraud_scenario, record
 from mona_collector.web import DashboardSettings, load_server
 from mona_collector.web.server import DashboardServer
+from tests.support.postgres import PostgresServer, build_any_database
 
 
 def _demo_records(now: float) -> Iterator[Dict[str, Any]]:
@@ -44,6 +45,26 @@ def dashboard(demo_db: Path) -> Iterator[DashboardServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="package")
+def postgres_dashboard(postgres_server: PostgresServer, generated_at: float) -> Iterator[DashboardServer]:
+    """The same records in a PostgreSQL database, written by a real collector, and its dashboard."""
+    url = postgres_server.create_database()
+    build_any_database(url, _demo_records(generated_at))
+    server = load_server()(url, DashboardSettings(port=0))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
+def any_dashboard(request: pytest.FixtureRequest, dashboard: DashboardServer) -> DashboardServer:
+    """The dashboard on each store in turn."""
+    if request.param == "sqlite":
+        return dashboard
+    server: DashboardServer = request.getfixturevalue("postgres_dashboard")
+    return server
 
 
 def get(url: str, headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 import pytest
 
 from mona_collector.alerts import state as alert_state
+from mona_collector.store import SQLiteStore
 from mona_collector.web import DashboardSettings, load_server
 from mona_collector.web.alerts_source import list_alerts
 from mona_collector.web.filters import FilterError, parse_filter
@@ -24,12 +25,14 @@ from mona_collector.web.server import DashboardServer
 from .conftest import get, get_json
 
 
-def test_the_overview_lists_every_class_with_its_window_counts(dashboard: DashboardServer, generated_at: float) -> None:
+def test_the_overview_lists_every_class_with_its_window_counts(
+    any_dashboard: DashboardServer, generated_at: float
+) -> None:
     # the window of the generated data, however long ago it was generated
     since, until = (
         datetime.fromtimestamp(moment, timezone.utc).isoformat() for moment in (generated_at - 86400, generated_at)
     )
-    status, data = get_json(dashboard.url + "api/classes?" + urlencode({"since": since, "until": until}))
+    status, data = get_json(any_dashboard.url + "api/classes?" + urlencode({"since": since, "until": until}))
     assert status == 200
     rows = {row["arc_class"]: row for row in data["classes"]}
     assert set(rows) == {"FRAUD_SCORER", "CHECKOUT"}
@@ -59,8 +62,8 @@ def test_a_class_report_is_served_from_the_cache_until_the_watermark_moves(demo_
             db.close()
 
 
-def test_a_filter_narrows_the_arc_list(dashboard: DashboardServer) -> None:
-    base = dashboard.url + "api/arcs?arc_class=FRAUD_SCORER&since=30d&limit=500"
+def test_a_filter_narrows_the_arc_list(any_dashboard: DashboardServer) -> None:
+    base = any_dashboard.url + "api/arcs?arc_class=FRAUD_SCORER&since=30d&limit=500"
     _, everything = get_json(base)
     _, brazil = get_json(base + "&filter=" + quote("country = BR"))
     _, low = get_json(base + "&filter=" + quote("country = BR") + "&filter=" + quote("MODEL.fraud_score < 0.3"))
@@ -68,6 +71,31 @@ def test_a_filter_narrows_the_arc_list(dashboard: DashboardServer) -> None:
     assert brazil["arcs"] and all(arc["fields"]["country"] == "BR" for arc in brazil["arcs"])
     assert len(low["arcs"]) < len(brazil["arcs"])
     assert all(arc["fields"]["MODEL.fraud_score"] < 0.3 for arc in low["arcs"])
+
+
+def test_the_api_answers_the_same_json_on_both_stores(
+    dashboard: DashboardServer, postgres_dashboard: DashboardServer, generated_at: float
+) -> None:
+    since, until = (
+        datetime.fromtimestamp(moment, timezone.utc).isoformat() for moment in (generated_at - 86400, generated_at)
+    )
+    periods = urlencode({"since": since, "until": until})
+    for path in (
+        f"api/classes?{periods}",
+        f"api/classes/FRAUD_SCORER/report?{periods}&by=country",
+        "api/arcs?arc_class=FRAUD_SCORER&since=30d&limit=100&filter=" + quote("country = BR"),
+        "api/arcs/demo-1",
+        "api/alerts?state=all",
+    ):
+        answers = []
+        for server in (dashboard, postgres_dashboard):
+            status, data = get_json(server.url + path)
+            assert status == 200, (path, data)
+            data.pop("generated_at", None)
+            if data.get("next_cursor"):  # the position of the last ARC: SQLite's rowid, PostgreSQL's seq
+                data["next_cursor"] = data["next_cursor"].partition(":")[0]
+            answers.append(data)
+        assert answers[0] == answers[1], path
 
 
 def test_pages_follow_the_cursor_without_repeating_an_arc(dashboard: DashboardServer) -> None:
@@ -228,10 +256,7 @@ def test_filters_compare_numbers_as_numbers_and_text_as_text() -> None:
 
 def test_alerts_come_from_the_alert_state_when_rules_were_evaluated(tmp_path: Path) -> None:
     path = tmp_path / "alerts.db"
-    db = sqlite3.connect(path)
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
-    db.commit()
-    db.close()
+    SQLiteStore(path).close()  # a collector's database
     assert list_alerts(path, open_only=True) == []  # no rule ever evaluated
     with contextlib.closing(alert_state.connect(path)) as db:
         db.executemany(
