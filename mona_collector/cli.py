@@ -233,6 +233,8 @@ def _migrate(args: argparse.Namespace) -> int:
     from .databases import migrate
 
     db = resolve_db(args.db)
+    if isinstance(db, Path):
+        _prepare_db_path(db)  # migrate creates the file: the same checks as `mona collect`
     before, after = migrate(db)
     where = _printable(describe(db))
     if before == after:

@@ -211,6 +211,7 @@ def test_csv_export_escapes_invalid_bytes_and_replaces_the_file_only_when_comple
         (["collect", "--max-connections", "0", "--db", "{tmp}/c.db"], 2, "out of range"),
         (["collect", "--max-buffered-bytes", "1000", "--db", "{tmp}/c.db"], 2, "below --max-frame-bytes"),
         (["collect", "--db", "/etc/passwd/x.db"], 2, "/etc/passwd is not a directory"),
+        (["db", "migrate", "--db", "/etc/passwd/x.db"], 2, "/etc/passwd is not a directory"),
         (["collect", "--db", "{tmp}"], 2, "is a directory"),
         (["collect", "--users-file", "{tmp}/none.txt", "--db", "{tmp}/c.db"], 2, "cannot read"),
     ],

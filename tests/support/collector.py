@@ -11,7 +11,7 @@ import sqlite3
 import struct
 import time
 from pathlib import Path
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import msgpack
 import pytest
@@ -25,7 +25,9 @@ from mona_collector.store import raw_log_path
 BASE = 1_700_000_000
 
 
-def record(context: str, message: dict, ts: int = BASE, user: str = "u1", record_id: Optional[str] = None) -> dict:
+def record(
+    context: str, message: Dict[str, Any], ts: int = BASE, user: str = "u1", record_id: Optional[str] = None
+) -> Dict[str, Any]:
     out = {"user_id": user, "context": context, "message": message, "export_timestamp": ts}
     if record_id is not None:
         out["record_id"] = record_id
@@ -42,7 +44,8 @@ def time_ext8(seconds: int, nanoseconds: int) -> bytes:
 
 def entry(time_bytes: bytes, rec: Any) -> bytes:
     """One packed ``[time, record]`` with the time's bytes as given."""
-    return b"\x92" + time_bytes + msgpack.packb(rec, use_bin_type=True)
+    packed: bytes = msgpack.packb(rec, use_bin_type=True)
+    return b"\x92" + time_bytes + packed
 
 
 def str32(data: bytes) -> bytes:
@@ -53,7 +56,7 @@ def bin32(data: bytes) -> bytes:
     return b"\xc6" + struct.pack(">I", len(data)) + data
 
 
-def packed_message(tag: str, entries_field: bytes, option: Optional[dict]) -> bytes:
+def packed_message(tag: str, entries_field: bytes, option: Optional[Dict[str, Any]]) -> bytes:
     """``[tag, <entries field bytes as given>, option?]``."""
     items = [msgpack.packb(tag), entries_field]
     if option is not None:
@@ -126,7 +129,7 @@ def wait_merged(db_path: Union[Path, str], timeout: float = 20.0) -> None:
         time.sleep(0.01)
 
 
-def stored_arcs(db_path: Union[Path, str], context_id: str) -> List[dict]:
+def stored_arcs(db_path: Union[Path, str], context_id: str) -> List[Dict[str, Any]]:
     wait_merged(db_path)
     store = open_store(db_path, readonly=True)
     try:
@@ -135,7 +138,7 @@ def stored_arcs(db_path: Union[Path, str], context_id: str) -> List[dict]:
         store.close()
 
 
-def stats(db_path: Union[Path, str]) -> dict:
+def stats(db_path: Union[Path, str]) -> Dict[str, Any]:
     wait_merged(db_path)
     store = open_store(db_path, readonly=True)
     try:
@@ -147,7 +150,8 @@ def stats(db_path: Union[Path, str]) -> dict:
 def raw_event_count(db_path: Path) -> int:
     """Events in the raw log, read with a connection of its own (what another process would see)."""
     with sqlite3.connect(raw_log_path(db_path)) as db:
-        return db.execute("SELECT coalesce(sum(events), 0) FROM raw_chunks").fetchone()[0]
+        count: int = db.execute("SELECT coalesce(sum(events), 0) FROM raw_chunks").fetchone()[0]
+        return count
 
 
 __all__ = [
