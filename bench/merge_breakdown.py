@@ -1,6 +1,6 @@
 """Where the merger's time goes, per record: each stage of a merge transaction timed on its own.
 
-A raw log is filled with records (the collector bench's, ``make_frames``' form, or with
+A raw log is filled with records (the collector bench's, ``make_entries``' form, or with
 ``--client-form`` the mona client's, as :func:`bench.e2e.client_entries` makes them), then merged into
 a fresh ARC database by the merger's own code, one transaction of
 :data:`~mona_collector.merging.process.BATCH_EVENTS` events at a time, with every stage timed apart and
@@ -29,12 +29,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 if __package__ in (None, ""):  # python3 bench/merge_breakdown.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mona_client import forward
+from bench.bench_collector import make_entries
 from mona_client.record import TAG
 from mona_collector.merging.process import BATCH_EVENTS, MergeLoop, decode_entries
 from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, pack_document, raw_log_path
@@ -42,29 +42,6 @@ from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, 
 STAGES = ("decode", "dedup + merge", "look-up", "pack", "SQLite")
 #: Measured apart, not a stage of its own: packing the touched documents alone (a part of "pack").
 DOCUMENTS = "of which documents"
-
-
-def entry_blobs(records: int, chunk: int, exports_per_arc: int) -> List[Tuple[bytes, int]]:
-    """The PackedForward entries blobs (and their counts) of the collector bench's chunks."""
-    blobs = []
-    base = 1_700_000_000
-    for start in range(0, records, chunk):
-        entries = []
-        for seq in range(start, min(start + chunk, records)):
-            arc, step = divmod(seq, exports_per_arc)
-            message = {"loss": seq * 0.001, "accuracy": 0.5, "model": "m-3", "rows": seq}
-            if step == 0:
-                message["MONA_ARC_CLASS"] = "training"
-            record = {
-                "user_id": "bench-user",
-                "context": f"run-{arc}" if step == 0 else f"run-{arc}.step-{step}",
-                "message": message,
-                "export_timestamp": base + seq // 1000,
-                "record_id": f"bench-source:{seq}",
-            }
-            entries.append(forward.pack_entry(forward.EventTime(base + seq // 1000, seq % 1000), record))
-        blobs.append((b"".join(entries), len(entries)))
-    return blobs
 
 
 def measure(blobs: Sequence[Tuple[bytes, int]]) -> Dict[str, float]:
@@ -148,7 +125,7 @@ def main() -> None:
 
         blobs = client_entries(args.records // RECORDS_PER_ARC)
     else:
-        blobs = entry_blobs(args.records, 1000, args.exports_per_arc)
+        blobs = make_entries(args.records, 1000, args.exports_per_arc)
     figures = measure(blobs)
     for stage in (*STAGES, DOCUMENTS, "total"):
         print(f"{stage:<20}{figures[stage]:>8.2f} µs/record")

@@ -308,10 +308,11 @@ def run_collector_alone(records: int, workdir: str) -> List[e2e.CollectorRun]:
 def run_merge_breakdown(records: int) -> List[Dict[str, float]]:
     """The merger's stages (µs per record) for the client's records and for bench_collector's."""
     from bench import merge_breakdown
+    from bench.bench_collector import make_entries
 
     return [
         merge_breakdown.measure(e2e.client_entries(records // e2e.RECORDS_PER_ARC)),
-        merge_breakdown.measure(merge_breakdown.entry_blobs(records, 1000, 8)),
+        merge_breakdown.measure(make_entries(records, 1000, 8)),
     ]
 
 
