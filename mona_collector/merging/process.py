@@ -106,11 +106,16 @@ def _decode_one_by_one(entries: bytes) -> Tuple[List[Any], int]:
     return items, bad
 
 
+_INTEGER = {int}  # the types of a list of integer times (bool is not int to type())
+
+
 def time_span(items: List[Any]) -> Tuple[Optional[float], Optional[float]]:
     """The earliest and latest event time of decoded entries (None, None when there is none)."""
     times = [item[0] for item in items if type(item) is list and len(item) == 2]
     if not times:
         return None, None
+    if set(map(type, times)) == _INTEGER:  # whole seconds (the mona client's times): their own numbers
+        return min(times), max(times)
     if all(map(is_undecoded_extension, times)):
         # EventTime payloads (the network side lets no other extension through) compare as their times.
         first, last = min(value[1] for value in times), max(value[1] for value in times)
