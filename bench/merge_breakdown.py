@@ -14,6 +14,9 @@ the write done inline (no second thread), so that the stages add up:
   of *pack* is the side table's;
 * *SQLite*: ``store.write`` (upserts and the commit, ``synchronous=FULL``).
 
+``--no-side-table`` merges with a store that leaves the report's side table out: what it costs is
+the difference.
+
 The cyclic garbage collector is off while a transaction is merged, as in the merge loop.
 
     python3 -m bench.merge_breakdown --records 300000 [--client-form]   # a table and one JSON line
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 if __package__ in (None, ""):  # python3 bench/merge_breakdown.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,30 +41,42 @@ from bench.bench_collector import make_entries
 from mona_client.record import TAG
 from mona_collector.merging.process import BATCH_EVENTS, MergeLoop, decode_entries
 from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, pack_document, raw_log_path
+from mona_collector.store import _freeze_document as freeze_document
 
 STAGES = ("decode", "dedup + merge", "look-up", "pack", "SQLite")
 #: Measured apart, not a stage of its own: packing the touched documents alone (a part of "pack").
 DOCUMENTS = "of which documents"
 
 
-def measure(blobs: Sequence[Tuple[bytes, int]]) -> Dict[str, float]:
+class StoreWithoutSideTable(SQLiteStore):
+    """The SQLite store with the report's side table left out of each transaction (``freeze`` encodes
+    the documents only): what merging costs without it. A measurement only; it reaches into the
+    store's own document encoding."""
+
+    def freeze(self, changes: WriteSet) -> None:
+        nodes: List[Tuple[Any, ...]] = []
+        arcs = [freeze_document(key, doc, changes.changed_nodes.get(key), nodes) for key, doc in changes.arcs]
+        changes.frozen = (arcs, nodes, None)
+
+
+def measure(blobs: Sequence[Tuple[bytes, int]], side_table: bool = True) -> Dict[str, float]:
     """µs per record of each stage (and their sum), merging the records of ``blobs`` (entries blobs
-    and their counts, one raw row each) once."""
+    and their counts, one raw row each) once; without the report's side table if not ``side_table``."""
     with tempfile.TemporaryDirectory(prefix="mona-merge-breakdown-") as directory:
         db_path = os.path.join(directory, "collector.db")
         raw_log = SQLiteRawLog(raw_log_path(db_path))
         for start in range(0, len(blobs), 50):
             raw_log.append([RawChunk(TAG, 0.0, count, None, None, blob) for blob, count in blobs[start : start + 50]])
         try:
-            return measure_log(raw_log, db_path)
+            return measure_log(raw_log, db_path, side_table)
         finally:
             raw_log.close()
 
 
-def measure_log(raw_log: SQLiteRawLog, db_path: str) -> Dict[str, float]:
+def measure_log(raw_log: SQLiteRawLog, db_path: str, side_table: bool = True) -> Dict[str, float]:
     """µs per record of each stage (and their sum), merging all of ``raw_log`` into a new database
-    at ``db_path``."""
-    store = SQLiteStore(db_path)
+    at ``db_path`` (without the report's side table if not ``side_table``)."""
+    store = SQLiteStore(db_path) if side_table else StoreWithoutSideTable(db_path)
     loop = MergeLoop(store, raw_log, committer=None)
     merger, dedup = loop._merger, loop._dedup
     spent = dict.fromkeys(STAGES, 0.0)
@@ -119,6 +134,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--exports-per-arc", type=int, default=8)
     parser.add_argument("--client-form", action="store_true", help="the records of bench.e2e (the client's form)")
+    parser.add_argument("--no-side-table", action="store_true", help="leave the report's side table out")
     args = parser.parse_args()
     if args.client_form:
         from bench.e2e import RECORDS_PER_ARC, client_entries
@@ -126,7 +142,7 @@ def main() -> None:
         blobs = client_entries(args.records // RECORDS_PER_ARC)
     else:
         blobs = make_entries(args.records, 1000, args.exports_per_arc)
-    figures = measure(blobs)
+    figures = measure(blobs, side_table=not args.no_side_table)
     for stage in (*STAGES, DOCUMENTS, "total"):
         print(f"{stage:<20}{figures[stage]:>8.2f} µs/record")
     print(json.dumps(figures))

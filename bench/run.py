@@ -306,12 +306,15 @@ def run_collector_alone(records: int, workdir: str) -> List[e2e.CollectorRun]:
 
 
 def run_merge_breakdown(records: int) -> List[Dict[str, float]]:
-    """The merger's stages (µs per record) for the client's records and for bench_collector's."""
+    """The merger's stages (µs per record) for the client's records (with and without the report's
+    side table) and for bench_collector's."""
     from bench import merge_breakdown
     from bench.bench_collector import make_entries
 
+    client = e2e.client_entries(records // e2e.RECORDS_PER_ARC)
     return [
-        merge_breakdown.measure(e2e.client_entries(records // e2e.RECORDS_PER_ARC)),
+        merge_breakdown.measure(client),
+        merge_breakdown.measure(client, side_table=False),
         merge_breakdown.measure(make_entries(records, 1000, 8)),
     ]
 
@@ -330,9 +333,14 @@ def report_merge_breakdown(figures: List[Dict[str, float]]) -> None:
     rows.append(["records/s, one core", *(f"{1e6 / one['total']:,.0f}" for one in figures)])
     print(
         _table(
-            ["stage", "the client's records (10 per ARC)", "bench_collector's records (8 per ARC, named steps)"],
+            [
+                "stage",
+                "the client's records (10 per ARC)",
+                "the same, no side table",
+                "bench_collector's records (8 per ARC, named steps)",
+            ],
             rows,
-            "lrr",
+            "lrrr",
         )
     )
 
