@@ -145,23 +145,106 @@ def fluent_run(arcs: int, sink: Sink, timeout: float = 600.0) -> FluentRun:
         sender.close()
 
 
-def collector_frames(records: int) -> List[Tuple[bytes, str]]:
-    """Pre-encoded PackedForward chunks of ``records`` mona records, as bench/bench_collector.py makes them."""
-    from bench.bench_collector import make_frames
+def client_frames(arcs: int, subs_per_arc: int = 1, chunk: int = 1000) -> List[Tuple[bytes, str]]:
+    """PackedForward chunks (with their chunk ids) of :func:`client_entries`, acks requested."""
+    from mona_client import forward
+    from mona_client.record import TAG
 
-    return make_frames(records, 1000, RECORDS_PER_ARC)
+    frames = []
+    for entries, count in client_entries(arcs, subs_per_arc, chunk):
+        chunk_id = forward.new_chunk_id()
+        frames.append((forward.pack_packed_forward(TAG, entries, count, chunk_id), chunk_id))
+    return frames
 
 
-def collector_alone_run(frames: List[Tuple[bytes, str]], records: int, workdir: str) -> float:
-    """Records/s the collector alone stores: pre-encoded chunks, 8 in flight, until the last ack."""
+def client_entries(arcs: int, subs_per_arc: int = 1, chunk: int = 1000) -> List[Tuple[bytes, int]]:
+    """The entries (a PackedForward blob and its count per chunk of ``chunk``) of the records the mona
+    client sends for ``arcs`` ARCs of :func:`mona_run`'s shape, in the client's form: each ARC its
+    ``arc_class`` record and four exports in the root context, then ``subs_per_arc`` sub-contexts of
+    five exports each (one in :func:`mona_run`), context ids and record ids made as the client makes
+    them."""
+    from mona_client import forward
+
+    source = os.urandom(8).hex()
+    process = os.urandom(8).hex()
+    now = int(time.time())
+    entries: List[bytes] = []
+    blobs: List[Tuple[bytes, int]] = []
+    sequence = 0
+    context_number = 0
+
+    def add(context: str, message: Dict[str, Any]) -> None:
+        nonlocal sequence
+        sequence += 1
+        record = {
+            "user_id": "bench-user",
+            "context": context,
+            "export_timestamp": now,
+            "message": message,
+            "record_id": f"{source}:{sequence}",
+        }
+        entries.append(forward.pack_entry(now, record))
+        if len(entries) == chunk:
+            blobs.append((b"".join(entries), len(entries)))
+            entries.clear()
+
+    for _ in range(arcs):
+        context_number += 1
+        root = f"{process}-{context_number}"
+        add(root, {"MONA_ARC_CLASS": ARC_CLASS})
+        for message in STEP_MESSAGES[:4]:
+            add(root, message)
+        for _ in range(subs_per_arc):
+            context_number += 1
+            sub = f"{root}.{process}-{context_number}"
+            for message in STEP_MESSAGES[4:]:
+                add(sub, message)
+    if entries:
+        blobs.append((b"".join(entries), len(entries)))
+    return blobs
+
+
+@dataclass
+class CollectorRun:
+    """The collector alone fed pre-encoded chunks: seconds until the last ack and until merged."""
+
+    records: int
+    acked_seconds: float
+    merged_seconds: float
+    arcs: int = 0
+    rss: int = 0
+    peak_rss: int = 0
+    merger_rss: int = 0
+    merger_peak_rss: int = 0
+
+    @property
+    def records_per_s(self) -> float:
+        """Records merged into ARCs and queryable per second (the clock stops when the last is)."""
+        return self.records / self.merged_seconds
+
+    @property
+    def acked_per_s(self) -> float:
+        return self.records / self.acked_seconds
+
+
+def collector_alone_run(frames: List[Tuple[bytes, str]], records: int, workdir: str, window: int = 8) -> CollectorRun:
+    """The collector alone: pre-encoded chunks sent ``window`` in flight; timed until the last ack and
+    until its database counts every record merged (its ``tag_stats``, what ``mona stats`` shows)."""
     from bench.bench_collector import send_all
 
     with tempfile.TemporaryDirectory(dir=workdir) as directory:
         collector = CollectorProcess(directory)
         try:
-            elapsed = send_all(collector.port, frames, 8)
-            if not collector.wait_stored(records, 60):
+            started = time.perf_counter()
+            acked = send_all(collector.port, frames, window)
+            if not collector.wait_stored(records, 600, poll=0.002):
                 raise RuntimeError(f"the collector stored {collector.stored()} of {records} records")
+            merged = time.perf_counter() - started
+            arcs, stored_exports = collector.arcs()
+            if stored_exports != records:
+                raise RuntimeError(f"{stored_exports} of {records} records found merged in the ARCs")
+            rss, peak = collector.rss()
+            merger_rss, merger_peak = collector.merger_rss()
         finally:
             collector.stop()
-    return records / elapsed
+    return CollectorRun(records, acked, merged, arcs, rss, peak, merger_rss, merger_peak)

@@ -165,7 +165,7 @@ PACED_ARCS = 500  # the paced runs flush every 500 ARCs (5,000 records)
 
 def run_e2e(arcs: int, repetitions: int, workdir: str, config_path: str, sink: Sink) -> Dict[str, List[Any]]:
     runs: Dict[str, List[Any]] = {"mona": [], "paced": [], "fluent": [], "collector": []}
-    frames = e2e.collector_frames(arcs * e2e.RECORDS_PER_ARC)
+    frames = e2e.client_frames(arcs)
     for repetition in range(repetitions):
         contenders: List[Tuple[str, Callable[[], object]]] = [
             ("collector", lambda: e2e.collector_alone_run(frames, arcs * e2e.RECORDS_PER_ARC, workdir)),
@@ -219,10 +219,10 @@ def report_e2e(runs: Dict[str, List[Any]]) -> Dict[str, float]:
             "1.00×",
         ]
     )
-    collector_rates = runs["collector"]
+    collector_rates = [run.records_per_s for run in runs["collector"]]
     rows.append(
         [
-            "collector alone: pre-encoded chunks, 8 in flight (bench_collector)",
+            "collector alone: the same records pre-encoded, 8 chunks in flight, merged, queryable",
             f"{median([rate * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC for rate in collector_rates]):,.0f}",
             f"{median(collector_rates):,.0f}",
             "",
@@ -257,11 +257,17 @@ def report_e2e(runs: Dict[str, List[Any]]) -> Dict[str, float]:
         f"{median([m.records_per_s / c for m, c in zip(mona_runs, collector_rates)]):.2f}× what the collector "
         "alone stores from pre-encoded chunks in the same repetition (records/s)."
     )
+    print(
+        "the collector alone acks (stores in its raw log) "
+        f"{median([run.acked_per_s for run in runs['collector']]):,.0f} records/s of them; merged is when its "
+        "database counts the last record (tag_stats, what `mona stats` shows)."
+    )
     dropped = max(m.dropped for m in mona_runs)
     return {
         "e2e": median([m.exports_per_s for m in mona_runs]),
         "e2e_over_fluent": over_fluent(mona_runs),
         "e2e_dropped": float(dropped),
+        "collector_alone": median(collector_rates),
     }
 
 
@@ -283,9 +289,111 @@ def run_memory(count: int) -> Dict[str, float]:
     return figures
 
 
-def run_collector_rss(arcs: int, workdir: str, config_path: str) -> e2e.MonaRun:
-    # Paced (a flush every 10,000 ARCs) so that every record reaches the collector.
-    return e2e.mona_run(arcs, workdir, config_path, flush_every=10_000, timeout=900)
+#: The shapes of the collector's memory runs: sub-contexts per ARC (5 records each, plus 5 in the root).
+RSS_SHAPES = (1, 19)  # 10 and 100 records per ARC
+
+
+def run_collector_alone(records: int, workdir: str) -> List[e2e.CollectorRun]:
+    """The collector alone fed ``records`` records of the client's form, once per shape of
+    :data:`RSS_SHAPES` (the same records in 10 and in 100 times fewer ARCs): rate and memory."""
+    runs = []
+    for subs in RSS_SHAPES:
+        per_arc = 5 + 5 * subs
+        frames = e2e.client_frames(records // per_arc, subs)
+        runs.append(e2e.collector_alone_run(frames, records // per_arc * per_arc, workdir))
+        del frames
+    return runs
+
+
+def run_merge_breakdown(records: int) -> List[Dict[str, float]]:
+    """The merger's stages (µs per record) for the client's records (with and without the report's
+    side table) and for bench_collector's."""
+    from bench import merge_breakdown
+    from bench.bench_collector import make_entries
+
+    client = e2e.client_entries(records // e2e.RECORDS_PER_ARC)
+    return [
+        merge_breakdown.measure(client),
+        merge_breakdown.measure(client, side_table=False),
+        merge_breakdown.measure(make_entries(records, 1000, 8)),
+    ]
+
+
+def report_merge_breakdown(figures: List[Dict[str, float]]) -> None:
+    from bench.merge_breakdown import DOCUMENTS, STAGES
+
+    print()
+    print(
+        f"### Where the merger's time goes (µs per record, {int(figures[0]['records']):,} records merged "
+        "in-process, stages timed apart, the write inline)"
+    )
+    print()
+    rows = [[stage, *(f"{one[stage]:.2f}" for one in figures)] for stage in (*STAGES, "total")]
+    rows.insert(len(STAGES) - 1, [f"  {DOCUMENTS} (packed apart)", *(f"{one[DOCUMENTS]:.2f}" for one in figures)])
+    rows.append(["records/s, one core", *(f"{1e6 / one['total']:,.0f}" for one in figures)])
+    print(
+        _table(
+            [
+                "stage",
+                "the client's records (10 per ARC)",
+                "the same, no side table",
+                "bench_collector's records (8 per ARC, named steps)",
+            ],
+            rows,
+            "lrrr",
+        )
+    )
+
+
+def run_burst(exports: int, workdir: str, config_path: str) -> e2e.MonaRun:
+    """One burst of ``exports`` exports from one thread through the client into a running collector."""
+    return e2e.mona_run(-(-exports // e2e.EXPORTS_PER_ARC), workdir, config_path, timeout=1800)
+
+
+def report_collector(runs: List[e2e.CollectorRun], burst: e2e.MonaRun) -> Dict[str, Any]:
+    """Prints the collector's own table (rate, memory at two ARC counts, the client's burst)."""
+    print()
+    print(f"### The collector alone, {runs[0].records:,} records of the client's form, pre-encoded")
+    print()
+    rows = []
+    for run in runs:
+        rows.append(
+            [
+                f"{run.arcs:,} ARCs ({run.records // run.arcs} records each)",
+                f"{run.records_per_s:,.0f}",
+                f"{run.acked_per_s:,.0f}",
+                f"{run.rss / 2**20:,.1f} MiB ({run.peak_rss / 2**20:,.1f})",
+                f"{run.merger_rss / 2**20:,.1f} MiB ({run.merger_peak_rss / 2**20:,.1f})",
+            ]
+        )
+    print(
+        _table(
+            [
+                "run",
+                "merged + queryable, records/s",
+                "acked, records/s",
+                "RSS network side (peak)",
+                "RSS merger (peak)",
+            ],
+            rows,
+            "lrrrr",
+        )
+    )
+    print()
+    print(
+        f"burst: {burst.exports:,} exports ({burst.records:,} records) from one thread through the client into "
+        f"a running `mona collect`: {burst.exports_per_s:,.0f} exports/s merged and queryable "
+        f"(the caller's loop: {burst.exports / burst.export_seconds:,.0f} exports/s); "
+        f"dropped {burst.dropped:,}, spooled {burst.spooled:,} (the client's stats()); "
+        f"collector RSS afterwards {burst.rss / 2**20:,.1f} MiB."
+    )
+    return {
+        "collector_rss": float(max(max(run.rss, run.merger_rss) for run in runs)),
+        "rss_figures": " / ".join(f"{run.rss / 2**20:,.0f}+{run.merger_rss / 2**20:,.0f}" for run in runs),
+        "burst_lost": float(burst.dropped + burst.spooled),
+        "burst_dropped": float(burst.dropped),
+        "burst_spooled": float(burst.spooled),
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -299,7 +407,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     micro_reps = args.repetitions or (2 if quick else 7)
     e2e_reps = args.repetitions or (1 if quick else 5)
     arcs = args.arcs or (300 if quick else 20_000)
-    rss_arcs = 300 if quick else 100_000  # 10 records per ARC: 1,000,000 records
+    collector_records = 3_000 if quick else 1_000_000
+    burst_exports = 3_000 if quick else 1_000_000
     memory_count = 5_000 if quick else 100_000
 
     started = time.monotonic()
@@ -309,7 +418,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir = tempfile.mkdtemp(prefix="mona-bench-")
     sink = start_sink()
     micro: Optional[Micro] = None
-    goals: Dict[str, float] = {}
+    goals: Dict[str, Any] = {}
     try:
         print("  setting up and calibrating", file=sys.stderr, flush=True)
         micro = Micro(sink.port, workdir, quick)
@@ -335,8 +444,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print("  memory", file=sys.stderr, flush=True)
         memory = run_memory(memory_count)
-        print("  collector RSS", file=sys.stderr, flush=True)
-        big = run_collector_rss(rss_arcs, workdir, micro_config(workdir))
         print()
         print("### Memory")
         print()
@@ -346,12 +453,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 f"{memory['tracemalloc_per_export']:,.0f} B (tracemalloc)",
                 f"{memory['rss_per_export']:,.0f} B (RSS growth)",
             ],
-            [
-                f"collector after {big.records - big.dropped:,} records ({big.arcs:,} ARCs; paced run: "
-                f"{big.exports_per_s:,.0f} exports/s)",
-                f"{big.rss / 2**20:,.1f} MiB RSS",
-                f"{big.peak_rss / 2**20:,.1f} MiB peak RSS",
-            ],
         ]
         print(_table(["what", "measured", "also"], rows, "lrr"))
         print()
@@ -360,7 +461,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f"({memory['object_bytes']} B with its object header) plus its slot in the deque."
         )
         goals["memory"] = memory["tracemalloc_per_export"]
-        goals["rss_mib"] = big.rss / 2**20
+
+        print("  the collector alone", file=sys.stderr, flush=True)
+        alone = run_collector_alone(collector_records, workdir)
+        print("  merge breakdown", file=sys.stderr, flush=True)
+        stages = run_merge_breakdown(3_000 if quick else 200_000)
+        print("  burst", file=sys.stderr, flush=True)
+        burst = run_burst(burst_exports, workdir, micro_config(workdir))
+        goals.update(report_collector(alone, burst))
+        report_merge_breakdown(stages)
 
         print()
         print("### Goals")
@@ -387,6 +496,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             ),
             ("end to end ≥ 3× fluent-logger", goals["e2e_over_fluent"] >= 3, _fmt_ratio(goals["e2e_over_fluent"])),
             ("≤ 300 B per queued export", goals["memory"] <= 300, f"{goals['memory']:,.0f} B"),
+            (
+                "collector alone ≥ 400,000 records/s merged and queryable",
+                goals["collector_alone"] >= 400_000,
+                f"{goals['collector_alone']:,.0f} /s",
+            ),
+            (
+                "collector RSS ≤ 64 MiB after 1,000,000 records (each process, both ARC counts)",
+                goals["collector_rss"] <= 64 * 2**20,
+                f"{goals['rss_figures']} MiB",
+            ),
+            (
+                "1,000,000-export burst: 0 dropped, 0 spooled",
+                not goals["burst_lost"],
+                f"{goals['burst_dropped']:,.0f} dropped, {goals['burst_spooled']:,.0f} spooled",
+            ),
         ]
         print(_table(["goal", "measured", "met"], [[g, m, "yes" if ok else "NO"] for g, ok, m in checks], "lrl"))
         print()

@@ -197,19 +197,17 @@ class CollectorProcess:
             time.sleep(poll)
 
     def rss(self) -> tuple[int, int]:
-        """(current RSS, peak RSS) of the collector process, in bytes."""
+        """(current RSS, peak RSS) of the collector process (the network side), in bytes."""
+        return _rss(self.process.pid)
+
+    def merger_rss(self) -> tuple[int, int]:
+        """(current RSS, peak RSS) of the collector's merger process, in bytes ((0, 0): none runs)."""
         import psutil
 
-        rss = psutil.Process(self.process.pid).memory_info().rss
-        peak = rss
-        try:
-            with open(f"/proc/{self.process.pid}/status", encoding="ascii") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        peak = int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return rss, peak
+        for child in psutil.Process(self.process.pid).children():
+            if "mona_collector.merging" in " ".join(child.cmdline()):
+                return _rss(child.pid)
+        return 0, 0
 
     def stop(self) -> None:
         if self._db is not None:
@@ -222,3 +220,19 @@ class CollectorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def _rss(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS: ``VmHWM``) of process ``pid``, in bytes."""
+    import psutil
+
+    rss: int = psutil.Process(pid).memory_info().rss
+    peak = rss
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return rss, peak

@@ -219,6 +219,15 @@ def _set_field(node: Node, field_times: Dict[str, Any], name: str, value: Any, w
         node[NEWEST] = when
 
 
+def _all_strings(message: Dict[Any, Any]) -> bool:
+    """Whether every key of ``message`` is a string (joining them is the cheapest test)."""
+    try:
+        "".join(message)
+    except TypeError:
+        return False
+    return True
+
+
 def _merge_into_node(document: Document, node: Node, message: Dict[Any, Any], when: float) -> None:
     """Merge an export's message into its node, by the merge rule.
 
@@ -226,12 +235,7 @@ def _merge_into_node(document: Document, node: Node, message: Dict[Any, Any], wh
     ``MONA_GLOBALS``, is one ``dict.update``; anything else is merged key by key.
     """
     newest = node[NEWEST]
-    if not is_later_or_same(when, newest) or GLOBALS_KEY in message:
-        _merge_key_by_key(document, node, message, when)
-        return
-    try:
-        "".join(message)  # raises TypeError unless every key is a string
-    except TypeError:
+    if not is_later_or_same(when, newest) or GLOBALS_KEY in message or not _all_strings(message):
         _merge_key_by_key(document, node, message, when)
         return
     fields = node[FIELDS]
@@ -422,7 +426,8 @@ class ArcMerger:
 
         This is the collector's hot loop (once per record): its steps are a few calls, each with a
         fast path for the common case: the next sequential id of the stream seen last, the same ARC
-        as the record before, an export not older than what its node holds.
+        (and the same context, whose node is then not looked up again) as the record before, an
+        export of the same second as every field its node holds, merged inline as one ``dict.update``.
         """
         result = MergeResult()
         is_new = ids.for_message(entries).is_new
@@ -435,6 +440,10 @@ class ArcMerger:
         subs: Dict[str, Node] = {}
         first = last = 0.0
         count = 0
+        # The context id of the record before and its node: a run of records of one context (the
+        # common case) finds its node without splitting the id again.
+        node_context: Optional[str] = None
+        node: Node = []
         index = -1
         for entry in entries:
             index += 1
@@ -469,23 +478,43 @@ class ArcMerger:
                     result.reject(str(exc))
                     continue
             try:
-                root, _, path = context.partition(CONTEXT_SEPARATOR)
-                if root != arc_root or user != arc_user:
-                    if arc_root is not None:
-                        _set_export_times(document, first, last, count)
-                        arc_root = None  # until the next one is open
-                    document, changed = self._open(user, root, when)
-                    subs = document["subs"]
-                    first, last, count = document["first_export"], document["last_export"], document["export_count"]
-                    arc_root, arc_user = root, user
+                if context != node_context or user != arc_user:  # another node than the record before
+                    node_context = None  # until this record's node is found
+                    root, _, path = context.partition(CONTEXT_SEPARATOR)
+                    if root != arc_root or user != arc_user:
+                        if arc_root is not None:
+                            _set_export_times(document, first, last, count)
+                            arc_root = None  # until the next one is open
+                        document, changed = self._open(user, root, when)
+                        subs = document["subs"]
+                        first, last, count = document["first_export"], document["last_export"], document["export_count"]
+                        arc_root, arc_user = root, user
+                    changed.add(path)
+                    node = document["node"] if not path else subs.get(path) or _add_path(document, path, changed)
+                    node_context = context
                 if when < first:
                     first = when
                 elif when > last:
                     last = when
                 count += 1
-                changed.add(path)
-                node = document["node"] if not path else subs.get(path) or _add_path(document, path, changed)
-                _merge_into_node(document, node, message, when)
+                newest = node[NEWEST]
+                # The common case, inlined: every field of the node set at the time of this export
+                # (or none yet), a message of fields only. update(**message) raises TypeError, the
+                # node untouched, unless every key is a string (cheaper than testing them apart).
+                if (
+                    (when == newest or newest is None)
+                    and node[FIELD_TIMES] is None
+                    and ARC_CLASS_KEY not in message
+                    and GLOBALS_KEY not in message
+                ):
+                    try:
+                        node[FIELDS].update(**message)
+                    except TypeError:
+                        _merge_into_node(document, node, message, when)
+                    else:
+                        node[NEWEST] = when
+                else:
+                    _merge_into_node(document, node, message, when)
             except Exception as exc:
                 result.reject(f"cannot be merged: {type(exc).__name__}: {exc}")
         if arc_root is not None:

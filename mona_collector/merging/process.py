@@ -64,8 +64,11 @@ from .record_ids import RecordIdFilter
 
 log = logging.getLogger("mona_collector")
 
-#: Events merged per transaction, at most (a row is never split).
-BATCH_EVENTS = 50000
+#: Events merged per transaction, at most (a row is never split). What a transaction touches stays in
+#: memory until it is committed, twice over while the next one is merged: 10,000 events keep the
+#: merger's RSS about half what 50,000 did (measured: 70 against 140 MiB after 1,000,000 records of
+#: 8 per ARC) at the same rate, a commit costing little next to merging 10,000 records.
+BATCH_EVENTS = 10000
 
 _ARRAY32 = struct.Struct(">BI")
 _DECODING: Dict[str, Any] = dict(
@@ -106,11 +109,16 @@ def _decode_one_by_one(entries: bytes) -> Tuple[List[Any], int]:
     return items, bad
 
 
+_INTEGER = {int}  # the types of a list of integer times (bool is not int to type())
+
+
 def time_span(items: List[Any]) -> Tuple[Optional[float], Optional[float]]:
     """The earliest and latest event time of decoded entries (None, None when there is none)."""
     times = [item[0] for item in items if type(item) is list and len(item) == 2]
     if not times:
         return None, None
+    if set(map(type, times)) == _INTEGER:  # whole seconds (the mona client's times): their own numbers
+        return min(times), max(times)
     if all(map(is_undecoded_extension, times)):
         # EventTime payloads (the network side lets no other extension through) compare as their times.
         first, last = min(value[1] for value in times), max(value[1] for value in times)
