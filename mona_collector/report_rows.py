@@ -20,6 +20,7 @@ This module needs no numpy: the merger uses it too.
 
 from __future__ import annotations
 
+import re
 import struct
 from operator import itemgetter
 from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -30,6 +31,12 @@ from .merging.documents import CLASS, FIELDS, Document, public_document
 from .sql import LOCK_REPORT_CODES, Statements
 
 GLOBALS_PREFIX = "globals."
+#: The name of a sub-ARC with no class whose id the client made up (``new_mona_sub_context()`` without
+#: ``sub_context_id``): such an id is new in every ARC, so as a name it would make a field per ARC that
+#: no two ARCs share, and nothing to compare. Their fields are named ``(unnamed).<field>``.
+UNNAMED_SUB_ARC = "(unnamed)"
+#: The ids the client makes: a random per-process prefix of 16 hex digits, "-", and a counter.
+_GENERATED_ID = re.compile(r"[0-9a-f]{16}-[0-9]+")
 
 #: The kinds of a field's record (the two low bits of its key).
 NUMBER, TEXT, COUNTED, NULL = range(4)
@@ -71,11 +78,22 @@ def _name(key: Any) -> str:
     return key if isinstance(key, str) else str(key)
 
 
+def node_name(sub_id: Any, arc_class: Any) -> str:
+    """How a sub-ARC is named in field names: its class; without one, its sub-context id, unless the
+    client made that id up (:data:`UNNAMED_SUB_ARC`)."""
+    if arc_class is not None:
+        return _name(arc_class)
+    if isinstance(sub_id, str) and _GENERATED_ID.fullmatch(sub_id):
+        return UNNAMED_SUB_ARC
+    return _name(sub_id)
+
+
 def flatten_arc(document: Mapping[str, Any]) -> Dict[str, Any]:
     """The named values of one public ARC document (see docs/arc-document.md).
 
     Root fields keep their name; a sub-ARC's fields are named ``<sub-ARC class>.<field>`` (the
-    sub-context id when the node has no class), recursively, so a field two levels down reads
+    sub-context id when the node has no class, ``(unnamed)`` when the client made that id up),
+    recursively, so a field two levels down reads
     ``MODEL.CALIBRATION.x``; globals are ``globals.<key>``. When two sub-contexts of one ARC share a
     class, their fields share names and the one shown last (depth first) gives the value.
     """
@@ -93,7 +111,7 @@ def _add_sub_arcs(flat: Dict[str, Any], sub_arcs: Mapping[Any, Any], prefix: str
         if not isinstance(node, Mapping):
             continue
         arc_class = node.get("arc_class")
-        name = prefix + _name(arc_class if arc_class is not None else sub_id) + "."
+        name = prefix + node_name(sub_id, arc_class) + "."
         for key, value in (node.get("fields") or {}).items():
             flat[name + _name(key)] = value
         _add_sub_arcs(flat, node.get("sub_arcs") or {}, name)
@@ -113,7 +131,7 @@ def flatten_document(document: Document) -> Dict[str, Any]:
     for path, node in subs.items():
         arc_class = node[CLASS]
         fields = node[FIELDS]
-        flat.update(zip(_prefixed(path if arc_class is None else arc_class, tuple(fields)), fields.values()))
+        flat.update(zip(_prefixed(node_name(path, arc_class), tuple(fields)), fields.values()))
     return flat
 
 
@@ -359,7 +377,9 @@ class RowEncoder:
             names.append(())
         for path, node in document["subs"].items():
             fields = node[FIELDS]
-            names += (path, node[CLASS], tuple(fields))
+            # A child of the root by its name (ids the client made up share one, so ARCs that differ
+            # only by those share a shape); a deeper node by its path, which sends it the slow way.
+            names += (path if CONTEXT_SEPARATOR in path else node_name(path, node[CLASS]), node[CLASS], tuple(fields))
             values += fields.values()
         key = (tuple(names), tuple(map(type, values)))
         shapes = self._codes.shapes
@@ -411,7 +431,7 @@ class RowEncoder:
             path, arc_class, fields = subs[start : start + 3]
             if CONTEXT_SEPARATOR in path:  # a deeper node: the public form decides the order
                 return None
-            flat += _prefixed(path if arc_class is None else arc_class, tuple(_name(name) for name in fields))
+            flat += _prefixed(node_name(path, arc_class), tuple(_name(name) for name in fields))
         return self._shape(flat, types)
 
     def _shape(self, names: Sequence[str], types: Tuple[type, ...]) -> Optional[_Shape]:

@@ -290,3 +290,20 @@ def _tables(path: Path) -> Iterable[Any]:
             connection.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
             for table in ("report_rows", "report_names", "report_labels", "meta")
         ]
+
+
+def test_sub_arcs_with_ids_the_client_made_up_share_one_name() -> None:
+    from mona_collector.report_rows import UNNAMED_SUB_ARC, flatten_arc
+
+    def arc(sub_id: str) -> Dict[str, Any]:
+        return {
+            "fields": {"root": 1},
+            "globals": {},
+            "sub_arcs": {
+                sub_id: {"arc_class": None, "fields": {"score": 0.5}, "sub_arcs": {}},
+                "features": {"arc_class": None, "fields": {"n": 3}, "sub_arcs": {}},
+            },
+        }
+
+    first, second = flatten_arc(arc("3f2a9c0d1e4b5a67-26")), flatten_arc(arc("0123456789abcdef-9001"))
+    assert first == second == {"root": 1, f"{UNNAMED_SUB_ARC}.score": 0.5, "features.n": 3}
