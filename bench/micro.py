@@ -114,7 +114,7 @@ class Micro:
             spool_dir=os.path.join(self.workdir, "spool"),
             print_logs=False,
         )
-        flush = lambda: client.flush(30)  # noqa: E731
+        flush = lambda: client.flush(30)  # noqa: E731 - a callback, read where it is passed
 
         # The record export() encodes, as plain data: msgpack's floor for the same bytes.
         with client.new_mona_context(arc_class=ARC_CLASS) as context_id:

@@ -69,7 +69,7 @@ class _Handler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        counter = self.server.counter  # type: ignore[attr-defined]
+        counter = self.server.counter  # type: ignore[attr-defined]  # set on the server below, for its handlers
         unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=64 * 1024 * 1024)
         while True:
             data = sock.recv(1 << 18)
@@ -97,7 +97,7 @@ class _Server(socketserver.ThreadingTCPServer):
 
 def _serve(port_pipe: Any, counter: Any) -> None:
     server = _Server(("127.0.0.1", 0), _Handler)
-    server.counter = counter  # type: ignore[attr-defined]
+    server.counter = counter  # type: ignore[attr-defined]  # socketserver gives handlers only .server
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port_pipe.send(server.server_address[1])
     port_pipe.recv()  # told to stop

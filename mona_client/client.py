@@ -353,7 +353,7 @@ class new_mona_context(_Block):  # noqa: N801 - used like a function, named as t
         return ""
 
 
-class new_mona_sub_context(_Block):  # noqa: N801
+class new_mona_sub_context(_Block):  # noqa: N801 - used like a function, named as the original API
     """Open a sub-ARC of the current context for the ``with`` block; yields its full id.
 
     The full id is the parent's id and ``sub_context_id`` (a fresh one when empty) joined with ".".
@@ -368,7 +368,7 @@ class new_mona_sub_context(_Block):  # noqa: N801
         arc_class: Optional[str] = None,
         sub_context_id: str = "",
         *,
-        ARC_class: Optional[str] = None,  # noqa: N803
+        ARC_class: Optional[str] = None,  # noqa: N803 - the original client's keyword
         measure_duration: Optional[bool] = None,
     ) -> None:
         self._entry = None
@@ -508,7 +508,7 @@ def init(
     context_id: str = "",
     export_timestamp: Optional[float] = None,
     *,
-    ARC_class: Optional[str] = None,  # noqa: N803
+    ARC_class: Optional[str] = None,  # noqa: N803 - the original client's keyword
 ) -> str:
     """Make a new root ARC the current context, with no block to end it; returns its id.
 
@@ -523,7 +523,7 @@ def init_sub_context(
     arc_class: Optional[str] = None,
     sub_context_id: str = "",
     *,
-    ARC_class: Optional[str] = None,  # noqa: N803
+    ARC_class: Optional[str] = None,  # noqa: N803 - the original client's keyword
 ) -> str:
     """Push a sub-ARC onto the current context; returns its full id. Pair with :func:`close_sub_context`."""
     return new_mona_sub_context(arc_class, sub_context_id, ARC_class=ARC_class).__enter__()

@@ -524,7 +524,7 @@ class ConfigWatcher:
     def _start_observer(self) -> Any:
         # Watch where the name lives and, for a symlink, where its content lives.
         targets = frozenset({self.path, os.path.realpath(self.path)})
-        changed = lambda: self._load(retry_delay=self.RETRY_DELAY)  # noqa: E731
+        changed = lambda: self._load(retry_delay=self.RETRY_DELAY)  # noqa: E731 - a callback, read where it is passed
         if not (gevent_monkey_patched() if self._polling is None else self._polling):
             try:
                 observer = self._native_observer(targets, changed)

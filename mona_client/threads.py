@@ -43,7 +43,7 @@ class MonaThread(threading.Thread):
     # context there rather than in ``run()`` keeps it when a subclass overrides ``run()`` (the usual
     # way to write a thread), which would otherwise run in the new thread's empty context.
     def _bootstrap_inner(self) -> None:
-        self._mona_context.run(super()._bootstrap_inner)  # type: ignore[misc]
+        self._mona_context.run(super()._bootstrap_inner)  # type: ignore[misc]  # threading's private hook, not in its stubs
 
 
 def carry_context(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -79,7 +79,7 @@ def spawn_greenlet(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 def in_new_mona_context(
     arc_class: Optional[str] = None,
     *,
-    ARC_class: Optional[str] = None,  # noqa: N803
+    ARC_class: Optional[str] = None,  # noqa: N803 - the original client's keyword
 ) -> Callable[[F], F]:
     """Decorator: each call of the function runs in a new root ARC of ``arc_class``.
 
@@ -97,13 +97,13 @@ def in_new_mona_context(
                 with new_mona_context(arc_class, ARC_class=ARC_class):
                     return await fn(*args, **kwargs)
 
-            return run_async  # type: ignore[return-value]
+            return run_async  # type: ignore[return-value]  # same signature as fn, which mypy cannot tell
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
             with new_mona_context(arc_class, ARC_class=ARC_class):
                 return fn(*args, **kwargs)
 
-        return run  # type: ignore[return-value]
+        return run  # type: ignore[return-value]  # same signature as fn, which mypy cannot tell
 
     return decorate

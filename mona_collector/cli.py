@@ -544,8 +544,8 @@ def _lock_database(db_path: Path) -> IO[str]:
     no ``fcntl`` (Windows) nothing is locked."""
     lock_path = f"{db_path}.collector.lock"
     try:
-        # Held open for the collector's whole life (the lock lives as long as the file object).
-        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115
+        handle = open(lock_path, "a+", encoding="utf-8")  # noqa: SIM115 - the lock lives as long as the file
+
     except OSError as exc:
         raise CliError(f"cannot create the lock file {_printable(lock_path)}: {exc.strerror}") from None
     try:
