@@ -53,6 +53,7 @@ from .store import (
     _finite,
     _freeze_document,
     _unpack,
+    bookkeeping_rows,
     label_text,
     stats_summary,
 )
@@ -599,12 +600,7 @@ class PostgresStore(ArcStore):
         if changes.frozen is None:
             self.freeze(changes)
         arcs, nodes, report_rows = changes.frozen
-        ranges = [(_key(user), _key(source), json.dumps(r)) for user, source, r in changes.id_ranges]
-        ids = [(_key(user), _key(record_id)) for user, record_id in changes.record_ids]
-        tags = [
-            (_label(tag), c.events, c.rejected, c.duplicates, _finite(c.first_time), _finite(c.last_time))
-            for tag, c in changes.tags.items()
-        ]
+        ranges, ids, tags = bookkeeping_rows(changes, _key, _label)
         try:
             with self._db.transaction(), self._db.cursor() as cursor:
                 self._check_before_write(cursor, changes)

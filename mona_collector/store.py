@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import msgpack
 
@@ -577,6 +577,20 @@ def _class_column(value: Any) -> Any:
     return label_text(value) if type(value) is str else value
 
 
+def bookkeeping_rows(
+    changes: WriteSet, key: Callable[[str], Any], label: Callable[[str], Any]
+) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any, ...]], List[Tuple[Any, ...]]]:
+    """The rows a transaction writes besides the ARCs, the same for every store but for how it keeps
+    ids (``key``) and tags (``label``): the record-id ranges, the single record ids, the tag counters."""
+    ranges = [(key(user), key(source), json.dumps(r)) for user, source, r in changes.id_ranges]
+    ids = [(key(user), key(record_id)) for user, record_id in changes.record_ids]
+    tags = [
+        (label(tag), c.events, c.rejected, c.duplicates, _finite(c.first_time), _finite(c.last_time))
+        for tag, c in changes.tags.items()
+    ]
+    return ranges, ids, tags
+
+
 def _finite(value: Optional[float]) -> Optional[float]:
     """A time for a REAL column: a float (integers beyond 64 bits cannot be bound), None if not finite."""
     if value is None:
@@ -725,12 +739,7 @@ class SQLiteStore(ArcStore):
         if changes.frozen is None:
             self.freeze(changes)
         arcs, nodes, report_rows = changes.frozen
-        ranges = [(db_text(user), db_text(source), json.dumps(r)) for user, source, r in changes.id_ranges]
-        ids = [(db_text(user), db_text(record_id)) for user, record_id in changes.record_ids]
-        tags = [
-            (label_text(tag), c.events, c.rejected, c.duplicates, _finite(c.first_time), _finite(c.last_time))
-            for tag, c in changes.tags.items()
-        ]
+        ranges, ids, tags = bookkeeping_rows(changes, db_text, label_text)
         try:
             self._write(changes, arcs, nodes, report_rows, ranges, ids, tags)
         except sqlite3.Error as exc:
