@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -15,25 +14,25 @@ import time
 from pathlib import Path
 from typing import List
 
-import msgpack
 import pytest
 
 from mona_client.forward import pack_entry
 from mona_client.transport import Sender, SenderOptions
 from mona_collector import Collector
-from tests.support.collector import BASE, TAG, RawClient, bin32, entry, packed_message, record, time_fixext8
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def mona(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", *args], capture_output=True, text=True, env=env, timeout=60
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+from tests.support.collector import (
+    BASE,
+    ROOT,
+    TAG,
+    MonaCollect,
+    RawClient,
+    bin32,
+    entry,
+    packed_message,
+    record,
+    store_through_a_collector,
+    time_fixext8,
+)
+from tests.support.collector import run_mona as mona
 
 
 @pytest.fixture(scope="module")
@@ -98,28 +97,17 @@ def test_missing_database_is_a_clear_error(tmp_path):
 
 def test_collect_runs_until_sigterm_and_stores_what_it_got(tmp_path):
     db = tmp_path / "collect.db"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mona_collector.cli", "collect", "--port", "0", "--db", str(db)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    running = MonaCollect(db)
     try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+).*storing in (.+)$", line)
-        assert match, line
-        client = RawClient(int(match.group(1)))
+        assert re.search(r"storing in .+$", running.listening_line), running.listening_line
+        client = RawClient(running.port)
         client.send(
             packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record("cli-run", {"v": 1}))), {"chunk": "x"})
         )
         assert client.answer() == {"ack": "x"}
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0
+        assert running.stop() == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        running.kill()
     assert json.loads(mona("arcs", "show", "cli-run", "--db", str(db)).stdout)["fields"] == {"v": 1}
 
 
@@ -130,15 +118,7 @@ EVIL_CLASS = "evil\x1b[31m\r\nforged line\x07"
 
 def _fill(path: Path, records: list) -> Path:
     """A database holding ``records`` (strings may carry surrogates: they go out as their raw bytes)."""
-    with Collector(port=0, db_path=path, synchronous="NORMAL", udp_heartbeat=False) as collector:
-        client = RawClient(collector.port)
-        blob = b"".join(
-            b"\x92" + time_fixext8(BASE, 0) + msgpack.packb(rec, use_bin_type=True, unicode_errors="surrogateescape")
-            for rec in records
-        )
-        client.send(packed_message(TAG, bin32(blob), {"chunk": "fill"}))
-        assert client.answer() == {"ack": "fill"}
-        client.close()
+    store_through_a_collector(path, records)
     return path
 
 
@@ -231,39 +211,6 @@ def test_wrong_arguments_are_one_line_and_status_2_never_a_traceback(filled_db, 
 # --- mona collect: files, lock, deletion, users ---------------------------------------------------
 
 
-class Running:
-    """``mona collect`` as a subprocess, with its port once it listens."""
-
-    def __init__(self, db: Path, *extra: str, umask: int = 0o022) -> None:
-        env = dict(os.environ, PYTHONPATH=str(ROOT))
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mona_collector.cli", "collect", "--port", "0", "--db", str(db), *extra],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            preexec_fn=lambda: os.umask(umask),
-        )
-        assert self.process.stderr is not None
-        lines = []
-        for line in self.process.stderr:
-            lines.append(line)
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-            if match:
-                self.port = int(match.group(1))
-                return
-        self.process.wait(30)
-        raise AssertionError("mona collect did not start: " + "".join(lines))
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(30)
-
-
 def _send_one(port: int, context: str, chunk: str) -> None:
     client = RawClient(port)
     client.send(packed_message(TAG, bin32(entry(time_fixext8(BASE, 0), record(context, {"v": 1}))), {"chunk": chunk}))
@@ -273,7 +220,7 @@ def _send_one(port: int, context: str, chunk: str) -> None:
 
 def test_collect_creates_its_files_for_its_user_only(tmp_path):
     db = tmp_path / "new" / "folder" / "c.db"
-    running = Running(db, umask=0o022)
+    running = MonaCollect(db, umask=0o022)
     try:
         _send_one(running.port, "private", "p1")
         deadline = time.monotonic() + 20
@@ -293,7 +240,7 @@ def test_collect_creates_its_files_for_its_user_only(tmp_path):
 
 def test_a_second_collector_on_the_same_database_says_it_is_in_use(tmp_path):
     db = tmp_path / "c.db"
-    first = Running(db)
+    first = MonaCollect(db)
     try:
         second = mona("collect", "--port", "0", "--db", str(db), check=False)  # hangs (test timeout) if it waits
         assert second.returncode == 1
@@ -312,7 +259,7 @@ def test_a_second_collector_on_the_same_database_says_it_is_in_use(tmp_path):
 
 def test_deleting_the_database_stops_the_collector_with_status_1(tmp_path):
     db = tmp_path / "c.db"
-    running = Running(db)
+    running = MonaCollect(db)
     try:
         _send_one(running.port, "before-deletion", "d1")
         for name in ("c.db", "c.raw.db"):
@@ -331,7 +278,7 @@ def test_users_file(tmp_path):
     users = tmp_path / "users.txt"
     users.write_text("# who may send\n\nalice:wonder:land\n  # indented comment\nbob:builder\n")
     users.chmod(0o600)
-    running = Running(tmp_path / "c.db", "--shared-key-file", str(key), "--users-file", str(users))
+    running = MonaCollect(tmp_path / "c.db", "--shared-key-file", str(key), "--users-file", str(users))
     try:
 
         def deliver(user: str, password: str) -> bool:

@@ -4,12 +4,8 @@ collector, a restarted database; the `mona` commands on both stores; migrate and
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Union
@@ -20,52 +16,20 @@ from mona_client.forward import pack_entry
 from mona_client.transport import Sender, SenderOptions
 from mona_collector import Collector
 from mona_collector.databases import open_store
-from tests.support.collector import BASE, TAG, RawClient, bin32, entry, packed_message, record, time_fixext8
+from tests.support.collector import (
+    BASE,
+    TAG,
+    MonaCollect,
+    RawClient,
+    bin32,
+    entry,
+    packed_message,
+    record,
+    store_through_a_collector,
+    time_fixext8,
+)
+from tests.support.collector import run_mona as mona
 from tests.support.postgres import PostgresServer
-
-ROOT = Path(__file__).resolve().parents[2]
-ENV = dict(os.environ, PYTHONPATH=str(ROOT))
-
-
-def mona(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", *args], capture_output=True, text=True, env=ENV, timeout=60
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-class CollectProcess:
-    """``mona collect --db URL`` as a real process; its port read from its first log line."""
-
-    def __init__(self, db: str, port: int = 0) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mona_collector.cli", "collect", "--port", str(port), "--db", db],
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-        )
-        assert self.process.stderr is not None
-        seen = ""
-        match = None
-        while match is None:  # its merger may log first (e.g. that it stands by)
-            line = self.process.stderr.readline()
-            assert line, seen
-            seen += line
-            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
-        self.port = int(match.group(1))
-        # Keep reading its log, so that it never blocks on a full pipe.
-        threading.Thread(target=self.process.stderr.read, daemon=True).start()
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=30)
 
 
 def _sender(port: int) -> Sender:
@@ -94,10 +58,10 @@ def _arcs(db: Union[Path, str]) -> Dict[str, dict]:
 
 
 @pytest.fixture
-def collectors(postgres_url: str) -> Iterator[List[CollectProcess]]:
-    running: List[CollectProcess] = []
+def collectors(postgres_url: str) -> Iterator[List[MonaCollect]]:
+    running: List[MonaCollect] = []
     try:
-        running.extend(CollectProcess(postgres_url) for _ in range(3))
+        running.extend(MonaCollect(postgres_url, drain=True) for _ in range(3))
         yield running
     finally:
         for collector in running:
@@ -141,7 +105,7 @@ def test_three_collectors_a_killed_one_and_failover_store_every_field_once(postg
     # killed collector comes back on its port, where its own sender delivers what it still holds.
     for packed in sent[0]:
         assert senders[1].put(packed)
-    restarted = CollectProcess(postgres_url, first.port)
+    restarted = MonaCollect(postgres_url, port=first.port, drain=True)
     collectors.append(restarted)
     for sender in senders:
         assert sender.flush(60)
@@ -200,17 +164,7 @@ def _fill(db: Union[Path, str], now: Optional[int] = None) -> None:
         record("ctx\udcfe", {"f\udcff": 1}, now - 30, user="user\udcff", record_id="cli:4"),
         "not a record",
     ]
-    import msgpack
-
-    with Collector(port=0, db_path=db, synchronous="NORMAL") as collector:
-        client = RawClient(collector.port)
-        blob = b"".join(
-            b"\x92" + time_fixext8(BASE, 0) + msgpack.packb(rec, use_bin_type=True, unicode_errors="surrogateescape")
-            for rec in records
-        )
-        client.send(packed_message(TAG, bin32(blob), {"chunk": "cli"}))
-        assert client.answer() == {"ack": "cli"}
-        client.close()
+    store_through_a_collector(db, records, chunk="cli")
 
 
 def _without_database_line(text: str) -> str:

@@ -28,6 +28,7 @@ from mona_collector import Collector
 from tests.support.collector import (
     BASE,
     TAG,
+    MonaCollect,
     RawClient,
     bin32,
     entry,
@@ -382,42 +383,21 @@ def test_mona_collect_with_key_file_and_tls(tmp_path, certs):
     db = tmp_path / "cli.db"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("MONA_COLLECTOR_SHARED_KEY", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mona_collector.cli",
-            "collect",
-            "--port",
-            "0",
-            "--db",
-            str(db),
-            "--shared-key-file",
-            str(key_file),
-            "--tls-cert",
-            certs.server_cert,
-            "--tls-key",
-            certs.server_key,
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    tls = ("--tls-cert", certs.server_cert, "--tls-key", certs.server_key)
+    running = MonaCollect(db, "--shared-key-file", str(key_file), *tls, env=env)
     try:
-        assert process.stderr is not None
-        line = process.stderr.readline()
-        match = re.search(r"listening on 127\.0\.0\.1:(\d+) \(TLS, shared key.*storing in", line)
-        assert match, line
-        port = int(match.group(1))
+        line = running.listening_line
+        assert re.search(r"\(TLS, shared key.*storing in", line), line
+        port = running.port
         assert send(port, "cli-secure", 4, ssl_context=tls_context(certs), shared_key=KEY).delivered
         assert not send(port, "cli-wrong", 1, timeout=0.8, ssl_context=tls_context(certs), shared_key="x").delivered
-        process.terminate()
-        assert process.wait(timeout=30) == 0
-        log = process.stderr.read()
+        running.process.terminate()
+        assert running.process.wait(timeout=30) == 0
+        assert running.process.stderr is not None
+        log = running.process.stderr.read()
         assert re.search(r"refused connection from 127\.0\.0\.1:\d+: shared_key mismatch", log), log
     finally:
-        if process.poll() is None:
-            process.kill()
+        running.kill()
     assert stored_arcs(db, "cli-secure") and not stored_arcs(db, "cli-wrong")
 
 

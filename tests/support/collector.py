@@ -6,9 +6,15 @@ entries), so the tests do not depend on how msgpack-python chooses to encode.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
 import sqlite3
 import struct
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Union
@@ -62,6 +68,81 @@ def packed_message(tag: str, entries_field: bytes, option: Optional[Dict[str, An
     if option is not None:
         items.append(msgpack.packb(option, use_bin_type=True))
     return bytes([0x90 + len(items)]) + b"".join(items)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The environment of the ``mona`` subprocesses: this tree's packages first.
+MONA_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def run_mona(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``mona ARGS`` as a user runs it; with ``check`` it must exit 0."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mona_collector.cli", *args], capture_output=True, text=True, env=MONA_ENV, timeout=60
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+class MonaCollect:
+    """``mona collect --port PORT --db DB EXTRA...`` as a real process, its port read from the line that
+    says it listens (``listening_line``; its merger may log before it). ``drain`` keeps reading its log
+    afterwards so that it never blocks on a full pipe; without it the test reads ``process.stderr``."""
+
+    def __init__(
+        self,
+        db: Union[Path, str],
+        *extra: str,
+        port: int = 0,
+        umask: Optional[int] = None,
+        env: Optional[Dict[str, str]] = None,
+        drain: bool = False,
+    ) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mona_collector.cli", "collect", "--port", str(port), "--db", str(db), *extra],
+            stderr=subprocess.PIPE,
+            text=True,
+            env=MONA_ENV if env is None else env,
+            preexec_fn=None if umask is None else (lambda: os.umask(umask)),
+        )
+        assert self.process.stderr is not None
+        seen = ""
+        match = None
+        while match is None:
+            line = self.process.stderr.readline()
+            if not line:
+                self.process.wait(30)
+                raise AssertionError("mona collect did not start: " + seen)
+            seen += line
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        self.listening_line = line
+        self.port = int(match.group(1))
+        if drain:
+            threading.Thread(target=self.process.stderr.read, daemon=True).start()
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=60)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+
+def store_through_a_collector(db: Union[Path, str], records: List[Any], chunk: str = "fill") -> None:
+    """Store ``records`` (strings may carry surrogates: they go out as their raw bytes) in ``db`` through
+    a real collector: one acked PackedForward chunk, merged before the collector stops."""
+    with Collector(port=0, db_path=db, synchronous="NORMAL", udp_heartbeat=False) as running:
+        client = RawClient(running.port)
+        blob = b"".join(
+            b"\x92" + time_fixext8(BASE, 0) + msgpack.packb(rec, use_bin_type=True, unicode_errors="surrogateescape")
+            for rec in records
+        )
+        client.send(packed_message(TAG, bin32(blob), {"chunk": chunk}))
+        assert client.answer() == {"ack": chunk}
+        client.close()
 
 
 class RawClient:
