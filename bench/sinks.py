@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import msgpack
 
@@ -149,7 +149,7 @@ def start_sink() -> Sink:
 class CollectorProcess:
     """``mona collect`` on a free port, storing in ``directory``; :meth:`stored` reads its database."""
 
-    def __init__(self, directory: str, synchronous: str = "FULL") -> None:
+    def __init__(self, directory: str, synchronous: str = "FULL", options: Sequence[str] = ()) -> None:
         self.db_path = os.path.join(directory, "collector.db")
         self.port = free_port()
         self.process = subprocess.Popen(
@@ -165,6 +165,7 @@ class CollectorProcess:
                 "--synchronous",
                 synchronous,
                 "--quiet",
+                *options,
             ],
             stdin=subprocess.DEVNULL,
         )

@@ -69,6 +69,10 @@ log = logging.getLogger("mona_collector")
 #: merger's RSS about half what 50,000 did (measured: 70 against 140 MiB after 1,000,000 records of
 #: 8 per ARC) at the same rate, a commit costing little next to merging 10,000 records.
 BATCH_EVENTS = 10000
+#: The raw rows read for one transaction take at most this share of the cache's bound (at least one
+#: row is read): records of 1 MiB each would otherwise make 10,000 events a 10 GiB transaction, and
+#: what a transaction decodes and touches is held beside the cache until it is committed.
+BATCH_SHARE_OF_CACHE = 0.25
 
 _ARRAY32 = struct.Struct(">BI")
 _DECODING: Dict[str, Any] = dict(
@@ -140,7 +144,8 @@ class MergeLoop:
     allows it (:attr:`ArcStore.concurrent_write`). ``report(watermark, events)`` is called after each
     commit with the new watermark and the events it covered (merged, duplicates and rejected).
 
-    ``cache_bytes`` bounds the document cache and the raw rows read for one transaction, in bytes;
+    ``cache_bytes`` bounds the memory of the document cache, in bytes (see :class:`~.documents.ArcMerger`),
+    and a quarter of it the raw rows read for one transaction;
     ``max_depth`` is the sub-context depth limit (see :class:`~.documents.ArcMerger`).
 
     A failure of the storage itself (:func:`~.store.is_storage_failure`: disk full, I/O error) is
@@ -162,7 +167,7 @@ class MergeLoop:
         self.raw_log = raw_log
         self.report = report
         self.batch_events = batch_events
-        self.batch_bytes = cache_bytes
+        self.batch_bytes = int(cache_bytes * BATCH_SHARE_OF_CACHE)
         self.cache_bytes = cache_bytes
         self.max_depth = max_depth
         self._pressure_logged = False
@@ -203,7 +208,8 @@ class MergeLoop:
     def _pressure(self, cached_bytes: int, limit: int) -> None:
         if not self._pressure_logged:
             self._pressure_logged = True
-            log.warning(
+            # An LRU cache at its bound is how a long-running collector works, not a fault: info.
+            log.info(
                 "collector: the merger's document cache reached its limit of %d bytes (--merge-cache-bytes); "
                 "the least recently used ARCs are evicted and read back from the database when needed "
                 "(logged once)",

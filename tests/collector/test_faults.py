@@ -357,6 +357,41 @@ def test_the_merge_cache_is_bounded_in_bytes(tmp_path, caplog):
     assert len(lines) == 1
 
 
+def test_the_merge_cache_bound_counts_memory_not_stored_bytes(tmp_path):
+    # Documents of many small numbers take several times their stored size in memory: the bound must
+    # hold for what the process holds, not for the msgpack form.
+    db_path = tmp_path / "numbers.db"
+    raw_log = SQLiteRawLog(raw_log_path(db_path), synchronous="OFF")
+    for arc in range(1500):  # 1,500 ARCs of 100 numeric fields in 20 nodes, one chunk each
+        blob = b"".join(
+            entry(
+                time_fixext8(BASE, 0),
+                record(f"n-{arc}" + (f".s{node}" if node else ""), {f"k{k}": arc * 0.5 + k for k in range(5)}),
+            )
+            for node in range(20)
+        )
+        raw_log.append([RawChunk(TAG, time.time(), 20, None, None, blob)])
+    store = SQLiteStore(db_path, synchronous="OFF")
+    limit = 4 * 1024 * 1024
+    try:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            baseline = tracemalloc.get_traced_memory()[0]
+            loop = MergeLoop(store, raw_log, cache_bytes=limit)
+            loop.merge_available()
+            loop.close()
+            gc.collect()
+            held = tracemalloc.get_traced_memory()[0] - baseline
+        finally:
+            tracemalloc.stop()
+        assert held < limit * 1.5, held  # 1,500 documents of about 23 KB each: 34 MB if all stayed
+        assert store.find_arcs("n-1499")[0]["sub_arcs"]["s19"]["fields"]["k4"] == 1499 * 0.5 + 4
+    finally:
+        store.close()
+        raw_log.close()
+
+
 # --- users own what they write -------------------------------------------------------------------------------
 
 
