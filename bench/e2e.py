@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 from bench.micro import ARC_CLASS
 from bench.sinks import CollectorProcess, Sink
@@ -248,3 +248,52 @@ def collector_alone_run(frames: List[Tuple[bytes, str]], records: int, workdir: 
         finally:
             collector.stop()
     return CollectorRun(records, acked, merged, arcs, rss, peak, merger_rss, merger_peak)
+
+
+def split_ceiling_run(
+    halves: Sequence[List[Tuple[bytes, str]]], records: int, workdir: str, window: int = 8
+) -> CollectorRun:
+    """Seconds for two collectors, each with its own database, to merge one half of the ARCs each,
+    sent at once from two threads: the most a merger split in two by ARC key could reach on this
+    machine (a split within one collector would also decode every record twice and share one writer)."""
+    import threading
+
+    from bench.bench_collector import send_all
+
+    with tempfile.TemporaryDirectory(dir=workdir) as directory:
+        collectors = []
+        try:
+            for half in range(len(halves)):
+                os.mkdir(os.path.join(directory, str(half)))
+                collectors.append(CollectorProcess(os.path.join(directory, str(half))))
+            failures: List[BaseException] = []
+
+            def send(port: int, frames: List[Tuple[bytes, str]]) -> None:
+                try:
+                    send_all(port, frames, window)
+                except BaseException as exc:  # SystemExit included: reported by the caller's thread
+                    failures.append(exc)
+
+            started = time.perf_counter()
+            senders = [
+                threading.Thread(target=send, args=(collector.port, frames))
+                for collector, frames in zip(collectors, halves)
+            ]
+            for sender in senders:
+                sender.start()
+            for sender in senders:
+                sender.join()
+            acked = time.perf_counter() - started
+            if failures:
+                raise RuntimeError(f"sending to the two collectors failed: {failures[0]}")
+            share = records // len(halves)
+            for collector in collectors:
+                if not collector.wait_stored(share, 600, poll=0.002):
+                    raise RuntimeError(f"a collector stored {collector.stored()} of {share} records")
+            merged = time.perf_counter() - started
+            if sum(collector.arcs()[1] for collector in collectors) != records:
+                raise RuntimeError("the two collectors' ARCs do not add up to every record")
+        finally:
+            for collector in collectors:
+                collector.stop()
+    return CollectorRun(records, acked, merged)

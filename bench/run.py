@@ -164,11 +164,13 @@ PACED_ARCS = 500  # the paced runs flush every 500 ARCs (5,000 records)
 
 
 def run_e2e(arcs: int, repetitions: int, workdir: str, config_path: str, sink: Sink) -> Dict[str, List[Any]]:
-    runs: Dict[str, List[Any]] = {"mona": [], "paced": [], "fluent": [], "collector": []}
+    runs: Dict[str, List[Any]] = {"mona": [], "paced": [], "fluent": [], "collector": [], "split": []}
     frames = e2e.client_frames(arcs)
+    halves = [e2e.client_frames(arcs // 2), e2e.client_frames(arcs // 2)]
     for repetition in range(repetitions):
         contenders: List[Tuple[str, Callable[[], object]]] = [
             ("collector", lambda: e2e.collector_alone_run(frames, arcs * e2e.RECORDS_PER_ARC, workdir)),
+            ("split", lambda: e2e.split_ceiling_run(halves, arcs // 2 * 2 * e2e.RECORDS_PER_ARC, workdir)),
             ("mona", lambda: e2e.mona_run(arcs, workdir, config_path)),
             ("paced", lambda: e2e.mona_run(arcs, workdir, config_path, flush_every=PACED_ARCS)),
             ("fluent", lambda: e2e.fluent_run(arcs, sink)),
@@ -238,6 +240,25 @@ def report_e2e(runs: Dict[str, List[Any]]) -> Dict[str, float]:
             ),
         ]
     )
+    split_rates = [run.records_per_s for run in runs["split"]]
+    rows.append(
+        [
+            "two collectors, own databases, half the ARCs each, at once (the ceiling of a 2-way split)",
+            f"{median([rate * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC for rate in split_rates]):,.0f}",
+            f"{median(split_rates):,.0f}",
+            "",
+            "",
+            "",
+            _fmt_ratio(
+                median(
+                    [
+                        s * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC / f.exports_per_s
+                        for s, f in zip(split_rates, fluent_runs)
+                    ]
+                )
+            ),
+        ]
+    )
     print(
         _table(
             ["path", "exports/s", "records/s", "caller's loop, exports/s", "spooled", "dropped", "÷ fluent-logger"],
@@ -262,12 +283,18 @@ def report_e2e(runs: Dict[str, List[Any]]) -> Dict[str, float]:
         f"{median([run.acked_per_s for run in runs['collector']]):,.0f} records/s of them; merged is when its "
         "database counts the last record (tag_stats, what `mona stats` shows)."
     )
+    print(
+        "two collectors, each merging half the ARCs into its own database at the same time, merge "
+        f"{median([s / c for s, c in zip(split_rates, collector_rates)]):.2f}× what one collector merges in the "
+        "same repetition: the most a merger split across two processes by ARC key could give on this machine."
+    )
     dropped = max(m.dropped for m in mona_runs)
     return {
         "e2e": median([m.exports_per_s for m in mona_runs]),
         "e2e_over_fluent": over_fluent(mona_runs),
         "e2e_dropped": float(dropped),
         "collector_alone": median(collector_rates),
+        "split_ceiling": median(split_rates),
     }
 
 
