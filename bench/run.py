@@ -222,43 +222,23 @@ def report_e2e(runs: Dict[str, List[Any]]) -> Dict[str, float]:
         ]
     )
     collector_rates = [run.records_per_s for run in runs["collector"]]
-    rows.append(
-        [
-            "collector alone: the same records pre-encoded, 8 chunks in flight, merged, queryable",
-            f"{median([rate * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC for rate in collector_rates]):,.0f}",
-            f"{median(collector_rates):,.0f}",
-            "",
-            "",
-            "",
-            _fmt_ratio(
-                median(
-                    [
-                        c * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC / f.exports_per_s
-                        for c, f in zip(collector_rates, fluent_runs)
-                    ]
-                )
-            ),
-        ]
-    )
     split_rates = [run.records_per_s for run in runs["split"]]
-    rows.append(
-        [
-            "two collectors, own databases, half the ARCs each, at once (the ceiling of a 2-way split)",
-            f"{median([rate * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC for rate in split_rates]):,.0f}",
-            f"{median(split_rates):,.0f}",
-            "",
-            "",
-            "",
-            _fmt_ratio(
-                median(
-                    [
-                        s * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC / f.exports_per_s
-                        for s, f in zip(split_rates, fluent_runs)
-                    ]
-                )
-            ),
-        ]
-    )
+    for label, rates in (
+        ("collector alone: the same records pre-encoded, 8 chunks in flight, merged, queryable", collector_rates),
+        ("two collectors, own databases, half the ARCs each, at once (the ceiling of a 2-way split)", split_rates),
+    ):
+        exports_per_s = [rate * e2e.EXPORTS_PER_ARC / e2e.RECORDS_PER_ARC for rate in rates]
+        rows.append(
+            [
+                label,
+                f"{median(exports_per_s):,.0f}",
+                f"{median(rates):,.0f}",
+                "",
+                "",
+                "",
+                _fmt_ratio(median([rate / f.exports_per_s for rate, f in zip(exports_per_s, fluent_runs)])),
+            ]
+        )
     print(
         _table(
             ["path", "exports/s", "records/s", "caller's loop, exports/s", "spooled", "dropped", "÷ fluent-logger"],
