@@ -191,6 +191,23 @@ class WriteSet:
     changed_nodes: Dict[ArcKey, Set[str]] = field(default_factory=dict)
 
 
+class PreparedWrite(NamedTuple):
+    """A merger transaction as the SQLite store writes it: rows of plain values, so that another
+    process can write it (see :mod:`mona_collector.merging.writer`)."""
+
+    watermark: Optional[int]
+    log_id: str
+    arcs: List[Tuple[Any, ...]]
+    nodes: List[Tuple[Any, ...]]
+    report_rows: Optional[EncodedRows]
+    ranges: List[Tuple[Any, ...]]
+    ids: List[Tuple[Any, ...]]
+    tags: List[Tuple[Any, ...]]
+    #: The side-table codes of epochs before this one must be translated when written (see
+    #: :class:`~.report_rows.RowEncoder`).
+    codes_valid_from: int
+
+
 class RawLog(abc.ABC):
     """The append-only ingest log: written by the network side, read in id order by the merger."""
 
@@ -736,44 +753,62 @@ class SQLiteStore(ArcStore):
         changes.frozen = (arcs, nodes, EncodedRows(rows, encoder.take()))
 
     def write(self, changes: WriteSet) -> None:
+        self.write_prepared(self.prepare_write(changes))
+
+    def prepare_write(self, changes: WriteSet) -> PreparedWrite:
+        """The rows ``changes`` writes, as plain values (what a writer process is sent)."""
         if changes.frozen is None:
             self.freeze(changes)
         arcs, nodes, report_rows = changes.frozen
         ranges, ids, tags = bookkeeping_rows(changes, db_text, label_text)
+        return PreparedWrite(
+            changes.watermark,
+            changes.log_id,
+            arcs,
+            nodes,
+            report_rows,
+            ranges,
+            ids,
+            tags,
+            self._report_rows.invalid_before,
+        )
+
+    def write_prepared(self, prepared: PreparedWrite) -> None:
+        """Write what :meth:`prepare_write` made, here or in another process, in one transaction."""
+        codes = self._report_rows
+        codes.invalid_before = max(codes.invalid_before, prepared.codes_valid_from)
         try:
-            self._write(changes, arcs, nodes, report_rows, ranges, ids, tags)
+            self._write(prepared)
         except sqlite3.Error as exc:
             if is_storage_failure(exc):
                 raise StoreUnavailable(f"cannot write to {self.path}: {exc}") from exc
             raise
 
-    def _write(
-        self,
-        changes: WriteSet,
-        arcs: Any,
-        nodes: Any,
-        report_rows: Optional[EncodedRows],
-        ranges: Any,
-        ids: Any,
-        tags: Any,
-    ) -> None:
+    @property
+    def report_codes(self) -> RowEncoder:
+        """The encoder of the report's side-table rows (its codes' validity is shared with a writer)."""
+        return self._report_rows
+
+    def _write(self, prepared: PreparedWrite) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            if changes.watermark is not None:
-                if _watermark(db, changes.log_id) >= changes.watermark:
-                    raise StoreError(f"raw rows up to {changes.watermark} are merged already (by another merger?)")
+            if prepared.watermark is not None:
+                if _watermark(db, prepared.log_id) >= prepared.watermark:
+                    raise StoreError(f"raw rows up to {prepared.watermark} are merged already (by another merger?)")
                 db.executemany(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                    [(_WATERMARK, str(changes.watermark)), (_WATERMARK_LOG, changes.log_id)],
+                    [(_WATERMARK, str(prepared.watermark)), (_WATERMARK_LOG, prepared.log_id)],
                 )
-            db.executemany(_UPSERT_ARC, arcs)
-            db.executemany(_UPSERT_NODE, nodes)
-            if report_rows:
-                write_rows(SQLiteStatements(db), self._report_rows, report_rows)
-            db.executemany("INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", ranges)
-            db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", ids)
-            db.executemany(_UPSERT_TAG, tags)
+            db.executemany(_UPSERT_ARC, prepared.arcs)
+            db.executemany(_UPSERT_NODE, prepared.nodes)
+            if prepared.report_rows:
+                write_rows(SQLiteStatements(db), self._report_rows, prepared.report_rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", prepared.ranges
+            )
+            db.executemany("INSERT OR IGNORE INTO seen_ids (user_id, record_id) VALUES (?, ?)", prepared.ids)
+            db.executemany(_UPSERT_TAG, prepared.tags)
             db.execute("COMMIT")
         except BaseException:
             self._report_rows.invalidate()  # the codes inserted in this transaction are gone

@@ -34,7 +34,7 @@ import struct
 import subprocess
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -61,6 +61,7 @@ from . import protocol
 from .documents import DEFAULT_CACHE_BYTES, DEFAULT_MAX_DEPTH, ArcMerger
 from .protocol import Command, InputClosed, RowsAppended, StopAt
 from .record_ids import RecordIdFilter
+from .writer import Committer, ThreadCommitter, WriterProcess
 
 log = logging.getLogger("mona_collector")
 
@@ -159,7 +160,7 @@ class MergeLoop:
         raw_log: RawLog,
         report: Callable[[int, int], None] = lambda watermark, events: None,
         batch_events: int = BATCH_EVENTS,
-        committer: Optional[Any] = None,
+        committer: Optional[Committer] = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
@@ -176,8 +177,8 @@ class MergeLoop:
         self.rejected_log = RateLimitedLog(60.0, log)
         self._new()
         if committer is None and store.concurrent_write:
-            committer = ThreadPoolExecutor(1, "mona-merger-commit")
-        #: Runs ``store.write`` in the background (an executor: ``submit(fn, changes)``), or None.
+            committer = ThreadCommitter(store)
+        #: Writes transactions in the background (see .writer), or None: written inline.
         self._committer = committer
         self._writing: Optional[Tuple[Future[None], WriteSet, int]] = None
 
@@ -250,7 +251,7 @@ class MergeLoop:
     def close(self) -> None:
         self.flush()
         if self._committer is not None:
-            self._committer.shutdown(wait=True)
+            self._committer.close()
 
     # --- one transaction ---------------------------------------------------------------------------
 
@@ -315,7 +316,7 @@ class MergeLoop:
                 return
             self._done(changes, events)
         else:
-            self._writing = (self._committer.submit(self.store.write, changes), changes, events)
+            self._writing = (self._committer.commit(changes), changes, events)
             changes.arcs = []  # what is written is in changes.frozen
 
     def _done(self, changes: WriteSet, events: int) -> None:
@@ -490,7 +491,14 @@ def _run_worker(args: argparse.Namespace, commands: queue.Queue[Command], parent
             raw_log = SQLiteRawLog(raw_log_path(args.db), synchronous=args.synchronous)
             try:
                 _merge_from_commands(
-                    MergeLoop(store, raw_log, parent.report, cache_bytes=args.cache_bytes, max_depth=args.max_depth),
+                    MergeLoop(
+                        store,
+                        raw_log,
+                        parent.report,
+                        committer=WriterProcess(store, args.synchronous),
+                        cache_bytes=args.cache_bytes,
+                        max_depth=args.max_depth,
+                    ),
                     commands,
                     raw_log,
                     parent,
@@ -791,7 +799,7 @@ class MergerThread:
         self.last_error: Optional[str] = None
         self._commands: queue.Queue[Command] = queue.Queue()
         self._store = store
-        self._options: Dict[str, int] = dict(cache_bytes=cache_bytes, max_depth=max_depth)
+        self._cache_bytes, self._max_depth = cache_bytes, max_depth
         self._raw_log = raw_log
         self._loop = self._new_loop()
         self._max_backoff = max_backoff
@@ -799,7 +807,9 @@ class MergerThread:
         self._thread = threading.Thread(target=self._run, name="mona-merger", daemon=True)
 
     def _new_loop(self) -> MergeLoop:
-        return MergeLoop(self._store, self._raw_log, self.progress.update, **self._options)
+        return MergeLoop(
+            self._store, self._raw_log, self.progress.update, cache_bytes=self._cache_bytes, max_depth=self._max_depth
+        )
 
     def start(self, timeout: float = 60.0) -> None:
         self.progress.update(self._loop.watermark, 0)

@@ -287,9 +287,15 @@ def test_show_and_export_a_document_deeper_than_any_limit(db_path, tmp_path, cap
 
 
 def _written_bytes(pid: int) -> int:
-    """What process ``pid`` passed to write calls so far (``wchar``: database files and WALs alike)."""
-    with open(f"/proc/{pid}/io", encoding="ascii") as f:
-        return int(dict(line.split(": ") for line in f.read().splitlines())["wchar"])
+    """What the merger process ``pid`` wrote to the database so far: what its writer process (its
+    child, when it has one) passed to write calls (``wchar``: database files and WALs alike)."""
+    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+        children = [int(child) for child in f.read().split()]
+    written = 0
+    for process in children or [pid]:
+        with open(f"/proc/{process}/io", encoding="ascii") as f:
+            written += int(dict(line.split(": ") for line in f.read().splitlines())["wchar"])
+    return written
 
 
 def _bytes_written_for_steps(db_path: Path, transactions: int, steps_per_transaction: int = 10) -> int:
