@@ -30,6 +30,7 @@ from mona_client.propagation import (
 )
 from tests.support.embedded import Embedded, embedded
 from tests.support.receiver import ForwardReceiver
+from tests.support.waiting import wait_until
 
 __all__ = ["embedded"]
 
@@ -394,7 +395,7 @@ def test_asgi_with_uvicorn_starlette_and_httpx(mona):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        assert _wait(lambda: server.started and server.servers)
+        assert wait_until(lambda: server.started and server.servers)
         port = server.servers[0].sockets[0].getsockname()[1]
 
         async def main() -> List[Tuple[int, str, str]]:
@@ -430,17 +431,6 @@ def test_httpx_sync_client_sends_the_header(mona, wsgi_server):
     with instrument_client(httpx.Client(timeout=20)) as http, client.new_mona_context() as caller:
         body = http.get(f"{wsgi_server}/x?q=httpx").text
     assert body == caller
-
-
-def _wait(predicate: Callable[[], Any], timeout: float = 20.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 # --- processes ------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from tests.support.collector import (
     stored_arcs,
     time_fixext8,
 )
+from tests.support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 COLLECTOR_LOG = "mona_collector"
@@ -68,15 +69,6 @@ def _error_lines(caplog, text: str) -> List[str]:
         for r in caplog.records
         if r.name == COLLECTOR_LOG and r.levelno >= logging.ERROR and text in r.getMessage()
     ]
-
-
-def _wait(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # --- a merger that dies --------------------------------------------------------------------------------
@@ -145,7 +137,7 @@ def test_full_disk_restarts_the_merger_and_nothing_unstored_is_acked(small_disk,
         assert collector.wait_merged()
         filler = _fill(small_disk, leave=450_000)  # room for the raw row, not for merging it too
         _send(client, [record("during", {"big": big}, record_id="s:2")], "2")
-        assert _wait(lambda: collector.merger_restarts >= 1), "the merger did not die on the full disk"
+        assert wait_until(lambda: collector.merger_restarts >= 1), "the merger did not die on the full disk"
         assert _error_lines(caplog, "the merger process died (StoreUnavailable: cannot write to")
         assert "collector merger: stopped, the storage failed" in capfd.readouterr().err  # the merger's own line
         # The network side cannot store this one: it must not ack it (the sender keeps it).

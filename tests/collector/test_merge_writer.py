@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -19,6 +19,7 @@ from mona_collector.merging.writer import ThreadCommitter, WriteRefusedError, Wr
 from mona_collector.report_rows import TEXT
 from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, TagCounts, WriteSet, raw_log_path
 from tests.support.collector import BASE, RawClient, bin32, entry, packed_message, record, stats, time_fixext8
+from tests.support.waiting import wait_until
 
 from .report.test_report_side_table import _document, assert_side_table_matches, side_table
 
@@ -197,15 +198,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_for(predicate: Any, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 def _send(client: RawClient, records: List[Dict[str, Any]], chunk: str) -> None:
     blob = b"".join(entry(time_fixext8(BASE, 0), rec) for rec in records)
     client.send(packed_message(TAG, bin32(blob), {"chunk": chunk}))
@@ -216,22 +208,29 @@ def _arc_records(first: int, count: int) -> List[Dict[str, Any]]:
     return [record(f"arc-{n % 50}", {f"f{n}": n}, record_id=f"k:{n}") for n in range(first, first + count)]
 
 
-def test_a_killed_writer_restarts_the_merger_and_loses_nothing(tmp_path: Path) -> None:
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Tuple[Path, Collector, RawClient]]:
+    """A collector whose merger merged a first chunk of 500 records (ARCs ``arc-0`` to ``arc-49``)."""
     db_path = tmp_path / "collector.db"
     with Collector(port=0, db_path=db_path, synchronous="NORMAL", merger_max_backoff=0.5) as collector:
         client = RawClient(collector.port)
         _send(client, _arc_records(0, 500), "0")
         assert collector.wait_merged()
-        (writer,) = _children(collector._merger.pid)
-        for chunk in range(1, 11):  # the writer dies while these arrive
-            if chunk == 3:
-                os.kill(writer, signal.SIGKILL)
-            _send(client, _arc_records(chunk * 500, 500), str(chunk))
-        _send(client, _arc_records(1000, 500), "again")  # resent: every record is a duplicate
-        assert collector.wait_merged(60), "the merger did not come back"
-        assert collector.merger_restarts >= 1
-        (new_writer,) = _children(collector._merger.pid)
-        assert new_writer != writer
+        yield db_path, collector, client
+
+
+def test_a_killed_writer_restarts_the_merger_and_loses_nothing(running: Tuple[Path, Collector, RawClient]) -> None:
+    db_path, collector, client = running
+    (writer,) = _children(collector._merger.pid)
+    for chunk in range(1, 11):  # the writer dies while these arrive
+        if chunk == 3:
+            os.kill(writer, signal.SIGKILL)
+        _send(client, _arc_records(chunk * 500, 500), str(chunk))
+    _send(client, _arc_records(1000, 500), "again")  # resent: every record is a duplicate
+    assert collector.wait_merged(60), "the merger did not come back"
+    assert collector.merger_restarts >= 1
+    (new_writer,) = _children(collector._merger.pid)
+    assert new_writer != writer
     counts = stats(db_path)
     assert counts["events"] == 5500 and counts["duplicates"] == 500
     assert "writer" in counts["merger_last_error"]
@@ -239,17 +238,12 @@ def test_a_killed_writer_restarts_the_merger_and_loses_nothing(tmp_path: Path) -
         assert db.execute("SELECT count(*), sum(export_count) FROM arcs").fetchone() == (50, 5500)
 
 
-def test_the_writer_ends_with_its_merger(tmp_path: Path) -> None:
-    db_path = tmp_path / "collector.db"
-    with Collector(port=0, db_path=db_path, synchronous="NORMAL", merger_max_backoff=0.5) as collector:
-        client = RawClient(collector.port)
-        _send(client, _arc_records(0, 100), "0")
-        assert collector.wait_merged()
-        merger = collector._merger.pid
-        (writer,) = _children(merger)
-        os.kill(merger, signal.SIGKILL)
-        assert _wait_for(lambda: not _alive(writer)), "the writer outlived its merger"
-        _send(client, _arc_records(100, 100), "1")
-        assert collector.wait_merged(30), "the merger was not restarted"
-    assert stats(db_path)["events"] == 200
-    assert not _alive(writer)
+def test_the_writer_ends_with_its_merger(running: Tuple[Path, Collector, RawClient]) -> None:
+    db_path, collector, client = running
+    merger = collector._merger.pid
+    (writer,) = _children(merger)
+    os.kill(merger, signal.SIGKILL)
+    assert wait_until(lambda: not _alive(writer)), "the writer outlived its merger"
+    _send(client, _arc_records(500, 100), "1")
+    assert collector.wait_merged(30), "the merger was not restarted"
+    assert stats(db_path)["events"] == 600

@@ -10,13 +10,14 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
 from mona_collector import Collector
 from mona_collector.alerts.state import connect, read_alerts
 from tests.support.collector import TAG, RawClient, bin32, entry, packed_message, record, time_fixext8, wait_merged
+from tests.support.waiting import wait_until
 
 from .conftest import Webhook
 
@@ -41,13 +42,6 @@ def _send(port: int, start: int, count: int) -> None:
         assert client.answer() == {"ack": f"k{start}"}
     finally:
         client.close()
-
-
-def _wait(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _alerts(db_path: Path) -> Dict[str, Any]:
@@ -77,12 +71,12 @@ def test_a_webhook_down_then_failing_then_back_gets_everything(tmp_path: Path) -
     db_path = tmp_path / "arcs.db"
     with Collector(port=0, db_path=db_path, synchronous="NORMAL", evaluate_every=0.2, alerts_config=str(config)) as c:
         _send(c.port, 0, 50)
-        _wait(lambda: _alerts(db_path).get("any") is not None and _alerts(db_path)["any"].state == "open")
+        assert wait_until(lambda: _alerts(db_path).get("any") is not None and _alerts(db_path)["any"].state == "open")
         _send(c.port, 50, 50)  # ingest goes on while the sink fails
         config.write_text(
             json.dumps({"alerts": {"rules": [{**VOLUME_RULE, "above": 1e9}], "sinks": sinks, "max_backoff": 0.3}})
         )
-        _wait(lambda: _alerts(db_path)["any"].state == "resolved")
+        assert wait_until(lambda: _alerts(db_path)["any"].state == "resolved")
         _send(c.port, 100, 50)
         webhook = Webhook(port, answers=[500, 500, 500])  # back, but failing three times first
         try:
@@ -102,11 +96,11 @@ def test_an_invalid_edit_keeps_the_previous_rules(tmp_path: Path, caplog: pytest
         loop = c.alerts
         assert loop is not None
         _send(c.port, 0, 10)
-        _wait(lambda: "any" in _alerts(db_path) and _alerts(db_path)["any"].state == "open")
+        assert wait_until(lambda: "any" in _alerts(db_path) and _alerts(db_path)["any"].state == "open")
         with caplog.at_level(logging.ERROR, logger="mona_collector.alerts"):
             config.write_text('{"alerts": {"rules": [{"subject": "volume", "abov": 1}]}}')
             seen = loop.evaluations
-            _wait(lambda: loop.evaluations >= seen + 5)
+            assert wait_until(lambda: loop.evaluations >= seen + 5)
         errors = [r.getMessage() for r in caplog.records if "previous rules keep running" in r.getMessage()]
         assert len(errors) == 1 and "alerts.rules[0].abov: unknown key" in errors[0]
         assert [rule.name for rule in loop.config.rules] == ["any"]
@@ -122,7 +116,7 @@ def test_a_command_sink_gets_the_alert_on_stdin(tmp_path: Path) -> None:
     db_path = tmp_path / "arcs.db"
     with Collector(port=0, db_path=db_path, synchronous="NORMAL", evaluate_every=0.1, alerts_config=str(config)) as c:
         _send(c.port, 0, 10)
-        _wait(lambda: out.exists() and out.read_text().strip() != "")
+        assert wait_until(lambda: out.exists() and out.read_text().strip() != "")
     lines: List[Dict[str, Any]] = [json.loads(line) for line in out.read_text().splitlines() if line]
     assert [(body["event"], body["rule"], body["arc_class"]) for body in lines] == [("open", "any", "SCORER")]
 
