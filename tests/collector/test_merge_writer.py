@@ -15,9 +15,9 @@ import pytest
 from mona_client.record import TAG
 from mona_collector import Collector
 from mona_collector.merging.process import MergeLoop
-from mona_collector.merging.writer import ThreadCommitter, WriteRefusedError, WriterProcess
+from mona_collector.merging.writer import ThreadCommitter, WriterProcess
 from mona_collector.report_rows import TEXT
-from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, TagCounts, WriteSet, raw_log_path
+from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, raw_log_path
 from tests.support.collector import BASE, RawClient, bin32, entry, packed_message, record, stats, time_fixext8
 from tests.support.waiting import wait_until
 
@@ -104,24 +104,6 @@ def store(tmp_path: Path) -> Any:
 def _changes(context: str, fields: Dict[str, Any], watermark: Optional[int] = None) -> WriteSet:
     changes = WriteSet(arcs=[(("u", context), _document(context, fields))], watermark=watermark, log_id="log")
     return changes
-
-
-def test_a_transaction_the_writer_cannot_write_is_refused_and_the_next_written(store: SQLiteStore) -> None:
-    writer = WriterProcess(store)
-    try:
-        failing = _changes("one", {"first": "x"})
-        failing.tags["t"] = TagCounts(events=2**70)  # SQLite cannot bind it: the transaction rolls back
-        store.freeze(failing)  # gives "first" and "x" their codes
-        following = _changes("two", {"first": "x", "second": "y"})
-        store.freeze(following)  # encoded before the failure is known: the writer must translate it
-        with pytest.raises(WriteRefusedError, match="OverflowError"):
-            writer.commit(failing).result(timeout=60)
-        writer.commit(following).result(timeout=60)
-        writer.commit(_changes("three", {"first": "z"})).result(timeout=60)
-    finally:
-        writer.close()
-    assert_side_table_matches(store.path)
-    assert list(side_table(store.path)) == [("u", "two"), ("u", "three")]
 
 
 def test_codes_taken_meanwhile_are_translated_by_the_writer_and_the_merger_hears_of_it(store: SQLiteStore) -> None:
