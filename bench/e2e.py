@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Sequence, Tuple
 
 from bench.micro import ARC_CLASS
@@ -216,6 +216,10 @@ class CollectorRun:
     peak_rss: int = 0
     merger_rss: int = 0
     merger_peak_rss: int = 0
+    writer_rss: int = 0
+    writer_peak_rss: int = 0
+    #: CPU seconds each of the collector's processes used from the first record to the last merged.
+    cpu: Dict[str, float] = field(default_factory=dict)
 
     @property
     def records_per_s(self) -> float:
@@ -235,6 +239,7 @@ def collector_alone_run(frames: List[Tuple[bytes, str]], records: int, workdir: 
     with tempfile.TemporaryDirectory(dir=workdir) as directory:
         collector = CollectorProcess(directory)
         try:
+            cpu_before = collector.idle_cpu_seconds()
             started = time.perf_counter()
             acked = send_all(collector.port, frames, window)
             if not collector.wait_stored(records, 600, poll=0.002):
@@ -243,11 +248,13 @@ def collector_alone_run(frames: List[Tuple[bytes, str]], records: int, workdir: 
             arcs, stored_exports = collector.arcs()
             if stored_exports != records:
                 raise RuntimeError(f"{stored_exports} of {records} records found merged in the ARCs")
+            cpu = {name: seconds - cpu_before.get(name, 0.0) for name, seconds in collector.cpu_seconds().items()}
             rss, peak = collector.rss()
             merger_rss, merger_peak = collector.merger_rss()
+            writer_rss, writer_peak = collector.writer_rss()
         finally:
             collector.stop()
-    return CollectorRun(records, acked, merged, arcs, rss, peak, merger_rss, merger_peak)
+    return CollectorRun(records, acked, merged, arcs, rss, peak, merger_rss, merger_peak, writer_rss, writer_peak, cpu)
 
 
 def split_ceiling_run(

@@ -364,6 +364,7 @@ def report_collector(runs: List[e2e.CollectorRun], burst: e2e.MonaRun) -> Dict[s
     print()
     rows = []
     for run in runs:
+        cpu = [run.cpu.get(name, 0.0) / run.records * 1e6 for name in ("network side", "merger", "writer")]
         rows.append(
             [
                 f"{run.arcs:,} ARCs ({run.records // run.arcs} records each)",
@@ -371,6 +372,9 @@ def report_collector(runs: List[e2e.CollectorRun], burst: e2e.MonaRun) -> Dict[s
                 f"{run.acked_per_s:,.0f}",
                 f"{run.rss / 2**20:,.1f} MiB ({run.peak_rss / 2**20:,.1f})",
                 f"{run.merger_rss / 2**20:,.1f} MiB ({run.merger_peak_rss / 2**20:,.1f})",
+                f"{run.writer_rss / 2**20:,.1f} MiB ({run.writer_peak_rss / 2**20:,.1f})",
+                " / ".join(f"{value:.2f}" for value in cpu),
+                f"{sum(run.cpu.values()) / run.merged_seconds:.2f}",
             ]
         )
     print(
@@ -381,9 +385,12 @@ def report_collector(runs: List[e2e.CollectorRun], burst: e2e.MonaRun) -> Dict[s
                 "acked, records/s",
                 "RSS network side (peak)",
                 "RSS merger (peak)",
+                "RSS writer (peak)",
+                "CPU µs/record: network side / merger / writer",
+                "cores busy",
             ],
             rows,
-            "lrrrr",
+            "lrrrrrrr",
         )
     )
     print()
@@ -395,8 +402,10 @@ def report_collector(runs: List[e2e.CollectorRun], burst: e2e.MonaRun) -> Dict[s
         f"collector RSS afterwards {burst.rss / 2**20:,.1f} MiB."
     )
     return {
-        "collector_rss": float(max(max(run.rss, run.merger_rss) for run in runs)),
-        "rss_figures": " / ".join(f"{run.rss / 2**20:,.0f}+{run.merger_rss / 2**20:,.0f}" for run in runs),
+        "collector_rss": float(max(max(run.rss, run.merger_rss, run.writer_rss) for run in runs)),
+        "rss_figures": " / ".join(
+            f"{run.rss / 2**20:,.0f}+{run.merger_rss / 2**20:,.0f}+{run.writer_rss / 2**20:,.0f}" for run in runs
+        ),
         "burst_lost": float(burst.dropped + burst.spooled),
         "burst_dropped": float(burst.dropped),
         "burst_spooled": float(burst.spooled),

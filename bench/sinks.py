@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import msgpack
 
@@ -201,14 +201,52 @@ class CollectorProcess:
         """(current RSS, peak RSS) of the collector process (the network side), in bytes."""
         return _rss(self.process.pid)
 
-    def merger_rss(self) -> tuple[int, int]:
-        """(current RSS, peak RSS) of the collector's merger process, in bytes ((0, 0): none runs)."""
+    def processes(self) -> Dict[str, int]:
+        """The pids of the collector's processes: ``network side``, ``merger`` and ``writer`` (the
+        merger's writer), those that run."""
         import psutil
 
-        for child in psutil.Process(self.process.pid).children():
-            if "mona_collector.merging" in " ".join(child.cmdline()):
-                return _rss(child.pid)
-        return 0, 0
+        found = {"network side": self.process.pid}
+        for child in psutil.Process(self.process.pid).children(recursive=True):
+            command = " ".join(child.cmdline())
+            if "mona_collector.merging.writer" in command:
+                found["writer"] = child.pid
+            elif "mona_collector.merging" in command:
+                found["merger"] = child.pid
+        return found
+
+    def merger_rss(self) -> tuple[int, int]:
+        """(current RSS, peak RSS) of the collector's merger process, in bytes ((0, 0): none runs)."""
+        pid = self.processes().get("merger")
+        return (0, 0) if pid is None else _rss(pid)
+
+    def writer_rss(self) -> tuple[int, int]:
+        """(current RSS, peak RSS) of the merger's writer process, in bytes ((0, 0): none runs)."""
+        pid = self.processes().get("writer")
+        return (0, 0) if pid is None else _rss(pid)
+
+    def idle_cpu_seconds(self, timeout: float = 10.0) -> Dict[str, float]:
+        """:meth:`cpu_seconds` once the merger has started its writer and every process is idle (the
+        same in two readings 50 ms apart): what they used to start, not to be counted for a run."""
+        deadline = time.monotonic() + timeout
+        used = self.cpu_seconds()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            now = self.cpu_seconds()
+            if len(now) == 3 and now == used:
+                break
+            used = now
+        return used
+
+    def cpu_seconds(self) -> Dict[str, float]:
+        """CPU seconds (user + system) each of :meth:`processes` used so far."""
+        import psutil
+
+        used = {}
+        for name, pid in self.processes().items():
+            times = psutil.Process(pid).cpu_times()
+            used[name] = times.user + times.system
+        return used
 
     def stop(self) -> None:
         if self._db is not None:
