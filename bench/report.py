@@ -23,6 +23,7 @@ from typing import Any, Dict, Iterable, List, Tuple
 
 from bench.report_data import Record, append_records, merge, record, wide_scenario
 from mona_collector.merging.process import MergeLoop
+from mona_collector.merging.writer import WriterProcess
 from mona_collector.readers import SQLiteReader
 from mona_collector.report.engine import build_report
 from mona_collector.report.periods import parse_periods
@@ -92,7 +93,8 @@ class _StoreWithoutReportRows(SQLiteStore):
 
 
 def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:
-    """Seconds to merge a copy of the raw log ``raw`` into a new database, in this process."""
+    """Seconds to merge a copy of the raw log ``raw`` into a new database, in this process, written by
+    a writer process as the collector's merger does."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     db_path = folder / "arcs.db"
@@ -101,7 +103,7 @@ def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:
     raw_log = SQLiteRawLog(raw_log_path(db_path), synchronous="OFF")
     try:
         started = time.perf_counter()
-        loop = MergeLoop(store, raw_log)
+        loop = MergeLoop(store, raw_log, committer=WriterProcess(store, "OFF"))  # as `mona collect` merges
         loop.merge_available()
         loop.close()
         return time.perf_counter() - started
