@@ -155,7 +155,9 @@ def main() -> None:
         if not parent_end.recv():
             raise SystemExit("the merger did not catch up")
         merged_elapsed = time.perf_counter() - started
-        rss = sum(p.memory_info().rss for p in [psutil.Process(process.pid), *psutil.Process(process.pid).children()])
+        collector = psutil.Process(process.pid)
+        each = [p.memory_info().rss for p in [collector, *collector.children(recursive=True)]]
+        rss = sum(each)
         parent_end.send("stop")
         parent_end.recv()
         process.join()
@@ -179,7 +181,9 @@ def main() -> None:
     print(f"{'ratio collector (merged) / decode':<52}{stored / decode:>14.2f}")
     print(f"merge lag at the last ack: {merged_elapsed - elapsed:.2f} s")
     print(
-        f"collector RSS (both processes) after {records:,} records: {rss / 2**20:.1f} MiB; "
+        f"collector RSS (its three processes: network side, merger, writer) after {records:,} records: "
+        f"{rss / 2**20:.1f} MiB "
+        f"({' + '.join(f'{one / 2**20:.0f}' for one in each)}); "
         f"database {db_size / 2**20:.1f} MiB"
     )
     goal = 400_000

@@ -65,7 +65,7 @@ DEFAULT_MAX_DEPTH = 64
 MAX_DEPTH_LIMIT = 256
 #: The default bound of the merger's document cache, in bytes of memory (as estimated from the
 #: documents' stored sizes, see :data:`MEMORY_PER_STORED_BYTE`).
-DEFAULT_CACHE_BYTES = 24 * 1024 * 1024
+DEFAULT_CACHE_BYTES = 16 * 1024 * 1024
 #: A document's approximate stored size in bytes, kept in it by the store (absent: unknown).
 SIZE_KEY = "_bytes"
 #: What a cached document takes in memory per byte of its stored (msgpack) form: dicts, their entries

@@ -66,12 +66,13 @@ from .writer import Committer, ThreadCommitter, WriterProcess
 log = logging.getLogger("mona_collector")
 
 #: Events merged per transaction, at most (a row is never split). What a transaction touches stays in
-#: memory until it is committed, twice over while the next one is merged: 10,000 events keep the
-#: merger's RSS about half what 50,000 did (measured: 70 against 140 MiB after 1,000,000 records of
-#: 8 per ARC) at the same rate, a commit costing little next to merging 10,000 records.
-BATCH_EVENTS = 10000
+#: memory until it is committed, twice over while the next one is merged: 10,000 events kept the
+#: merger's RSS about half what 50,000 did (70 against 140 MiB after 1,000,000 records of 8 per ARC),
+#: and 5,000 with a 16 MiB cache 57 against 68 MiB at 10,000 with 24 MiB, at the same rate within the
+#: noise of interleaved runs (a commit costs little next to merging 5,000 records).
+BATCH_EVENTS = 5000
 #: The raw rows read for one transaction take at most this share of the cache's bound (at least one
-#: row is read): records of 1 MiB each would otherwise make 10,000 events a 10 GiB transaction, and
+#: row is read): records of 1 MiB each would otherwise make 5,000 events a 5 GiB transaction, and
 #: what a transaction decodes and touches is held beside the cache until it is committed.
 BATCH_SHARE_OF_CACHE = 0.25
 
