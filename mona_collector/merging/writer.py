@@ -92,7 +92,7 @@ class WriterProcess:
                 "--synchronous",
                 synchronous,
                 "--log-level",
-                logging.getLevelName(log.getEffectiveLevel()),
+                str(log.getEffectiveLevel()),  # a number: a custom level has no name to pass
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -214,7 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="mona-merger-writer")
     parser.add_argument("--db", required=True)
     parser.add_argument("--synchronous", default="FULL")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", type=int, default=logging.INFO)
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the merger decides
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -226,9 +226,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         log.error("collector merger: its writer cannot open the database: %s", exc)
         return 1
     try:
-        serve(store, requests, answers)
+        try:
+            serve(store, requests, answers)
+        finally:
+            store.close()
     except (OSError, EOFError) as exc:  # the merger is gone mid-message: nothing half-written
         log.warning("collector merger: its writer lost the merger: %s", exc)
-    finally:
-        store.close()
+    except Exception as exc:  # one line, no traceback: the merger hears of it and is restarted
+        log.error("collector merger: its writer stopped: %s: %s", type(exc).__name__, exc)
+        return 1
     return 0
