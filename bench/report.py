@@ -19,15 +19,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from bench.report_data import Record, append_records, merge, record, wide_scenario
 from mona_collector.merging.process import MergeLoop
 from mona_collector.merging.writer import WriterProcess
+from mona_collector.merging.writer import main as writer_main
 from mona_collector.readers import SQLiteReader
 from mona_collector.report.engine import build_report
 from mona_collector.report.periods import parse_periods
 from mona_collector.report.source import _Columns
+from mona_collector.report_rows import EncodedRows
 from mona_collector.store import SQLiteRawLog, SQLiteStore, WriteSet, _freeze_document, raw_log_path
 
 ARC_CLASS = "BENCH"
@@ -84,12 +86,25 @@ def _breakdown(path: Path) -> Dict[str, float]:
 
 
 class _StoreWithoutReportRows(SQLiteStore):
-    """The store as it was before the report's side table: documents only (the merge-rate baseline)."""
+    """The store as it was before the report's side table: documents only (the merge-rate baseline),
+    in the merger (``freeze``) and in its writer (``_encode_written``). A measurement only."""
 
     def freeze(self, changes: WriteSet) -> None:
         nodes: List[Tuple[Any, ...]] = []
         arcs = [_freeze_document(key, doc, changes.changed_nodes.get(key), nodes) for key, doc in changes.arcs]
         changes.frozen = (arcs, nodes, None)
+
+    def _encode_written(self, db: Any, arcs: List[Tuple[Any, ...]]) -> Optional[EncodedRows]:
+        return None
+
+
+def writer_without_report_rows() -> int:
+    """The writer process of the baseline (run by :class:`_WriterWithoutReportRows`)."""
+    return writer_main(store_class=_StoreWithoutReportRows)
+
+
+class _WriterWithoutReportRows(WriterProcess):
+    ENTRY_POINT = ("bench.report", "writer_without_report_rows")
 
 
 def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:
@@ -103,7 +118,8 @@ def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:
     raw_log = SQLiteRawLog(raw_log_path(db_path), synchronous="OFF")
     try:
         started = time.perf_counter()
-        loop = MergeLoop(store, raw_log, committer=WriterProcess(store, "OFF"))  # as `mona collect` merges
+        writer = (WriterProcess if side_table else _WriterWithoutReportRows)(store, "OFF")  # as `mona collect`
+        loop = MergeLoop(store, raw_log, committer=writer)
         loop.merge_available()
         loop.close()
         return time.perf_counter() - started

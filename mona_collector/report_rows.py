@@ -325,8 +325,6 @@ class RowEncoder:
         self._lookup = lookup
         #: Epochs before this one are invalid (written by the write thread, read by both).
         self.invalid_before = 0
-        #: Times :meth:`invalidate` was called (a writer in another process reports them back).
-        self.invalidations = 0
         self._codes = _Codes(-1, 1, 1)  # invalid: the first begin() starts epoch 0 from the database
         self._new_names: List[Tuple[int, Any]] = []
         self._new_labels: List[Tuple[int, Any]] = []
@@ -510,8 +508,7 @@ class RowEncoder:
         """The codes of every epoch begun so far may be unusable (a transaction that inserted some
         rolled back, or one could not be inserted): rows encoded with them are translated when
         written, and the merging side starts a new epoch."""
-        self.invalid_before = max(self.invalid_before, self._codes.epoch + 1)
-        self.invalidations += 1
+        self.invalid_before = self._codes.epoch + 1
 
 
 def write_rows(db: Statements, encoder: RowEncoder, encoded: EncodedRows) -> None:

@@ -203,9 +203,6 @@ class PreparedWrite(NamedTuple):
     ranges: List[Tuple[Any, ...]]
     ids: List[Tuple[Any, ...]]
     tags: List[Tuple[Any, ...]]
-    #: The side-table codes of epochs before this one must be translated when written (see
-    #: :class:`~.report_rows.RowEncoder`).
-    codes_valid_from: int
 
 
 class RawLog(abc.ABC):
@@ -738,11 +735,21 @@ class SQLiteStore(ArcStore):
         execute = self._lookups.execute
         return {key for key in keys if execute(sql, (db_text(key[0]), db_text(key[1]))).fetchone() is not None}
 
+    #: Whether the report's side-table rows are encoded by :meth:`write_prepared` from the documents it
+    #: writes rather than by :meth:`freeze`: set on both ends of a writer process (see
+    #: :mod:`~.merging.writer`), whose core then does that work instead of the merger's.
+    report_rows_at_write = False
+
     def freeze(self, changes: WriteSet) -> None:
         nodes: List[Tuple[Any, ...]] = []
         arcs: List[Tuple[Any, ...]] = []
+        if self.report_rows_at_write:
+            for key, document in changes.arcs:
+                arcs.append(_freeze_document(key, document, changes.changed_nodes.get(key), nodes))
+            changes.frozen = (arcs, nodes, None)
+            return
         # The report's rows are encoded here, in the merging thread, not in the write transaction: the
-        # write thread holds the GIL little, so the next transaction is merged while this one is written.
+        # write thread holds the GIL while it encodes, which stops the next transaction's merge.
         encoder = self._report_rows
         encoder.begin()
         rows = []
@@ -770,24 +777,16 @@ class SQLiteStore(ArcStore):
             ranges,
             ids,
             tags,
-            self._report_rows.invalid_before,
         )
 
     def write_prepared(self, prepared: PreparedWrite) -> None:
         """Write what :meth:`prepare_write` made, here or in another process, in one transaction."""
-        codes = self._report_rows
-        codes.invalid_before = max(codes.invalid_before, prepared.codes_valid_from)
         try:
             self._write(prepared)
         except sqlite3.Error as exc:
             if is_storage_failure(exc):
                 raise StoreUnavailable(f"cannot write to {self.path}: {exc}") from exc
             raise
-
-    @property
-    def report_codes(self) -> RowEncoder:
-        """The encoder of the report's side-table rows (its codes' validity is shared with a writer)."""
-        return self._report_rows
 
     def _write(self, prepared: PreparedWrite) -> None:
         db = self._db
@@ -802,8 +801,11 @@ class SQLiteStore(ArcStore):
                 )
             db.executemany(_UPSERT_ARC, prepared.arcs)
             db.executemany(_UPSERT_NODE, prepared.nodes)
-            if prepared.report_rows:
-                write_rows(SQLiteStatements(db), self._report_rows, prepared.report_rows)
+            report_rows = prepared.report_rows
+            if self.report_rows_at_write:  # encoded here, with this store's codes only, even if given
+                report_rows = self._encode_written(db, prepared.arcs) if prepared.arcs else None
+            if report_rows:
+                write_rows(SQLiteStatements(db), self._report_rows, report_rows)
             db.executemany(
                 "INSERT OR REPLACE INTO seen_ranges (user_id, source, ranges) VALUES (?, ?, ?)", prepared.ranges
             )
@@ -815,6 +817,16 @@ class SQLiteStore(ArcStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+
+    def _encode_written(self, db: sqlite3.Connection, arcs: List[Tuple[Any, ...]]) -> Optional[EncodedRows]:
+        """The side-table rows of the ``arcs`` rows just written in ``db``'s transaction: each document
+        read back from its row (and its node rows, for one kept as rows, this transaction's included)."""
+        encoder = self._report_rows
+        encoder.begin()
+        rows = []
+        for user, context, arc_class, _first, _last, _count, blob in arcs:
+            rows.append(encoder.row((user, context), arc_class, _assemble(db, user, context, blob)))
+        return EncodedRows(rows, encoder.take())
 
     # --- query side ----------------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ value holding the interpreter's lock: a writing thread took as much of the merge
 writing inline did (measured: the same records merged per second, the process never above 100 % of
 a core). A writer process gives the write its own core: the merging process prepares the rows (plain
 values, see :class:`~mona_collector.store.PreparedWrite`) and sends them; the writer, the only one to
-write the database, commits them in order and answers each.
+write the database, commits them in order and answers each. It also encodes the report's side-table
+rows, from the documents it writes (``SQLiteStore.report_rows_at_write``), so that this work too is
+done on its core and not the merger's; the codes of their names and labels are then the writer's alone.
 
 The writer is a child of the merger, reached through its standard input and output (length-prefixed
 pickles: both ends are this program). When it dies, every transaction not answered fails as a
@@ -28,7 +30,7 @@ import sys
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO, Deque, List, NamedTuple, Optional, Protocol
+from typing import IO, Deque, List, NamedTuple, Optional, Protocol, Type
 
 from ..store import ArcStore, PreparedWrite, SQLiteStore, StoreError, StoreUnavailable, WriteSet, is_storage_failure
 
@@ -72,21 +74,24 @@ class _Answer(NamedTuple):
     #: "" when committed, else "storage" (the storage failed), "store" (a StoreError) or "data".
     failure: str
     message: str
-    #: Whether the write invalidated the side table's codes (see RowEncoder.invalidate).
-    codes_invalidated: bool
 
 
 class WriterProcess:
     """Writes on a child process (:func:`main`) to the database of ``store``, which prepares the
     rows here."""
 
+    #: The module and function the child runs (a measurement may run a variant of :func:`main`).
+    ENTRY_POINT = ("mona_collector.merging.writer", "main")
+
     def __init__(self, store: SQLiteStore, synchronous: str = "FULL") -> None:
         self._store = store
+        # The writer encodes the report's side-table rows from the documents it writes: on its core.
+        store.report_rows_at_write = True
         self._process = subprocess.Popen(
             [
                 sys.executable,
                 "-c",
-                "import sys; from mona_collector.merging.writer import main; sys.exit(main())",
+                "import sys; from {0} import {1}; sys.exit({1}())".format(*self.ENTRY_POINT),
                 "--db",
                 str(store.path),
                 "--synchronous",
@@ -134,8 +139,6 @@ class WriterProcess:
                 if blob is None:
                     break
                 answer = _Answer(*pickle.loads(blob))
-                if answer.codes_invalidated:  # before the merger hears of the commit (see RowEncoder)
-                    self._store.report_codes.invalidate()
                 with self._lock:
                     future = self._waiting.popleft()
                 if not answer.failure:
@@ -152,7 +155,6 @@ class WriterProcess:
         status = self._process.wait()
         with self._lock:
             self._gone = f"the merger's writer process exited (status {status})"
-            self._store.report_codes.invalidate()  # what it inserted last may be rolled back
             while self._waiting:
                 self._waiting.popleft().set_exception(StoreUnavailable(self._gone))
 
@@ -187,13 +189,11 @@ def _write_message(stream: IO[bytes], blob: bytes) -> None:
 def serve(store: SQLiteStore, requests: IO[bytes], answers: IO[bytes]) -> None:
     """Write each transaction read from ``requests`` and answer it on ``answers``, until the end of
     ``requests``."""
-    codes = store.report_codes
     while True:
         blob = _read_message(requests)
         if blob is None:
             return
         prepared: PreparedWrite = pickle.loads(blob)
-        invalidations = codes.invalidations
         failure = message = ""
         try:
             store.write_prepared(prepared)
@@ -205,12 +205,13 @@ def serve(store: SQLiteStore, requests: IO[bytes], answers: IO[bytes]) -> None:
             else:
                 failure = "data"
             message = f"{type(exc).__name__}: {exc}" if failure == "data" else str(exc)
-        answer = (failure, message, codes.invalidations != invalidations)
+        answer = (failure, message)
         _write_message(answers, pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL))
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """The merger's writer process, ``--db PATH [--synchronous FULL]`` (see the module doc)."""
+def main(argv: Optional[List[str]] = None, store_class: Type[SQLiteStore] = SQLiteStore) -> int:
+    """The merger's writer process, ``--db PATH [--synchronous FULL]`` (see the module doc);
+    ``store_class`` is for measurements of a variant of the store."""
     parser = argparse.ArgumentParser(prog="mona-merger-writer")
     parser.add_argument("--db", required=True)
     parser.add_argument("--synchronous", default="FULL")
@@ -221,10 +222,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     requests = os.fdopen(sys.stdin.fileno(), "rb", closefd=False)
     answers = os.fdopen(sys.stdout.fileno(), "wb", closefd=False)
     try:
-        store = SQLiteStore(args.db, synchronous=args.synchronous)
+        store = store_class(args.db, synchronous=args.synchronous)
     except StoreError as exc:
         log.error("collector merger: its writer cannot open the database: %s", exc)
         return 1
+    store.report_rows_at_write = True
     try:
         try:
             serve(store, requests, answers)

@@ -106,27 +106,27 @@ def _changes(context: str, fields: Dict[str, Any], watermark: Optional[int] = No
     return changes
 
 
-def test_codes_taken_meanwhile_are_translated_by_the_writer_and_the_merger_hears_of_it(store: SQLiteStore) -> None:
+def test_the_writer_encodes_the_side_table_and_translates_codes_taken_between_its_writes(store: SQLiteStore) -> None:
     writer = WriterProcess(store)
     try:
         writer.commit(_changes("zero", {"score": 1.0})).result(timeout=60)  # "score" is code 1
         taken = _changes("one", {"score": 2.0, "country": "BR"})
-        store.freeze(taken)  # gives "country" code 2, "BR" label 1
-        following = _changes("two", {"country": "DE"})
-        store.freeze(following)  # on top of it, in the same epoch
-        with sqlite3.connect(str(store.path)) as other:  # a filling `mona report` takes those codes
+        store.freeze(taken)
+        assert taken.frozen[2] is None  # no rows encoded in the merging process
+        with sqlite3.connect(str(store.path)) as other:  # a filling `mona report` takes the next codes
             other.execute("INSERT INTO report_names (code, name) VALUES (2, 'other')")
             other.execute("INSERT INTO report_labels (code, label) VALUES (1, 'elsewhere')")
-        epoch_before = store.report_codes.invalid_before
         writer.commit(taken).result(timeout=60)
-        assert store.report_codes.invalid_before > epoch_before  # the merging side starts a new epoch
-        writer.commit(following).result(timeout=60)
+        writer.commit(_changes("two", {"country": "DE"})).result(timeout=60)
         writer.commit(_changes("three", {"country": "FR", "new": "x"})).result(timeout=60)
     finally:
         writer.close()
     assert_side_table_matches(store.path)
     rows = side_table(store.path)
-    assert rows[("u", "one")][2]["country"] == (TEXT, "BR") and rows[("u", "two")][2]["country"] == (TEXT, "DE")
+    assert rows[("u", "one")][2] == {"score": (0, 2.0), "country": (TEXT, "BR")}
+    assert rows[("u", "two")][2]["country"] == (TEXT, "DE") and rows[("u", "three")][2]["new"] == (TEXT, "x")
+    with sqlite3.connect(str(store.path)) as db:
+        assert db.execute("SELECT name FROM report_names WHERE code = 2").fetchone() == ("other",)
 
 
 def test_a_watermark_already_merged_is_a_store_error_not_a_storage_failure(store: SQLiteStore) -> None:
