@@ -3,7 +3,7 @@
 A raw log is filled with records (the collector bench's, ``make_entries``' form, or with
 ``--client-form`` the mona client's, as :func:`bench.e2e.client_entries` makes them), then merged into
 a fresh ARC database by the merger's own code, one transaction of
-:data:`~mona_collector.merging.process.BATCH_EVENTS` events at a time, with every stage timed apart and
+:attr:`~mona_collector.store.ArcStore.merge_batch_events` events at a time, with every stage timed apart and
 the write done inline (no second thread), so that the stages add up:
 
 * *decode*: ``decode_entries`` of every raw row (msgpack's C decoder, one call per row);
@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # python3 bench/merge_breakdown.py
 
 from bench.bench_collector import make_entries
 from mona_client.record import TAG
-from mona_collector.merging.process import BATCH_EVENTS, MergeLoop, decode_entries
+from mona_collector.merging.process import MergeLoop, decode_entries
 from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, pack_document, raw_log_path
 from mona_collector.store import _freeze_document as freeze_document
 
@@ -85,7 +85,7 @@ def measure_log(raw_log: SQLiteRawLog, db_path: str, side_table: bool = True) ->
     documents = 0.0
     started = clock()
     while True:
-        rows = raw_log.read(loop.watermark, BATCH_EVENTS)
+        rows = raw_log.read(loop.watermark, loop.batch_events)
         if not rows:
             break
         gc.disable()  # as the merge loop does while it merges (see MergeLoop._prepare)

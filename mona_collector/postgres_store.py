@@ -428,6 +428,9 @@ class PostgresStore(ArcStore):
     """
 
     concurrent_write = True
+    #: A commit costs a round trip and a WAL flush on the server: 10,000 events per transaction merged
+    #: 76,000 records/s with one collector against 62,000 to 65,000 at 5,000 (``bench.postgres``).
+    merge_batch_events = 10000
 
     def __init__(self, url: str, readonly: bool = False) -> None:
         self.url = url

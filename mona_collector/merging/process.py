@@ -65,12 +65,6 @@ from .writer import Committer, ThreadCommitter, WriterProcess
 
 log = logging.getLogger("mona_collector")
 
-#: Events merged per transaction, at most (a row is never split). What a transaction touches stays in
-#: memory until it is committed, twice over while the next one is merged: 10,000 events kept the
-#: merger's RSS about half what 50,000 did (70 against 140 MiB after 1,000,000 records of 8 per ARC),
-#: and 5,000 with a 16 MiB cache 57 against 68 MiB at 10,000 with 24 MiB, at the same rate within the
-#: noise of interleaved runs (a commit costs little next to merging 5,000 records).
-BATCH_EVENTS = 5000
 #: The raw rows read for one transaction take at most this share of the cache's bound (at least one
 #: row is read): records of 1 MiB each would otherwise make 5,000 events a 5 GiB transaction, and
 #: what a transaction decodes and touches is held beside the cache until it is committed.
@@ -160,7 +154,7 @@ class MergeLoop:
         store: ArcStore,
         raw_log: RawLog,
         report: Callable[[int, int], None] = lambda watermark, events: None,
-        batch_events: int = BATCH_EVENTS,
+        batch_events: Optional[int] = None,
         committer: Optional[Committer] = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         max_depth: int = DEFAULT_MAX_DEPTH,
@@ -168,7 +162,7 @@ class MergeLoop:
         self.store = store
         self.raw_log = raw_log
         self.report = report
-        self.batch_events = batch_events
+        self.batch_events = batch_events or store.merge_batch_events
         self.batch_bytes = int(cache_bytes * BATCH_SHARE_OF_CACHE)
         self.cache_bytes = cache_bytes
         self.max_depth = max_depth
