@@ -14,6 +14,7 @@ import threading
 import time
 
 from mona_client import client
+from tests.support.collector import run_mona
 from tests.support.receiver import free_port, wait_until
 
 ARC_CLASS = "DELIVERY"
@@ -68,13 +69,7 @@ class CollectorProcess:
 
 
 def arcs(db):
-    out = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", "arcs", "export", "--format", "jsonl", "--db", db],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+    out = run_mona("arcs", "export", "--format", "jsonl", "--db", db, timeout=120).stdout
     return {doc["context_id"]: doc for doc in map(json.loads, out.splitlines())}
 
 

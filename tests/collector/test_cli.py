@@ -8,8 +8,6 @@ import json
 import os
 import re
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List
@@ -21,7 +19,6 @@ from mona_client.transport import Sender, SenderOptions
 from mona_collector import Collector
 from tests.support.collector import (
     BASE,
-    ROOT,
     TAG,
     MonaCollect,
     RawClient,
@@ -343,22 +340,15 @@ def test_a_users_file_needs_a_shared_key(tmp_path):
     users = tmp_path / "users.txt"
     users.write_text("alice:pw\n")
     env_without_key = {k: v for k, v in os.environ.items() if k != "MONA_COLLECTOR_SHARED_KEY"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mona_collector.cli",
-            "collect",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "c.db"),
-            "--users-file",
-            str(users),
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(env_without_key, PYTHONPATH=str(ROOT)),
-        timeout=60,
+    result = mona(
+        "collect",
+        "--port",
+        "0",
+        "--db",
+        str(tmp_path / "c.db"),
+        "--users-file",
+        str(users),
+        check=False,
+        env=env_without_key,
     )
     assert result.returncode == 2 and "needs a shared key" in result.stderr

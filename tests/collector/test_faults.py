@@ -38,6 +38,7 @@ from tests.support.collector import (
     entry,
     packed_message,
     record,
+    run_mona,
     stats,
     stored_arcs,
     time_fixext8,
@@ -199,13 +200,7 @@ def test_records_deeper_than_the_limit_are_refused_alone(db_path, capfd):
 def test_mona_collect_takes_the_depth_limit(tmp_path):
     db = tmp_path / "c.db"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    refused = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", "collect", "--db", str(db), "--max-depth", "1000"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    refused = run_mona("collect", "--db", str(db), "--max-depth", "1000", check=False)
     assert refused.returncode == 2 and "between 0 and 256" in refused.stderr and "Traceback" not in refused.stderr
     process = subprocess.Popen(
         [

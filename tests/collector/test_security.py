@@ -14,7 +14,6 @@ import re
 import shutil
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import List, NamedTuple, Optional
@@ -34,6 +33,7 @@ from tests.support.collector import (
     entry,
     packed_message,
     record,
+    run_mona,
     stats,
     stored_arcs,
     time_fixext8,
@@ -402,22 +402,15 @@ def test_mona_collect_with_key_file_and_tls(tmp_path, certs):
 
 
 def test_mona_collect_rejects_half_a_tls_configuration(tmp_path, certs):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mona_collector.cli",
-            "collect",
-            "--port",
-            "0",
-            "--db",
-            str(tmp_path / "x.db"),
-            "--tls-cert",
-            certs.server_cert,
-        ],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    result = run_mona(
+        "collect",
+        "--port",
+        "0",
+        "--db",
+        str(tmp_path / "x.db"),
+        "--tls-cert",
+        certs.server_cert,
+        check=False,
         timeout=30,
     )
     assert result.returncode == 2 and "both a certificate file and a key file" in result.stderr

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
 import msgpack
 import pytest
@@ -75,10 +75,17 @@ ROOT = Path(__file__).resolve().parents[2]
 MONA_ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
-def run_mona(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """``mona ARGS`` as a user runs it; with ``check`` it must exit 0."""
+def run_mona(
+    *args: str, check: bool = True, env: Optional[Mapping[str, str]] = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``mona ARGS`` as a user runs it (this tree's packages first, in ``env`` or this environment);
+    with ``check`` it must exit 0."""
     result = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", *args], capture_output=True, text=True, env=MONA_ENV, timeout=60
+        [sys.executable, "-m", "mona_collector.cli", *args],
+        capture_output=True,
+        text=True,
+        env=MONA_ENV if env is None else dict(env, PYTHONPATH=str(ROOT)),
+        timeout=timeout,
     )
     if check:
         assert result.returncode == 0, result.stderr

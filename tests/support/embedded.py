@@ -4,9 +4,7 @@ for tests that show a feature end to end."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -15,19 +13,14 @@ import pytest
 from mona_client import client
 from mona_collector import Collector
 
-from .collector import wait_merged
+from .collector import run_mona, wait_merged
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def mona_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the `mona` command of this tree; fails the test on a non-zero exit."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", *args], capture_output=True, text=True, env=env, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return result
+    return run_mona(*args)
 
 
 class Embedded:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -17,6 +15,7 @@ import numpy as np
 import pytest
 
 from bench.report_data import DAY, build_database, record
+from tests.support.collector import run_mona
 from tests.support.postgres import build_any_database
 
 __all__ = ["DAY"]
@@ -130,9 +129,7 @@ def webhook() -> Iterator[Webhook]:
 
 
 def mona(*args: str, timeout: float = 120) -> Tuple[int, str, str]:
-    done = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", *args], capture_output=True, text=True, timeout=timeout
-    )
+    done = run_mona(*args, check=False, timeout=timeout)
     return done.returncode, done.stdout, done.stderr
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator, List, Tuple, Union
@@ -11,6 +9,7 @@ from typing import Iterator, List, Tuple, Union
 import pytest
 
 from bench.report_data import build_database, fraud_scenario
+from tests.support.collector import run_mona
 from tests.support.postgres import PostgresServer, build_any_database
 
 #: The reports run "now" here, so that the generated windows stay the default ones.
@@ -44,12 +43,7 @@ def fraud_any_db(request: pytest.FixtureRequest, fraud_db: Path) -> Union[Path, 
 
 def mona_report(db: Union[Path, str], *args: str) -> Tuple[int, str, str]:
     """Run ``mona report`` as a user would: a process of its own; returns status, stdout and stderr."""
-    done = subprocess.run(
-        [sys.executable, "-m", "mona_collector.cli", "report", "--db", str(db), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = run_mona("report", "--db", str(db), *args, check=False, timeout=120)
     return done.returncode, done.stdout, done.stderr
 
 
