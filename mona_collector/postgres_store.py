@@ -50,11 +50,12 @@ from .store import (
     StoreError,
     StoreUnavailable,
     WriteSet,
-    _finite,
     _freeze_document,
     _unpack,
     bookkeeping_rows,
     label_text,
+    raw_chunk_rows,
+    rows_within,
     stats_summary,
 )
 
@@ -325,18 +326,7 @@ class PostgresRawLog(RawLog):
         return _store_error(self.url, exc)
 
     def append(self, chunks: Sequence[RawChunk]) -> int:
-        rows = [
-            (
-                c.received,
-                _label(c.tag),
-                c.events,
-                _finite(c.first_time),
-                _finite(c.last_time),
-                c.entries,
-                None if c.auth_user is None else _key(c.auth_user),
-            )
-            for c in chunks
-        ]
+        rows = raw_chunk_rows(chunks, _key, _label)
         try:
             db = self._connection()
             with db.transaction(), db.cursor() as cursor:
@@ -355,29 +345,25 @@ class PostgresRawLog(RawLog):
         return last
 
     def read(self, after: int, max_events: int, max_bytes: Optional[int] = None) -> List[RawRow]:
-        rows: List[RawRow] = []
-        events = size = 0
         try:
-            db = self._connection()
-            # In pages, so that a long backlog is not fetched whole for one transaction's worth.
-            while True:
-                page = db.execute(
-                    "SELECT id, tag, events, entries, auth_user FROM raw_chunks WHERE id > %s ORDER BY id LIMIT 256",
-                    (after,),
-                ).fetchall()
-                for row_id, tag, count, entries, auth_user in page:
-                    rows.append(
-                        RawRow(row_id, tag, count, bytes(entries), None if auth_user is None else _text(auth_user))
-                    )
-                    events += count
-                    size += len(entries)
-                    if events >= max_events or (max_bytes is not None and size >= max_bytes):
-                        return rows
-                if len(page) < 256:
-                    return rows
-                after = page[-1][0]
+            return rows_within(self._pages(after), max_events, max_bytes)
         except psycopg.Error as exc:
             raise self._failed(exc) from None
+
+    def _pages(self, after: int) -> Iterator[RawRow]:
+        """The rows after id ``after``, fetched in pages, so that a long backlog is not fetched whole
+        for one transaction's worth (the caller stops asking)."""
+        db = self._connection()
+        while True:
+            page = db.execute(
+                "SELECT id, tag, events, entries, auth_user FROM raw_chunks WHERE id > %s ORDER BY id LIMIT 256",
+                (after,),
+            ).fetchall()
+            for row_id, tag, count, entries, auth_user in page:
+                yield RawRow(row_id, tag, count, bytes(entries), None if auth_user is None else _text(auth_user))
+            if len(page) < 256:
+                return
+            after = page[-1][0]
 
     def last_id(self) -> int:
         try:

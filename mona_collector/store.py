@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import msgpack
 
@@ -597,6 +597,40 @@ def _class_column(value: Any) -> Any:
     return label_text(value) if type(value) is str else value
 
 
+def raw_chunk_rows(
+    chunks: Sequence[RawChunk], key: Callable[[str], Any], label: Callable[[str], Any]
+) -> List[Tuple[Any, ...]]:
+    """The ``raw_chunks`` rows of ``chunks`` (received, tag, events, first and last time, entries,
+    user), the same for every raw log but for how it keeps user names (``key``) and tags (``label``)."""
+    return [
+        (
+            c.received,
+            label(c.tag),
+            c.events,
+            _finite(c.first_time),
+            _finite(c.last_time),
+            c.entries,
+            None if c.auth_user is None else key(c.auth_user),
+        )
+        for c in chunks
+    ]
+
+
+def rows_within(rows: Iterable[RawRow], max_events: int, max_bytes: Optional[int]) -> List[RawRow]:
+    """The first of ``rows`` up to about ``max_events`` events and, when given, ``max_bytes`` of entries
+    (the row that reaches a bound is the last one taken; at least one row when there is one). Rows
+    after it are not asked for, so a lazy source reads no further."""
+    taken: List[RawRow] = []
+    events = size = 0
+    for row in rows:
+        taken.append(row)
+        events += row.events
+        size += len(row.entries)
+        if events >= max_events or (max_bytes is not None and size >= max_bytes):
+            break
+    return taken
+
+
 def bookkeeping_rows(
     changes: WriteSet, key: Callable[[str], Any], label: Callable[[str], Any]
 ) -> Tuple[List[Tuple[Any, ...]], List[Tuple[Any, ...]], List[Tuple[Any, ...]]]:
@@ -960,18 +994,7 @@ class SQLiteRawLog(RawLog):
             db.executemany(
                 "INSERT INTO raw_chunks (received, tag, events, first_time, last_time, entries, auth_user)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        c.received,
-                        label_text(c.tag),
-                        c.events,
-                        _finite(c.first_time),
-                        _finite(c.last_time),
-                        c.entries,
-                        None if c.auth_user is None else db_text(c.auth_user),
-                    )
-                    for c in chunks
-                ],
+                raw_chunk_rows(chunks, db_text, label_text),
             )
             (last,) = db.execute("SELECT max(id) FROM raw_chunks").fetchone()
             db.execute("COMMIT")
@@ -982,21 +1005,20 @@ class SQLiteRawLog(RawLog):
         return int(last or 0)
 
     def read(self, after: int, max_events: int, max_bytes: Optional[int] = None) -> List[RawRow]:
-        rows: List[RawRow] = []
-        events = size = 0
         cursor = self._db.execute(
             "SELECT id, tag, events, entries, auth_user FROM raw_chunks WHERE id > ? ORDER BY id", (after,)
         )
         try:
-            for row_id, tag, count, entries, auth_user in cursor:
-                rows.append(RawRow(row_id, tag, count, entries, None if auth_user is None else _text_of(auth_user)))
-                events += count
-                size += len(entries)
-                if events >= max_events or (max_bytes is not None and size >= max_bytes):
-                    break
+            return rows_within(
+                (
+                    RawRow(row_id, tag, count, entries, None if auth_user is None else _text_of(auth_user))
+                    for row_id, tag, count, entries, auth_user in cursor
+                ),
+                max_events,
+                max_bytes,
+            )
         finally:
             cursor.close()
-        return rows
 
     def last_id(self) -> int:
         (last,) = self._db.execute("SELECT coalesce(max(id), 0) FROM raw_chunks").fetchone()
