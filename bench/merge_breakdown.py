@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 if __package__ in (None, ""):  # python3 bench/merge_breakdown.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,8 +40,8 @@ if __package__ in (None, ""):  # python3 bench/merge_breakdown.py
 from bench.bench_collector import make_entries
 from mona_client.record import TAG
 from mona_collector.merging.process import MergeLoop, decode_entries
+from mona_collector.report_rows import EncodedRows
 from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, pack_document, raw_log_path
-from mona_collector.store import _freeze_document as freeze_document
 
 STAGES = ("decode", "dedup + merge", "look-up", "pack", "SQLite")
 #: Measured apart, not a stage of its own: packing the touched documents alone (a part of "pack").
@@ -49,14 +49,14 @@ DOCUMENTS = "of which documents"
 
 
 class StoreWithoutSideTable(SQLiteStore):
-    """The SQLite store with the report's side table left out of each transaction (``freeze`` encodes
-    the documents only): what merging costs without it. A measurement only; it reaches into the
-    store's own document encoding."""
+    """The SQLite store with the report's side table left out of each transaction: ``freeze`` encodes
+    the documents only (as when a writer process encodes the rows) and the write encodes no rows
+    either. What merging costs without it; a measurement only, it reaches into the store."""
 
-    def freeze(self, changes: WriteSet) -> None:
-        nodes: List[Tuple[Any, ...]] = []
-        arcs = [freeze_document(key, doc, changes.changed_nodes.get(key), nodes) for key, doc in changes.arcs]
-        changes.frozen = (arcs, nodes, None)
+    report_rows_at_write = True
+
+    def _encode_written(self, db: Any, arcs: List[Tuple[Any, ...]]) -> Optional[EncodedRows]:
+        return None
 
 
 def measure(blobs: Sequence[Tuple[bytes, int]], side_table: bool = True) -> Dict[str, float]:

@@ -19,8 +19,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
+from bench.merge_breakdown import StoreWithoutSideTable
 from bench.report_data import Record, append_records, merge, record, wide_scenario
 from mona_collector.merging.process import MergeLoop
 from mona_collector.merging.writer import WriterProcess
@@ -29,8 +30,7 @@ from mona_collector.readers import SQLiteReader
 from mona_collector.report.engine import build_report
 from mona_collector.report.periods import parse_periods
 from mona_collector.report.source import _Columns
-from mona_collector.report_rows import EncodedRows
-from mona_collector.store import SQLiteRawLog, SQLiteStore, WriteSet, _freeze_document, raw_log_path
+from mona_collector.store import SQLiteRawLog, SQLiteStore, raw_log_path
 
 ARC_CLASS = "BENCH"
 GOAL_SECONDS = 3.0
@@ -85,22 +85,9 @@ def _breakdown(path: Path) -> Dict[str, float]:
     return steps
 
 
-class _StoreWithoutReportRows(SQLiteStore):
-    """The store as it was before the report's side table: documents only (the merge-rate baseline),
-    in the merger (``freeze``) and in its writer (``_encode_written``). A measurement only."""
-
-    def freeze(self, changes: WriteSet) -> None:
-        nodes: List[Tuple[Any, ...]] = []
-        arcs = [_freeze_document(key, doc, changes.changed_nodes.get(key), nodes) for key, doc in changes.arcs]
-        changes.frozen = (arcs, nodes, None)
-
-    def _encode_written(self, db: Any, arcs: List[Tuple[Any, ...]]) -> Optional[EncodedRows]:
-        return None
-
-
 def writer_without_report_rows() -> int:
-    """The writer process of the baseline (run by :class:`_WriterWithoutReportRows`)."""
-    return writer_main(store_class=_StoreWithoutReportRows)
+    """The writer process of the merge-rate baseline (run by :class:`_WriterWithoutReportRows`)."""
+    return writer_main(store_class=StoreWithoutSideTable)
 
 
 class _WriterWithoutReportRows(WriterProcess):
@@ -114,7 +101,7 @@ def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:
     folder.mkdir(parents=True)
     db_path = folder / "arcs.db"
     shutil.copy(raw, raw_log_path(db_path))
-    store = (SQLiteStore if side_table else _StoreWithoutReportRows)(db_path, synchronous="OFF")
+    store = (SQLiteStore if side_table else StoreWithoutSideTable)(db_path, synchronous="OFF")
     raw_log = SQLiteRawLog(raw_log_path(db_path), synchronous="OFF")
     try:
         started = time.perf_counter()
