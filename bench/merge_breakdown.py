@@ -40,6 +40,8 @@ if __package__ in (None, ""):  # python3 bench/merge_breakdown.py
 from bench.bench_collector import make_entries
 from mona_client.record import TAG
 from mona_collector.merging.process import MergeLoop, decode_entries
+from mona_collector.merging.writer import WriterProcess
+from mona_collector.merging.writer import main as writer_main
 from mona_collector.report_rows import EncodedRows
 from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, pack_document, raw_log_path
 
@@ -57,6 +59,18 @@ class StoreWithoutSideTable(SQLiteStore):
 
     def _encode_written(self, db: Any, arcs: List[Tuple[Any, ...]]) -> Optional[EncodedRows]:
         return None
+
+
+def writer_without_side_table() -> int:
+    """The writer process of :class:`WriterWithoutSideTable` (this module loads what the real one
+    does, so that both start alike)."""
+    return writer_main(store_class=StoreWithoutSideTable)
+
+
+class WriterWithoutSideTable(WriterProcess):
+    """The merger's writer process writing through :class:`StoreWithoutSideTable`."""
+
+    ENTRY_POINT = ("bench.merge_breakdown", "writer_without_side_table")
 
 
 def measure(blobs: Sequence[Tuple[bytes, int]], side_table: bool = True) -> Dict[str, float]:

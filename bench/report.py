@@ -21,16 +21,15 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Tuple
 
-from bench.merge_breakdown import StoreWithoutSideTable
+from bench.merge_breakdown import StoreWithoutSideTable, WriterWithoutSideTable
 from bench.report_data import Record, append_records, merge, record, wide_scenario
 from mona_collector.merging.process import MergeLoop
 from mona_collector.merging.writer import WriterProcess
-from mona_collector.merging.writer import main as writer_main
 from mona_collector.readers import SQLiteReader
 from mona_collector.report.engine import build_report
 from mona_collector.report.periods import parse_periods
 from mona_collector.report.source import _Columns
-from mona_collector.store import SQLiteRawLog, SQLiteStore, raw_log_path
+from mona_collector.store import SQLiteRawLog, SQLiteStore, WriteSet, raw_log_path
 
 ARC_CLASS = "BENCH"
 GOAL_SECONDS = 3.0
@@ -85,15 +84,6 @@ def _breakdown(path: Path) -> Dict[str, float]:
     return steps
 
 
-def writer_without_report_rows() -> int:
-    """The writer process of the merge-rate baseline (run by :class:`_WriterWithoutReportRows`)."""
-    return writer_main(store_class=StoreWithoutSideTable)
-
-
-class _WriterWithoutReportRows(WriterProcess):
-    ENTRY_POINT = ("bench.report", "writer_without_report_rows")
-
-
 def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:
     """Seconds to merge a copy of the raw log ``raw`` into a new database, in this process, written by
     a writer process as the collector's merger does."""
@@ -104,8 +94,9 @@ def _merge_seconds(raw: Path, folder: Path, side_table: bool) -> float:
     store = (SQLiteStore if side_table else StoreWithoutSideTable)(db_path, synchronous="OFF")
     raw_log = SQLiteRawLog(raw_log_path(db_path), synchronous="OFF")
     try:
+        writer = (WriterProcess if side_table else WriterWithoutSideTable)(store, "OFF")  # as `mona collect`
+        writer.commit(WriteSet()).result(timeout=60)  # started, its database open: not part of the time
         started = time.perf_counter()
-        writer = (WriterProcess if side_table else _WriterWithoutReportRows)(store, "OFF")  # as `mona collect`
         loop = MergeLoop(store, raw_log, committer=writer)
         loop.merge_available()
         loop.close()
