@@ -8,7 +8,7 @@ import signal
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import pytest
 
@@ -21,7 +21,8 @@ from mona_collector.store import RawChunk, SQLiteRawLog, SQLiteStore, WriteSet, 
 from tests.support.collector import BASE, RawClient, bin32, entry, packed_message, record, stats, time_fixext8
 from tests.support.waiting import wait_until
 
-from .report.test_report_side_table import _document, assert_side_table_matches, side_table
+from .report.test_report_row_codes import _changes
+from .report.test_report_side_table import assert_side_table_matches, side_table
 
 #: Tables compared row by row between two databases (their own order: by every column).
 TABLES = ("arcs", "arc_nodes", "tag_stats", "seen_ranges", "seen_ids")
@@ -101,8 +102,8 @@ def store(tmp_path: Path) -> Any:
     opened.close()
 
 
-def _changes(context: str, fields: Dict[str, Any], watermark: Optional[int] = None) -> WriteSet:
-    changes = WriteSet(arcs=[(("u", context), _document(context, fields))], watermark=watermark, log_id="log")
+def _at_watermark(changes: WriteSet, watermark: int) -> WriteSet:
+    changes.watermark, changes.log_id = watermark, "log"
     return changes
 
 
@@ -134,8 +135,8 @@ def test_a_watermark_already_merged_is_a_store_error_not_a_storage_failure(store
 
     writer = WriterProcess(store)
     try:
-        writer.commit(_changes("one", {"a": 1}, watermark=5)).result(timeout=60)
-        future = writer.commit(_changes("two", {"a": 2}, watermark=5))
+        writer.commit(_at_watermark(_changes("one", {"a": 1}), 5)).result(timeout=60)
+        future = writer.commit(_at_watermark(_changes("two", {"a": 2}), 5))
         with pytest.raises(StoreError, match="merged already") as raised:
             future.result(timeout=60)
         assert not isinstance(raised.value, StoreUnavailable) and not is_storage_failure(raised.value)
