@@ -181,7 +181,8 @@ def _parser() -> argparse.ArgumentParser:
         "--merge-cache-bytes",
         type=int,
         default=DEFAULT_CACHE_BYTES,
-        help="bytes of ARC documents the merger keeps in memory",
+        help="memory, in bytes, for the ARC documents the merger keeps (estimated from their stored size; "
+        "default: %(default)d)",
     )
     collect.add_argument(
         "--merger-max-backoff",
